@@ -1,0 +1,179 @@
+"""The `bnbench` command: run, compare, check, bench."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bnbench.errors import UsageError
+
+app = typer.Typer(
+    help="What does Batch Normalization do to training? Run experiments from YAML configs and compare them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+DEBUG = {"on": os.environ.get("BNBENCH_DEBUG") == "1"}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False):
+    DEBUG["on"] = DEBUG["on"] or debug
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Bad input: one line, exit 2. Anything else: one line, exit 1. --debug shows the traceback."""
+    try:
+        yield
+    except UsageError as exc:
+        if DEBUG["on"]:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if DEBUG["on"]:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def epoch_line(name: str, epochs: int, row: dict[str, float]) -> str:
+    return (
+        f"{name}  epoch {int(row['epoch'])}/{epochs}  train_loss {row['train_loss']:.4f}  "
+        f"train_acc {row['train_acc']:.4f}  test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  "
+        f"{row['epoch_seconds']:.1f}s  {row['examples_per_second']:,.0f} ex/s"
+    )
+
+
+class PlainReporter:
+    """One line per epoch: for pipes, CI and log files."""
+
+    def __init__(self, name: str, epochs: int) -> None:
+        self.name, self.epochs = name, epochs
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        print(epoch_line(self.name, self.epochs, row), flush=True)
+
+
+class LiveReporter(PlainReporter):
+    """A Rich progress bar per epoch with the live loss and accuracy of the last log window."""
+
+    def __init__(self, name: str, epochs: int, progress: Progress) -> None:
+        super().__init__(name, epochs)
+        self.bar, self.task = progress, None
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(
+            f"{self.name} {epoch}/{self.epochs}", total=steps, loss=float("nan"), acc=float("nan")
+        )
+
+    def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        self.bar.update(self.task, completed=steps_done, loss=loss, acc=acc)
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        self.bar.console.print(epoch_line(self.name, self.epochs, row), highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"), TimeElapsedColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {text}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text}: expected distinct non-negative integers, e.g. --seeds 0,1,2")
+    return seeds
+
+
+@app.command()
+def run(
+    configs: Annotated[Optional[list[Path]], typer.Argument(help="YAML config files, one run each.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.lr=0.5 (value is YAML).")] = [],
+    epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.epochs=N.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.seed=N.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Run each config once per seed: --seeds 0,1,2.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Dataset folder [env BNBENCH_DATA_DIR, else ./data].")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
+    name: Annotated[Optional[str], typer.Option(help="Shortcut for --set name=NAME.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
+) -> None:
+    """Train from YAML configs; each run writes runs/<name>/ (config, metrics.csv, steps.csv, meta.json, model)."""
+    from bnbench.runs import Job, plan_jobs, plan_resume, run_jobs
+
+    with reported_errors():
+        overrides = list(set_)
+        for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        seed_list = _parse_seeds(seeds) if seeds is not None else None
+        if resume is not None:
+            if seed_list is not None or len(configs or []) > 1:
+                raise UsageError("--resume continues one run: give at most one config and no --seeds")
+            jobs: list[Job] = [plan_resume(resume, (configs or [None])[0], overrides)]
+        else:
+            if not configs:
+                raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (see configs/)")
+            jobs = plan_jobs(configs, overrides, seed_list)
+        live = sys.stdout.isatty()
+        with _progress() if live else _no_progress() as progress:
+            make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
+            results, exit_code = run_jobs(jobs, device, data_dir, out_dir, make_reporter)
+        table = Table(title="runs")
+        for column in ("run", "status", "epochs", "final test_acc", "directory"):
+            table.add_column(column)
+        for result in results:
+            acc = f"{result.final_test_acc:.4f}" if result.final_test_acc is not None else "-"
+            table.add_row(result.name, result.status, str(result.epochs_completed), acc, str(result.path))
+        console.print(table)
+        for result in results:
+            if result.error:
+                err_console.print(
+                    f"[red]{result.status}:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True
+                )
+        raise typer.Exit(exit_code)
+
+
+@contextmanager
+def _no_progress() -> Iterator[None]:
+    yield None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

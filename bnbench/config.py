@@ -1,0 +1,254 @@
+"""Run configuration: typed dataclasses, filled with defaults and validated at the edge.
+
+Everything past `load_config` sees a frozen `RunConfig`, never a raw dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bnbench.errors import UsageError
+
+ModelName = Literal["mlp", "convnet", "lenet"]
+Activation = Literal["sigmoid", "relu", "tanh"]
+NormKind = Literal["none", "scratch", "torch"]
+Dataset = Literal["mnist", "fashion_mnist", "synthetic"]
+
+# Activation each architecture uses in its tutorial when the config names none.
+DEFAULT_ACTIVATION: dict[str, str] = {"mlp": "relu", "convnet": "relu", "lenet": "sigmoid"}
+
+
+def _range(low: float | None = None, high: float | None = None, *, open_low: bool = False) -> dict:
+    return {"low": low, "high": high, "open_low": open_low}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: ModelName = "lenet"
+    activation: Activation | None = None  # None: the architecture's default (see DEFAULT_ACTIVATION)
+    hidden: tuple[int, ...] = field(default=(100,), metadata=_range(1))  # mlp only
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    kind: NormKind = "torch"
+    # PyTorch convention: running = (1 - momentum) * running + momentum * batch. None = cumulative average.
+    momentum: float | None = field(default=0.1, metadata=_range(0.0, 1.0))
+    eps: float = field(default=1e-5, metadata=_range(0.0, open_low=True))
+    affine: bool = True
+    track_running_stats: bool = True
+    backward: Literal["autograd", "manual"] = "autograd"  # scratch only
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "fashion_mnist"
+    normalize: bool = False  # True: pixels mapped to [-1, 1]; False: [0, 1]
+    train_subset: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=10, metadata=_range(1))
+    batch_size: int = field(default=256, metadata=_range(1))
+    eval_batch_size: int = field(default=1024, metadata=_range(1))
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = field(default=1.0, metadata=_range(0.0, open_low=True))
+    momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    init: Literal["default", "xavier", "kaiming"] = "xavier"
+    seed: int = field(default=0, metadata=_range(0))
+    log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
+    eval_bn: Literal["running", "batch"] = "running"
+    on_nan: Literal["stop", "continue"] = "stop"
+    checkpoint_every: int = field(default=1, metadata=_range(1))
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = ModelConfig()
+    norm: NormConfig = NormConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def with_seed(self, seed: int) -> RunConfig:
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so the dict dumps as plain YAML/JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ConfigError(UsageError):
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> Any:
+    """Return `value` converted to the field's type, or raise ConfigError naming `key`."""
+    fail = lambda problem: ConfigError(source, key, problem)  # noqa: E731
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, meta, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise fail(f"{value!r} is not one of {', '.join(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise fail(f"expected a non-empty list, got {_describe(value)}")
+        return tuple(_check_value(v, args[0], meta, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail(f"expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"expected an integer, got {_describe(value)}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"expected a number, got {_describe(value)}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str) or not value:
+            raise fail(f"expected a non-empty string, got {_describe(value)}")
+        return value
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("open_low") else value < low):
+        raise fail(f"must be {'>' if meta.get('open_low') else '>='} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise fail(f"must be <= {high:g}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+    return f"unknown key{hint}"
+
+
+def _build(cls: type, raw: Any, prefix: str, source_of: typing.Callable[[str], str]) -> Any:
+    """Build dataclass `cls` from `raw`, checking every key; `source_of(key)` names where a key came from."""
+    hints = typing.get_type_hints(cls)
+    if not isinstance(raw, dict):
+        raise ConfigError(source_of(prefix), prefix, f"expected a mapping, got {_describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(source_of(full), full, _unknown_key(str(key), list(fields)))
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], raw[name], full, source_of)
+        else:
+            values[name] = _check_value(raw[name], hints[name], dict(f.metadata), full, source_of(full))
+    return cls(**values)
+
+
+def _read_yaml(path: Path) -> dict:
+    source = str(path)
+    if not path.is_file():
+        raise UsageError(f"{source}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UsageError(f"{source}: malformed YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{source}: cannot read: {exc}") from None
+    if raw is None:
+        raise UsageError(f"{source}: the file is empty; a config is a YAML mapping (see configs/)")
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: a config must be a YAML mapping of keys, got a {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=0.5' -> (['train', 'lr'], 0.5); the value is parsed as YAML."""
+    key, sep, value_text = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {text}: expected dotted.key=value, e.g. --set train.lr=0.5")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise UsageError(f"--set {text}: the value is not valid YAML") from None
+    path = key.strip().split(".")
+    cls: Any = RunConfig
+    for depth, part in enumerate(path):
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+            raise UsageError(f"--set {text}: '{'.'.join(path[:depth])}' has no sub-keys")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise UsageError(f"--set {text}: '{'.'.join(path[: depth + 1])}': {_unknown_key(part, names)}")
+        cls = typing.get_type_hints(cls)[part]
+    if dataclasses.is_dataclass(cls):
+        raise UsageError(f"--set {text}: '{key}' is a section; set one of its keys, e.g. {key}.<key>=...")
+    return path, value
+
+
+def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | None = None) -> RunConfig:
+    """Read `path` (or start from `base`), merge `--set` overrides, default-fill and validate."""
+    raw = _read_yaml(path) if path is not None else (base.to_dict() if base else {})
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    override_of: dict[str, str] = {}
+    for text, keys, value in parsed:
+        node = raw
+        for part in keys[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[keys[-1]] = value
+        override_of[".".join(keys)] = text
+    file_source = str(path) if path is not None else "config"
+
+    def source_of(key: str) -> str:
+        for k, text in override_of.items():
+            if key == k or key.startswith(k + "["):
+                return f"--set {text}"
+        return file_source
+
+    raw.setdefault("name", path.stem if path is not None else "run")
+    cfg: RunConfig = _build(RunConfig, raw, "", source_of)
+    if cfg.model.activation is None:
+        model = dataclasses.replace(cfg.model, activation=DEFAULT_ACTIVATION[cfg.model.name])
+        cfg = dataclasses.replace(cfg, model=model)
+    if "/" in cfg.name or cfg.name.startswith("."):
+        raise ConfigError(source_of("name"), "name", f"{cfg.name!r} cannot be a directory name")
+    return cfg
+
+
+def config_from_dict(raw: dict, source: str) -> RunConfig:
+    """Rebuild a saved (resolved) config, e.g. a run directory's config.yaml."""
+    return _build(RunConfig, raw, "", lambda key: source)

@@ -1,0 +1,380 @@
+"""Run directories: claiming them, writing their files safely, executing and resuming a run.
+
+Files are never half-written: CSV rows are appended and flushed per epoch; meta.json, config.yaml,
+model.pt and checkpoint.pt are written to a temporary file and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+import bnbench
+from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
+from bnbench.data import Data, data_dir_from, load_data, train_size
+from bnbench.errors import UsageError
+from bnbench.train import STEP_COLUMNS, Diverged, Interrupted, Trainer, device_name, metric_columns, pick_device
+
+RUN_FILES = ("config.yaml", "meta.json")
+EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def append_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Append rows and flush them to disk (a killed run keeps every row written so far)."""
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rewrite_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(bnbench.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out-dir {out_dir}: not a writable directory")
+
+
+def claim_run_dir(out_dir: Path, name: str) -> Path:
+    """Create runs/<name>, or <name>-2, -3, ... if taken; mkdir is atomic, so runs never share one."""
+    check_writable(out_dir)
+    for k in range(1, 10_000):
+        path = out_dir / (name if k == 1 else f"{name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"{out_dir}: too many runs named {name}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return all((path / f).is_file() for f in RUN_FILES)
+
+
+@dataclass
+class RunDir:
+    path: Path
+    meta: dict
+
+    def update_meta(self, **fields: object) -> None:
+        self.meta.update(fields, updated_at=now())
+        atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2) + "\n")
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        if not path.is_dir():
+            raise UsageError(f"--resume {path}: no such directory")
+        if not is_run_dir(path):
+            raise UsageError(f"--resume {path}: not a bnbench run directory (no config.yaml and meta.json)")
+        try:
+            return cls(path, json.loads((path / "meta.json").read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"--resume {path}: meta.json is unreadable ({exc})") from None
+
+
+def create_run(cfg: RunConfig, out_dir: Path, run_name: str, trainer: Trainer, device: torch.device) -> RunDir:
+    path = claim_run_dir(out_dir, run_name)
+    atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for name, columns in (
+        ("metrics.csv", metric_columns(trainer.model, cfg.train.eval_bn)),
+        ("steps.csv", STEP_COLUMNS),
+    ):
+        rewrite_rows(path / name, columns, [])
+    run = RunDir(path, {})
+    run.update_meta(
+        name=path.name,
+        status="running",
+        started_at=now(),
+        ended_at=None,
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        seed=cfg.train.seed,
+        device=str(device),
+        device_name=device_name(device),
+        versions={
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": _torchvision_version(),
+            "bnbench": bnbench.__version__,
+        },
+        git_commit=git_commit(),
+        epochs=cfg.train.epochs,
+        epochs_completed=0,
+        error=None,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    return run
+
+
+def _torchvision_version() -> str | None:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    return torchvision.__version__
+
+
+def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:
+    """Load the last checkpoint into `trainer`, drop CSV rows past it; return the epoch it ends."""
+    ckpt = run.path / "checkpoint.pt"
+    epoch = trainer.load_state(torch.load(ckpt, weights_only=False)) if ckpt.is_file() else 0
+    metric_path, step_path = run.path / "metrics.csv", run.path / "steps.csv"
+    rewrite_rows(metric_path, metric_columns(trainer.model, cfg.train.eval_bn),
+                 [r for r in read_rows(metric_path) if int(r["epoch"]) <= epoch])  # fmt: skip
+    rewrite_rows(step_path, STEP_COLUMNS, [r for r in read_rows(step_path) if int(r["epoch"]) <= epoch])
+    resumes = run.meta.get("resumed_at", []) + [now()]
+    run.update_meta(status="running", ended_at=None, error=None, epochs_completed=epoch, resumed_at=resumes,
+                    pid=os.getpid(), hostname=socket.gethostname())  # fmt: skip
+    return epoch
+
+
+def saved_config(run: RunDir) -> RunConfig:
+    path = run.path / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc})") from None
+    return config_from_dict(raw, str(path))
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first asks the loop to stop after the current step; the second
+    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
+    """Train from `first_epoch` to the end, writing as it goes; return the exit code."""
+    cfg = trainer.cfg
+    columns = metric_columns(trainer.model, cfg.train.eval_bn)
+    epoch = first_epoch - 1
+    try:
+        for epoch in range(first_epoch, cfg.train.epochs + 1):
+            row, step_rows = trainer.run_epoch(epoch)
+            append_rows(run.path / "steps.csv", STEP_COLUMNS, step_rows)
+            append_rows(run.path / "metrics.csv", columns, [row])
+            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                atomic_torch_save(trainer.state(epoch), run.path / "checkpoint.pt")
+            run.update_meta(epochs_completed=epoch)
+        atomic_torch_save(trainer.model.state_dict(), run.path / "model.pt")
+        run.update_meta(status="completed", ended_at=now())
+        return 0
+    except Diverged as exc:
+        append_rows(run.path / "steps.csv", STEP_COLUMNS, exc.step_rows)
+        run.update_meta(status="diverged", ended_at=now(), error=str(exc))
+        return EXIT_DIVERGED
+    except (Interrupted, KeyboardInterrupt):
+        run.update_meta(status="interrupted", ended_at=now(), error=f"interrupted during epoch {epoch}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded in meta.json, then reported
+        run.update_meta(status="failed", ended_at=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@dataclass
+class Job:
+    cfg: RunConfig
+    run_name: str
+    source: str  # where the config came from, for error messages
+    resume: RunDir | None = None
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    epochs_completed: int
+    final_test_acc: float | None
+    exit_code: int
+    error: str | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None) -> list[Job]:
+    """Validate every config before anything runs, so a typo in the last one costs nothing."""
+    jobs = []
+    for path in configs:
+        cfg = load_config(path, overrides)
+        if seeds is None:
+            jobs.append(Job(cfg, cfg.name, str(path)))
+        else:
+            jobs += [Job(cfg.with_seed(s), f"{cfg.name}-s{s}", str(path)) for s in seeds]
+    return jobs
+
+
+def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
+    run = RunDir.open(path)
+    status = run.meta.get("status")
+    if status == "completed":
+        raise UsageError(f"--resume {path}: the run is already completed; start a new run instead")
+    if status == "running" and is_alive(run.meta):
+        raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
+    saved = saved_config(run)
+    if config is not None or overrides:
+        wanted = load_config(config, overrides, base=saved if config is None else None)
+        changed = _differences(saved.to_dict(), wanted.to_dict())
+        if changed:
+            raise UsageError(
+                f"--resume {path}: the config differs from the run's saved config.yaml in {', '.join(changed)}; "
+                "resume without a config, or start a new run"
+            )
+    return Job(saved, path.name, str(path / "config.yaml"), resume=run)
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for key in keys:
+        full = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += _differences(a[key], b[key], full + ".")
+        elif a.get(key) != b.get(key):
+            out.append(full)
+    return out
+
+
+def is_alive(meta: dict) -> bool:
+    """Whether the process that wrote a 'running' meta.json still runs (on this host; elsewhere assume so)."""
+    if meta.get("hostname") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(meta.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_code(results: list[RunResult]) -> int:
+    codes = {r.exit_code for r in results}
+    for code in (EXIT_INTERRUPTED, EXIT_FAILED, EXIT_DIVERGED):
+        if code in codes:
+            return code
+    return 0
+
+
+def run_jobs(
+    jobs: list[Job], device_option: str, data_dir: Path | None, out_dir: Path, make_reporter
+) -> tuple[list[RunResult], int]:
+    """Check every job's data, device and output folder, then run the jobs one after another."""
+    device = pick_device(device_option)
+    root = data_dir_from(data_dir)
+    for job in jobs:
+        n_train = train_size(job.cfg.data, root)
+        if job.cfg.train.batch_size > n_train:
+            raise UsageError(
+                f"{job.source}: train.batch_size: {job.cfg.train.batch_size} is larger than the training set "
+                f"({n_train} examples)"
+            )
+    if any(job.resume is None for job in jobs):
+        check_writable(out_dir)
+    results: list[RunResult] = []
+    loaded: dict[DataConfig, Data] = {}
+    with stop_on_signals() as stop:
+        for job in jobs:
+            if job.cfg.data not in loaded:
+                loaded = {job.cfg.data: load_data(job.cfg.data, root, device)}  # keep one dataset in memory
+            trainer = Trainer.create(job.cfg, loaded[job.cfg.data], device, should_stop=stop)
+            if job.resume is not None:
+                run, first_epoch = job.resume, prepare_resume(job.resume, job.cfg, trainer) + 1
+            else:
+                run, first_epoch = create_run(job.cfg, out_dir, job.run_name, trainer, device), 1
+            trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
+            error = None
+            try:
+                code = execute(run, trainer, first_epoch)
+            except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the sweep goes on
+                code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+            rows = read_rows(run.path / "metrics.csv")
+            results.append(RunResult(
+                run.path, run.meta["status"], run.meta["epochs_completed"],
+                float(rows[-1]["test_acc"]) if rows else None, code, error or run.meta.get("error"),
+            ))  # fmt: skip
+            if code == EXIT_INTERRUPTED:
+                break
+    return results, _exit_code(results)

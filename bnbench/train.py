@@ -1,0 +1,273 @@
+"""The training loop: whole dataset on the device, batches by index, metrics accumulated on device.
+
+The host reads device values only through `read_back`, at log points (~20 per epoch) and at the
+end of an epoch, so a CUDA step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnbench.config import RunConfig, TrainConfig
+from bnbench.data import Data, Split
+from bnbench.errors import UsageError
+from bnbench.models import build_model
+from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory
+
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "epoch_seconds",
+    "examples_per_second",
+]
+STEP_COLUMNS = ["step", "epoch", "examples_seen", "train_loss", "train_acc"]
+LOG_POINTS_PER_EPOCH = 20
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite; carries the step-log rows of the abandoned epoch."""
+
+    def __init__(self, message: str, step_rows: list[dict]) -> None:
+        super().__init__(message)
+        self.step_rows = step_rows
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM); the current epoch is abandoned."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise UsageError(f"--device {name}: unknown device; choose auto, cpu, cuda or mps")
+    if not available[name]:
+        raise UsageError(f"--device {name}: {name} is not available on this machine (use --device auto or cpu)")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return platform.processor() or platform.machine()
+    return device.type
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_back(*values: torch.Tensor) -> list[float]:
+    """The one place the loop copies device values to the host (a sync on CUDA); tests count calls."""
+    return torch.stack([v.float() for v in values]).tolist()
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch; a trailing batch of one example joins the previous one,
+    because BatchNorm cannot normalize a single example."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(is_batch_norm(m) for m in model.modules())
+
+
+def metric_columns(model: nn.Module, eval_bn: str) -> list[str]:
+    """metrics.csv header; BN models also record test accuracy under the other eval-statistics mode."""
+    if not has_batch_norm(model):
+        return METRIC_COLUMNS
+    return METRIC_COLUMNS + ["test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats"]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class Reporter(Protocol):
+    def epoch_start(self, epoch: int, steps: int) -> None: ...
+    def progress(self, steps_done: int, loss: float, acc: float) -> None: ...
+    def epoch_end(self, row: dict[str, float]) -> None: ...
+
+
+class SilentReporter:
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        pass
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Data
+    order: torch.Generator  # draws each epoch's permutation; its state is checkpointed
+    step_fn: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd version
+    reporter: Reporter = field(default_factory=SilentReporter)
+    should_stop: Callable[[], bool] = lambda: False
+
+    @classmethod
+    def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init).to(device)
+        step_fn = model
+        if cfg.train.compile:
+            # CUDA graphs (reduce-overhead) replay the step with no launch overhead; every epoch has
+            # the same batch shapes, so there are at most two graphs (full and last batch).
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            step_fn = torch.compile(model, mode=mode, dynamic=False)
+        order = torch.Generator().manual_seed(cfg.train.seed)
+        return cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(batch_bounds(len(self.data.train), self.cfg.train.batch_size))
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], list[dict]]:
+        """One pass over a fresh permutation; returns (train_loss/acc/examples, step-log rows)."""
+        train, tc = self.data.train, self.cfg.train
+        device = train.x.device
+        bounds = batch_bounds(len(train), tc.batch_size)[:max_steps]
+        log_every = tc.log_every or max(1, len(bounds) // LOG_POINTS_PER_EPOCH)
+        perm = torch.randperm(len(train), generator=self.order).to(device, non_blocking=True)
+        window_loss = torch.zeros((), device=device)
+        window_correct = torch.zeros((), device=device, dtype=torch.long)
+        window_n = total_n = 0
+        total_loss = total_correct = 0.0
+        step_rows: list[dict] = []
+        first_step = (epoch - 1) * self.steps_per_epoch
+        self.model.train()
+        self.reporter.epoch_start(epoch, len(bounds))
+        for i, (start, end) in enumerate(bounds):
+            if self.should_stop():
+                raise Interrupted
+            idx = perm[start:end]
+            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+            logits = self.step_fn(xb)
+            loss = F.cross_entropy(logits, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                window_loss += loss.detach() * (end - start)
+                window_correct += (logits.argmax(1) == yb).sum()
+            window_n += end - start
+            if (i + 1) % log_every == 0 or i + 1 == len(bounds):
+                loss_sum, correct = read_back(window_loss, window_correct)
+                total_loss, total_correct, total_n = total_loss + loss_sum, total_correct + correct, total_n + window_n
+                row = {
+                    "step": first_step + i + 1,
+                    "epoch": epoch,
+                    "examples_seen": (epoch - 1) * len(train) + end,
+                    "train_loss": loss_sum / window_n,
+                    "train_acc": correct / window_n,
+                }
+                step_rows.append(row)
+                self.reporter.progress(i + 1, row["train_loss"], row["train_acc"])
+                if not math.isfinite(loss_sum) and tc.on_nan == "stop":
+                    raise Diverged(
+                        f"training loss is {loss_sum / window_n} at step {row['step']} (epoch {epoch})", step_rows
+                    )
+                window_loss.zero_()
+                window_correct.zero_()
+                window_n = 0
+        stats = {"train_loss": total_loss / total_n, "train_acc": total_correct / total_n, "examples": total_n}
+        return stats, step_rows
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, batch_stats: bool) -> tuple[float, float]:
+        """(mean loss, accuracy) over `split` with running (eval mode) or per-batch BN statistics."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=split.x.device)
+        correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+        with batch_stats_eval(self.model) if batch_stats else contextlib.nullcontext():
+            for start, end in batch_bounds(len(split), self.cfg.train.eval_batch_size):
+                logits = self.model(split.x[start:end])
+                loss_sum += F.cross_entropy(logits, split.y[start:end], reduction="sum")
+                correct += (logits.argmax(1) == split.y[start:end]).sum()
+        loss_total, correct_total = read_back(loss_sum, correct)
+        return loss_total / len(split), correct_total / len(split)
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, float], list[dict]]:
+        """Train one epoch and evaluate; returns the metrics.csv row and the steps.csv rows."""
+        started = time.perf_counter()
+        stats, step_rows = self.train_epoch(epoch)
+        train_seconds = time.perf_counter() - started
+        batch_mode = self.cfg.train.eval_bn == "batch"
+        test_loss, test_acc = self.evaluate(self.data.test, batch_stats=batch_mode)
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"],
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+            "examples_per_second": stats["examples"] / train_seconds,
+        }
+        if has_batch_norm(self.model):
+            other = "test_acc_running_stats" if batch_mode else "test_acc_batch_stats"
+            row[other] = self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+        self.reporter.epoch_end(row)
+        return row, step_rows
+
+    def state(self, epoch: int) -> dict:
+        """Everything a resume needs to continue exactly as if never stopped."""
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order": self.order.get_state(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+        }
+
+    def load_state(self, state: dict) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order.set_state(state["order"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        return state["epoch"]
