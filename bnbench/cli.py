@@ -23,8 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEBUG = {"on": os.environ.get("BNBENCH_DEBUG") == "1"}
 
 
@@ -164,6 +165,106 @@ def run(
                     f"[red]{result.status}:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True
                 )
         raise typer.Exit(exit_code)
+
+
+def _rich_table(title: str, frame) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    return table
+
+
+@app.command()
+def compare(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
+    metric: Annotated[str, typer.Option(help="metrics.csv column for the per-epoch table and the test.")] = "test_acc",
+    target: Annotated[
+        Optional[float], typer.Option(help="Test accuracy that counts as converged [lowest final of the runs].")
+    ] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Group or run the others are compared against.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG with loss and accuracy curves.")] = None,
+    format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+) -> None:
+    """Compare runs side by side: summary, seed groups (mean ± std, Welch t-test), per-epoch table, plot."""
+    from bnbench import compare as cmp
+
+    with reported_errors():
+        formats = {"table": None, "markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}
+        if format not in formats:
+            raise UsageError(f"--format {format}: choose one of {', '.join(formats)}")
+        if target is not None and not 0 < target <= 1:
+            raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise UsageError(f"--plot {plot}: the file name must end in .png")
+        runs, warnings = cmp.find_runs(paths)
+        for warning in warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        if not runs:
+            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        comparison = cmp.compare(runs, metric, target, baseline)
+        if formats[format] is not None:
+            sys.stdout.write(formats[format](comparison))
+        else:
+            for title, frame in cmp.display_tables(comparison):
+                console.print(_rich_table(title, frame))
+            for note in cmp.footnotes(comparison):
+                console.print(f"[dim]{note}[/dim]", highlight=False)
+        if plot is not None:
+            try:
+                cmp.plot(runs, plot)
+            except OSError as exc:
+                raise UsageError(f"--plot {plot}: cannot write ({exc.strerror})") from None
+            err_console.print(f"plot written to {plot}", highlight=False)
+
+
+@app.command()
+def check(
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 | float64")] = "float64",
+) -> None:
+    """Prove bnbench's BatchNorm equals nn.BatchNorm: outputs, gradients, running statistics; gradcheck."""
+    import torch
+
+    from bnbench.check import QUANTITIES, SHORT_NAMES, TOLERANCE, cases, compare_case, gradcheck
+    from bnbench.train import pick_device
+
+    with reported_errors():
+        dtypes = {"float32": torch.float32, "float64": torch.float64}
+        if dtype not in dtypes:
+            raise UsageError(f"--dtype {dtype}: choose float32 or float64")
+        target = str(pick_device(device))
+        tolerance = TOLERANCE[dtypes[dtype]]
+        table = Table(title=f"bnbench BatchNorm vs nn.BatchNorm on {target}, {dtype}: max abs difference "
+                      f"(tolerance {tolerance:g})", title_justify="left")  # fmt: skip
+        table.add_column("case")
+        for quantity in QUANTITIES:
+            table.add_column(SHORT_NAMES[quantity], justify="right")
+        table.add_column("result")
+        failures = 0
+        for case in cases():
+            diffs = compare_case(case, dtypes[dtype], target)
+            ok = all(v <= tolerance for v in diffs.values())
+            failures += not ok
+            cells = [f"{diffs[q]:.1e}" if diffs[q] else "0" for q in QUANTITIES]
+            table.add_row(case.name, *cells, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
+        console.print(table)
+        for backward in ("autograd", "manual"):
+            for spatial in (False, True):
+                try:
+                    ok = gradcheck(backward, spatial, target)
+                except RuntimeError:
+                    ok = False
+                failures += not ok
+                mark = "[green]pass[/green]" if ok else "[red]FAIL[/red]"
+                shape = "(N,C,H,W)" if spatial else "(N,C)"
+                console.print(f"gradcheck float64, backward={backward}, {shape}: {mark}")
+        console.print("columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT_NAMES.items()), style="dim")
+        total = len(cases()) + 4
+        console.print(f"{total - failures} passed, {failures} failed", highlight=False)
+        if failures:
+            raise typer.Exit(1)
 
 
 @contextmanager

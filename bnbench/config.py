@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ ModelName = Literal["mlp", "convnet", "lenet"]
 Activation = Literal["sigmoid", "relu", "tanh"]
 NormKind = Literal["none", "scratch", "torch"]
 Dataset = Literal["mnist", "fashion_mnist", "synthetic"]
+
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 # Activation each architecture uses in its tutorial when the config names none.
 DEFAULT_ACTIVATION: dict[str, str] = {"mlp": "relu", "convnet": "relu", "lenet": "sigmoid"}
@@ -132,6 +135,8 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> An
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail(f"expected an integer, got {_describe(value)}")
     elif hint is float:
+        if isinstance(value, str) and FLOAT_LITERAL.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(f"expected a number, got {_describe(value)}")
         value = float(value)

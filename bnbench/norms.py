@@ -145,7 +145,7 @@ class BatchNorm(nn.Module):
         self.num_batches_tracked.add_(1)
         # momentum=None: cumulative moving average, weight 1/t for the t-th batch (as PyTorch).
         # Kept a tensor so that reading the counter never syncs the host with the device.
-        factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+        factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.to(mean.dtype)
         unbiased_var = var * (count / max(count - 1, 1))
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(unbiased_var, factor)

@@ -163,7 +163,7 @@ class Trainer:
         train, tc = self.data.train, self.cfg.train
         device = train.x.device
         bounds = batch_bounds(len(train), tc.batch_size)[:max_steps]
-        log_every = tc.log_every or max(1, len(bounds) // LOG_POINTS_PER_EPOCH)
+        log_every = tc.log_every or -(-len(bounds) // LOG_POINTS_PER_EPOCH)  # ceil: at most 20 log points
         perm = torch.randperm(len(train), generator=self.order).to(device, non_blocking=True)
         window_loss = torch.zeros((), device=device)
         window_correct = torch.zeros((), device=device, dtype=torch.long)

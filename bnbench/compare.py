@@ -1,0 +1,347 @@
+"""`bnbench compare`: run directories side by side, seed groups with mean ± std, Welch t-tests, plots.
+
+Reads what `bnbench run` writes (config.yaml, meta.json, metrics.csv, steps.csv) and writes nothing
+into run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bnbench.errors import UsageError
+from bnbench.runs import is_alive, is_run_dir
+
+SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
+TEST_NAME = "Welch's t-test (unequal variances), two-sided"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    meta: dict
+    metrics: pd.DataFrame
+    steps: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        status = self.meta.get("status", "unknown")
+        return "stale" if status == "running" and not is_alive(self.meta) else status
+
+    def group_key(self) -> str:
+        """Runs that differ only in seed and name share this key."""
+        config = {k: v for k, v in self.config.items() if k != "name"}
+        config["train"] = {k: v for k, v in config.get("train", {}).items() if k != "seed"}
+        return json.dumps(config, sort_keys=True)
+
+
+def load_run(path: Path) -> Run:
+    meta = json.loads((path / "meta.json").read_text())
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    metrics = pd.read_csv(path / "metrics.csv")
+    steps = pd.read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else pd.DataFrame()
+    if not isinstance(meta, dict) or not isinstance(config, dict) or "test_acc" not in metrics.columns:
+        raise ValueError("unexpected contents")
+    return Run(path, config, meta, metrics, steps)
+
+
+def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
+    """Runs named directly or one level down; anything else becomes a one-line warning."""
+    candidates: list[Path] = []
+    warnings: list[str] = []
+    for path in paths:
+        if is_run_dir(path):
+            candidates.append(path)
+        elif path.is_dir():
+            children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            runs_inside = [p for p in children if is_run_dir(p)]
+            if not runs_inside:
+                warnings.append(f"{path}: not a run directory and contains none; skipped")
+            candidates += runs_inside
+        else:
+            warnings.append(f"{path}: not a directory; skipped")
+    runs = []
+    for path in dict.fromkeys(candidates):
+        try:
+            runs.append(load_run(path))
+        except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
+    return runs, warnings
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def summarize(run: Run, metric: str, target: float | None) -> dict:
+    m = run.metrics
+    row = {
+        "name": run.name,
+        "model": run.config.get("model", {}).get("name"),
+        "norm": run.config.get("norm", {}).get("kind"),
+        "dataset": run.config.get("data", {}).get("dataset"),
+        "status": run.status,
+        "epochs": len(m),
+        "final_test_acc": m["test_acc"].iloc[-1] if len(m) else math.nan,
+        "best_test_acc": m["test_acc"].max() if len(m) else math.nan,
+        "best_epoch": int(m.loc[m["test_acc"].idxmax(), "epoch"]) if m["test_acc"].notna().any() else None,
+        "final_train_loss": m["train_loss"].iloc[-1] if len(m) else math.nan,
+        f"final_{metric}": m[metric].iloc[-1] if len(m) and metric in m else math.nan,
+        "epochs_to_target": None,
+        "steps_to_target": None,
+        "examples_to_target": None,
+        "examples_per_second": m["examples_per_second"].mean() if len(m) else math.nan,
+        "wall_seconds": m["epoch_seconds"].sum() if len(m) else 0.0,
+    }
+    if target is not None and len(m):
+        reached = m.index[m["test_acc"] >= target]
+        if len(reached):
+            epoch = int(m.loc[reached[0], "epoch"])
+            row["epochs_to_target"] = epoch
+            in_epoch = run.steps[run.steps["epoch"] == epoch] if len(run.steps) else run.steps
+            if len(in_epoch):
+                row["steps_to_target"] = int(in_epoch["step"].iloc[-1])
+                row["examples_to_target"] = int(in_epoch["examples_seen"].iloc[-1])
+    return row
+
+
+def default_target(runs: list[Run]) -> float | None:
+    """The accuracy every completed run reached by its end (floored to 0.01): a fair finish line."""
+    finals = [r.metrics["test_acc"].iloc[-1] for r in runs if r.status == "completed" and len(r.metrics)]
+    return math.floor(min(finals) * 100) / 100 if finals else None
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.group_key(), []).append(run)
+    groups = {}
+    for members in by_key.values():
+        stems = {SEED_SUFFIX.sub("", r.name) for r in members}
+        name = stems.pop() if len(stems) == 1 else members[0].config.get("name", members[0].name)
+        while name in groups:
+            name += "'"
+        groups[name] = members
+    return groups
+
+
+GROUP_FIGURES = ("final_test_acc", "best_test_acc", "final_train_loss", "epochs_to_target",
+                 "examples_to_target", "examples_per_second", "wall_seconds")  # fmt: skip
+
+
+def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
+    rows = []
+    for name, members in groups.items():
+        frame = pd.DataFrame([summaries[r.name] for r in members])
+        row = {"group": name, "n": len(members), "runs": " ".join(r.name for r in members),
+               "reached_target": int(frame["epochs_to_target"].notna().sum())}  # fmt: skip
+        for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
+            values = pd.to_numeric(frame[figure], errors="coerce")
+            row[f"{figure}_mean"] = values.mean()
+            row[f"{figure}_std"] = values.std(ddof=1) if values.count() > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def add_baseline(groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict],
+                 baseline: str, metric: str) -> pd.DataFrame:  # fmt: skip
+    """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
+    from scipy import stats
+
+    if baseline not in groups:
+        owner = [g for g, members in groups.items() if baseline in {r.name for r in members}]
+        if not owner:
+            raise UsageError(f"--baseline {baseline}: no such run or group; choose one of {', '.join(groups)}")
+        baseline = owner[0]
+    base = [summaries[r.name][f"final_{metric}"] for r in groups[baseline]]
+    deltas, pvalues = [], []
+    for name in groups_df["group"]:
+        values = [summaries[r.name][f"final_{metric}"] for r in groups[name]]
+        deltas.append(pd.Series(values).mean() - pd.Series(base).mean() if name != baseline else 0.0)
+        p = math.nan
+        if name != baseline and len(values) >= 2 and len(base) >= 2:
+            p = float(stats.ttest_ind(values, base, equal_var=False, nan_policy="omit").pvalue)
+        pvalues.append(p)
+    out = groups_df.copy()
+    out[f"delta_final_{metric}"] = deltas
+    out["p_value"] = pvalues
+    out.attrs["baseline"] = baseline
+    return out
+
+
+def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
+    columns = {r.name: r.metrics.set_index("epoch")[metric] for r in runs if metric in r.metrics}
+    return pd.DataFrame(columns).rename_axis("epoch")
+
+
+@dataclass
+class Comparison:
+    metric: str
+    target: float | None
+    target_is_default: bool
+    runs: pd.DataFrame
+    groups: pd.DataFrame
+    per_epoch: pd.DataFrame
+    baseline: str | None
+
+
+def compare(runs: list[Run], metric: str = "test_acc", target: float | None = None,
+            baseline: str | None = None) -> Comparison:  # fmt: skip
+    if not runs:
+        raise UsageError("no runs to compare")
+    known = sorted(set().union(*(set(r.metrics.columns) for r in runs)) - {"epoch"})
+    if metric not in known:
+        raise UsageError(f"--metric {metric}: not a metrics.csv column; choose one of {', '.join(known)}")
+    target_is_default = target is None
+    target = default_target(runs) if target is None else target
+    summaries = {r.name: summarize(r, metric, target) for r in runs}
+    groups = group_runs(runs)
+    groups_df = summarize_groups(groups, summaries, metric)
+    if baseline is not None:
+        groups_df = add_baseline(groups_df, groups, summaries, baseline, metric)
+    return Comparison(metric, target, target_is_default, pd.DataFrame(list(summaries.values())), groups_df,
+                      per_epoch(runs, metric), groups_df.attrs.get("baseline"))  # fmt: skip
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """Train loss and test accuracy per epoch, train loss per example seen; mean ± std per seed group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    panels = [("metrics", "epoch", "train_loss", "train loss (epoch mean)"),
+              ("metrics", "epoch", "test_acc", "test accuracy"),
+              ("steps", "examples_seen", "train_loss", "train loss (log window)")]  # fmt: skip
+    for i, (name, members) in enumerate(group_runs(runs).items()):
+        color = f"C{i % 10}"
+        label = f"{name} (n={len(members)})" if len(members) > 1 else name
+        for ax, (table, x, y, _) in zip(axes, panels, strict=True):
+            frames = [getattr(r, table) for r in members if len(getattr(r, table)) and y in getattr(r, table)]
+            if not frames:
+                continue
+            stats = pd.concat(frames).groupby(x)[y].agg(["mean", "std"])
+            ax.plot(stats.index, stats["mean"], color=color, label=label, marker="o" if table == "metrics" else None,
+                    markersize=3)  # fmt: skip
+            if len(frames) > 1:
+                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                                color=color, alpha=0.2, linewidth=0)  # fmt: skip
+    for ax, (_, x, _, title) in zip(axes, panels, strict=True):
+        ax.set_xlabel("examples seen" if x == "examples_seen" else "epoch")
+        ax.set_ylabel(title)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("bnbench compare: " + ", ".join(r.name for r in runs[:6]) + (" ..." if len(runs) > 6 else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _num(value: object, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
+    mean, std = row[f"{figure}_mean"], row[f"{figure}_std"]
+    if isinstance(std, float) and math.isnan(std):
+        return _num(float(mean), digits)
+    return f"{_num(float(mean), digits)} ± {_num(float(std), digits)}"
+
+
+def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
+    """The comparison as titled tables of strings, for the Rich and markdown outputs."""
+    target = "-" if comp.target is None else f"{comp.target:g}"
+    runs = pd.DataFrame({
+        "run": comp.runs["name"], "model": comp.runs["model"], "norm": comp.runs["norm"],
+        "dataset": comp.runs["dataset"], "status": comp.runs["status"], "epochs": comp.runs["epochs"].map(str),
+        "final test_acc": comp.runs["final_test_acc"].map(_num),
+        "best test_acc (epoch)": [f"{_num(a)} ({e})" if e else "-"
+                                  for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)],
+        "final train_loss": comp.runs["final_train_loss"].map(_num),
+        f"epochs to {target}": [str(e) if e else "not reached" for e in comp.runs["epochs_to_target"]],
+        f"steps (examples) to {target}": [f"{s:,} ({x:,})" if s else "-"
+                                          for s, x in zip(comp.runs["steps_to_target"].fillna(0).astype(int),
+                                                          comp.runs["examples_to_target"].fillna(0).astype(int),
+                                                          strict=True)],
+        "ex/s": comp.runs["examples_per_second"].map(lambda v: _num(float(v), 0)),
+        "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
+    })  # fmt: skip
+    tables = [("runs", runs)]
+    if (comp.groups["n"] > 1).any() or comp.baseline is not None:
+        groups = pd.DataFrame({
+            "group": comp.groups["group"], "n": comp.groups["n"].map(str),
+            "final test_acc": [_mean_std(r, "final_test_acc") for _, r in comp.groups.iterrows()],
+            "best test_acc": [_mean_std(r, "best_test_acc") for _, r in comp.groups.iterrows()],
+            "final train_loss": [_mean_std(r, "final_train_loss") for _, r in comp.groups.iterrows()],
+            f"epochs to {target}": [f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
+                                    for _, r in comp.groups.iterrows()],
+            "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
+        })  # fmt: skip
+        if comp.baseline is not None:
+            groups[f"Δ final {comp.metric} vs {comp.baseline}"] = comp.groups[f"delta_final_{comp.metric}"].map(
+                lambda v: f"{v:+.4f}"
+            )
+            groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
+        tables.append(("seed groups (mean ± std over seeds)", groups))
+    side = comp.per_epoch.map(_num).reset_index()
+    side["epoch"] = side["epoch"].map(str)
+    tables.append((f"{comp.metric} per epoch", side.fillna("-")))
+    return tables
+
+
+def footnotes(comp: Comparison) -> list[str]:
+    notes = []
+    if comp.target is not None and comp.target_is_default:
+        notes.append(f"target {comp.target:g}: the lowest final test_acc of the completed runs (set it with --target)")
+    if comp.baseline is not None:
+        notes.append(f"p: {TEST_NAME} on the final {comp.metric}, each group against {comp.baseline}")
+    return notes
+
+
+def to_markdown(comp: Comparison) -> str:
+    parts = []
+    for title, frame in display_tables(comp):
+        header = "| " + " | ".join(frame.columns) + " |"
+        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+        body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+        parts.append("\n".join([f"### {title}", "", header, rule, *body]))
+    parts += [f"_{note}_" for note in footnotes(comp)]
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(comp: Comparison) -> str:
+    """Runs and groups in one CSV, told apart by the `kind` column."""
+    runs = comp.runs.assign(kind="run")
+    groups = comp.groups.rename(columns={"group": "name"}).assign(kind="group")
+    frame = pd.concat([runs, groups], ignore_index=True)
+    return frame[["kind", *[c for c in frame.columns if c != "kind"]]].to_csv(index=False)
+
+
+def to_json(comp: Comparison) -> str:
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return json.loads(frame.to_json(orient="records"))
+
+    return json.dumps({
+        "metric": comp.metric, "target": comp.target, "baseline": comp.baseline, "test": TEST_NAME,
+        "runs": records(comp.runs), "groups": records(comp.groups),
+        "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
+    }, indent=2)  # fmt: skip

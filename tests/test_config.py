@@ -1,0 +1,112 @@
+"""Config validation: every kind of bad input is one clear line naming file and key, exit 2, no run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+
+from bnbench.config import ConfigError, RunConfig, load_config
+from bnbench.errors import UsageError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_defaults_fill_everything_and_name_is_the_stem(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("model: {name: mlp}\n")
+    cfg = load_config(path)
+    assert cfg.name == "tiny"
+    assert cfg.model.activation == "relu"  # the mlp's default, resolved
+    assert cfg.train == RunConfig().train
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_each_model_has_three_configs_differing_only_in_norm_kind():
+    for model in ("mlp", "convnet", "lenet"):
+        dicts = [load_config(CONFIGS / f"{model}_{n}.yaml").to_dict() for n in ("none", "scratch", "bn")]
+        for d in dicts:
+            d.pop("name")
+            d["norm"].pop("kind")
+        assert dicts[0] == dicts[1] == dicts[2]
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean 'lr'?)"),
+        ({"modle": {"name": "mlp"}}, "modle: unknown key (did you mean 'model'?)"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast' (str)"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5 (float)"),
+        ({"norm": {"affine": "yes"}}, "norm.affine: expected true or false, got 'yes' (str)"),
+        ({"train": {"lr": 0}}, "train.lr: must be > 0, got 0.0"),
+        ({"train": {"lr": -1}}, "train.lr: must be > 0, got -1.0"),
+        ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+        ({"train": {"batch_size": 0}}, "train.batch_size: must be >= 1, got 0"),
+        ({"norm": {"eps": 0}}, "norm.eps: must be > 0, got 0.0"),
+        ({"norm": {"momentum": 1.5}}, "norm.momentum: must be <= 1, got 1.5"),
+        ({"norm": {"momentum": -0.1}}, "norm.momentum: must be >= 0, got -0.1"),
+        ({"model": {"name": "resnet"}}, "model.name: 'resnet' is not one of mlp, convnet, lenet"),
+        ({"norm": {"kind": "layer"}}, "norm.kind: 'layer' is not one of none, scratch, torch"),
+        ({"data": {"dataset": "cifar"}}, "data.dataset: 'cifar' is not one of mnist, fashion_mnist, synthetic"),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: 'rmsprop' is not one of sgd, adam"),
+        ({"model": {"activation": "gelu"}}, "model.activation: 'gelu' is not one of sigmoid, relu, tanh"),
+        ({"model": {"hidden": []}}, "model.hidden: expected a non-empty list, got [] (list)"),
+        ({"model": {"hidden": [10, 0]}}, "model.hidden[1]: must be >= 1, got 0"),
+        ({"train": "fast"}, "train: expected a mapping, got 'fast' (str)"),
+    ],
+)
+def test_bad_values_name_file_key_and_problem(tmp_path, sections, message):
+    path = write_config(tmp_path / "bad.yaml", **sections)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: {name: mlp\n", "malformed YAML at line 2, column 1"),
+        ("- 1\n- 2\n", "a config must be a YAML mapping of keys, got a list"),
+        ("", "the file is empty"),
+    ],
+)
+def test_unreadable_files(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UsageError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_yaml_and_errors_name_the_override(tmp_path):
+    path = write_config(tmp_path / "c.yaml")
+    cfg = load_config(path, ["train.lr=0.5", "model.hidden=[8, 8]", "norm.momentum=null"])
+    assert (cfg.train.lr, cfg.model.hidden, cfg.norm.momentum) == (0.5, (8, 8), None)
+    with pytest.raises(UsageError, match=r"^--set train.lr=abc: train.lr: expected a number"):
+        load_config(path, ["train.lr=abc"])
+    with pytest.raises(UsageError, match=r"^--set trian.lr=1: 'trian': unknown key \(did you mean 'train'\?\)"):
+        load_config(path, ["trian.lr=1"])
+    with pytest.raises(UsageError, match="expected dotted.key=value"):
+        load_config(path, ["train.lr"])
+    with pytest.raises(UsageError, match="'train.lr' has no sub-keys"):
+        load_config(path, ["train.lr.x=1"])
+
+
+def test_bad_config_via_cli_exits_2_and_creates_nothing(tmp_path, cli):
+    path = write_config(tmp_path / "bad.yaml", train={"lrr": 0.1})
+    good = write_config(tmp_path / "good.yaml")
+    result = cli("run", good, path, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "bad.yaml: train.lrr: unknown key (did you mean 'lr'?)" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

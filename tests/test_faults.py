@@ -1,0 +1,189 @@
+"""Faults during a run and bad input, through the real CLI: exit codes, messages, files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import read_run, write_config, write_mnist
+
+from bnbench.train import Trainer
+
+TIMING = ["epoch_seconds", "examples_per_second"]
+
+
+def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "bnbench", "run", str(config), "--out-dir", str(out), "--device", "cpu", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run / "metrics.csv"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("the run did not reach the epoch in time")
+
+
+def _slow_config(tmp_path: Path, epochs: int = 40) -> Path:
+    return write_config(tmp_path / "long.yaml", data={"train_subset": 1024}, train={"epochs": epochs})
+
+
+def test_sigint_keeps_completed_epochs_and_resume_matches_an_uninterrupted_run(tmp_path, cli):
+    config, out = _slow_config(tmp_path), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    meta, metrics, steps = read_run(out / "long")
+    assert meta["status"] == "interrupted" and meta["epochs_completed"] == len(metrics) >= 2
+    assert list(metrics["epoch"]) == list(range(1, len(metrics) + 1))
+    assert torch.load(out / "long/checkpoint.pt", weights_only=False)["epoch"] == len(metrics)
+
+    result = cli("run", "--resume", out / "long")
+    assert result.exit_code == 0, result.output
+    assert cli("run", config, "--out-dir", out).exit_code == 0  # the same run, never interrupted
+    resumed, straight = read_run(out / "long"), read_run(out / "long-2")
+    assert resumed[0]["status"] == "completed" and len(resumed[0]["resumed_at"]) == 1
+    pd.testing.assert_frame_equal(resumed[1].drop(columns=TIMING), straight[1].drop(columns=TIMING))
+    pd.testing.assert_frame_equal(resumed[2], straight[2])
+
+
+def test_sigterm_and_a_second_sigint(tmp_path):
+    config, out = _slow_config(tmp_path), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130 and read_run(out / "long")[0]["status"] == "interrupted"
+
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long-2", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    meta, metrics, _ = read_run(out / "long-2")
+    assert meta["status"] == "interrupted" and meta["epochs_completed"] == len(metrics)
+
+
+def test_sigkill_leaves_readable_files_shown_as_stale_and_resumable(tmp_path, cli):
+    config, out = _slow_config(tmp_path), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 2, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    meta, metrics, steps = read_run(out / "long")  # every file parses
+    assert meta["status"] == "running" and len(metrics) >= 2
+    result = cli("compare", out, "--format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["runs"][0]["status"] == "stale"
+    result = cli("run", "--resume", out / "long")
+    assert result.exit_code == 0, result.output
+    meta, metrics, _ = read_run(out / "long")
+    assert meta["status"] == "completed" and list(metrics["epoch"]) == list(range(1, 41))
+
+
+def test_divergence_stops_the_run(tmp_path, cli):
+    config = write_config(tmp_path / "hot.yaml", norm={"kind": "none"}, train={"lr": 1e20, "epochs": 3})
+    result = cli("run", config, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 3
+    assert "diverged: hot: training loss is nan" in result.output
+    meta, metrics, steps = read_run(tmp_path / "runs/hot")
+    assert meta["status"] == "diverged" and "training loss is nan" in meta["error"]
+    assert len(metrics) == meta["epochs_completed"] < 3
+    assert not (tmp_path / "runs/hot/model.pt").exists()
+    result = cli("compare", tmp_path / "runs", "--format", "json")
+    assert json.loads(result.stdout)["runs"][0]["status"] == "diverged"
+
+
+def test_divergence_can_be_recorded_and_continued(tmp_path, cli):
+    config = write_config(
+        tmp_path / "hot.yaml", norm={"kind": "none"}, train={"lr": 1e20, "epochs": 2, "on_nan": "continue"}
+    )
+    assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
+    meta, metrics, _ = read_run(tmp_path / "runs/hot")
+    assert meta["status"] == "completed" and metrics["train_loss"].isna().all()
+
+
+def test_an_exception_marks_the_run_failed(tmp_path, cli, monkeypatch):
+    def out_of_memory(self, epoch):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "run_epoch", out_of_memory)
+    result = cli("run", write_config(tmp_path / "c.yaml"), "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "failed: c: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    meta = read_run(tmp_path / "runs/c")[0]
+    assert meta["status"] == "failed" and "CUDA out of memory" in meta["error"]
+
+
+def test_resume_refusals(tmp_path, cli):
+    config, out = write_config(tmp_path / "c.yaml", train={"epochs": 1}), tmp_path / "runs"
+    assert cli("run", config, "--out-dir", out).exit_code == 0
+    result = cli("run", "--resume", out / "c")
+    assert result.exit_code == 2 and "the run is already completed" in result.stderr
+    meta_path = out / "c/meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "status": "interrupted"}))
+    result = cli("run", "--resume", out / "c", "--set", "train.lr=0.5")
+    assert result.exit_code == 2
+    assert "the config differs from the run's saved config.yaml in train.lr" in result.stderr
+    result = cli("run", "--resume", tmp_path)
+    assert result.exit_code == 2 and "not a bnbench run directory" in result.stderr
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(b"\x00\x00\x00\x00" + data[4:] if how == "magic" else data[:-100])
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("none", ["--device", "cuda"], "--device cuda: cuda is not available on this machine"),
+        ("none", ["--device", "tpu"], "--device tpu: unknown device; choose auto, cpu, cuda or mps"),
+        ("none", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
+        ("none", ["--set", "train.lr=[1"], "--set train.lr=[1: the value is not valid YAML"),
+        ("none", ["--set", "train.batch_size=5000"], "train.batch_size: 5000 is larger than the training set (256"),
+        ("none", ["--seeds", "0,x"], "--seeds 0,x: expected comma-separated integers"),
+        ("none", ["--out-dir", "{tmp}/c.yaml/runs"], "cannot create it"),
+        ("mnist", ["--data-dir", "{tmp}/nowhere"], "mnist: missing train-images-idx3-ubyte, train-labels-idx1-ubyte"),
+        ("magic", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: not an IDX images file (wrong magic number)"),
+        ("size", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: 200620 bytes, expected 200720 for 256 images"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, args, message):
+    if setup == "none":
+        config = write_config(tmp_path / "c.yaml", data={"train_subset": None})
+        config.write_text(config.read_text().replace("train_subset: null", "train_subset: 256"))
+    else:
+        config = write_config(tmp_path / "c.yaml", data={"dataset": "mnist", "train_subset": None})
+        root = write_mnist(tmp_path / "data")
+        if setup == "magic":
+            _corrupt(root / "MNIST/raw/train-images-idx3-ubyte", "magic")
+        if setup == "size":
+            _corrupt(root / "MNIST/raw/train-images-idx3-ubyte", "size")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = cli("run", config, "--out-dir", tmp_path / "runs", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, cli):
+    result = cli("--debug", "run", tmp_path / "missing.yaml")
+    assert result.exit_code == 2 and "Traceback" in result.stderr

@@ -1,0 +1,48 @@
+"""Every model x norm builds, and runs forward and backward (2-D norms in mlp, 4-D in the conv nets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bnbench.config import DEFAULT_ACTIVATION, ModelConfig, NormConfig
+from bnbench.models import build_model
+from bnbench.norms import BatchNorm, make_norm_factory
+
+NORM_TYPES = {"none": (), "scratch": (BatchNorm,), "torch": (nn.BatchNorm1d, nn.BatchNorm2d)}
+NORM_COUNT = {"mlp": 1, "convnet": 2, "lenet": 4}
+
+
+@pytest.mark.parametrize("kind", ["none", "scratch", "torch"])
+@pytest.mark.parametrize("name", ["mlp", "convnet", "lenet"])
+def test_model_builds_and_trains_one_step(name, kind):
+    model = build_model(
+        ModelConfig(name=name, activation=DEFAULT_ACTIVATION[name]), make_norm_factory(NormConfig(kind=kind))
+    )
+    norms = [m for m in model.modules() if isinstance(m, (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert len(norms) == (0 if kind == "none" else NORM_COUNT[name])
+    assert all(isinstance(m, NORM_TYPES[kind]) for m in norms)
+    x = torch.rand(4, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lenet_is_the_tutorial_architecture():
+    model = build_model(ModelConfig(name="lenet", activation="sigmoid"), make_norm_factory(NormConfig(kind="torch")))
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d", "Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d",
+                     "Flatten", "Linear", "BatchNorm1d", "Sigmoid", "Linear", "BatchNorm1d", "Sigmoid", "Linear"]  # fmt: skip
+    assert (
+        sum(p.numel() for p in model.parameters() if p.dim() > 1) == 6 * 25 + 16 * 6 * 25 + 256 * 120 + 120 * 84 + 840
+    )
+
+
+def test_mlp_hidden_layers_follow_the_config():
+    cfg = ModelConfig(name="mlp", activation="sigmoid", hidden=(100, 100, 100))
+    model = build_model(cfg, make_norm_factory(NormConfig(kind="scratch")))
+    widths = [m.out_features for m in model if isinstance(m, nn.Linear)]
+    assert widths == [100, 100, 100, 10]
+    assert sum(isinstance(m, nn.Sigmoid) for m in model) == 3
