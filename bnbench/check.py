@@ -13,10 +13,24 @@ from torch import nn
 
 from bnbench.norms import BatchNorm
 
-QUANTITIES = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var",
-              "num_batches_tracked", "eval_output", "eval_grad_input")  # fmt: skip
-SHORT_NAMES = dict(zip(QUANTITIES, ("y", "dx", "dweight", "dbias", "run_mean", "run_var", "n_batches", "eval y",
-                                     "eval dx"), strict=True))  # fmt: skip
+QUANTITIES = (
+    "output",
+    "grad_input",
+    "grad_weight",
+    "grad_bias",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "eval_output",
+    "eval_grad_input",
+)
+SHORT_NAMES = dict(
+    zip(
+        QUANTITIES,
+        ("y", "dx", "dweight", "dbias", "run_mean", "run_var", "n_batches", "eval y", "eval dx"),
+        strict=True,
+    )
+)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 SHAPES = ((2, 3), (7, 5), (2, 3, 4, 4), (5, 4, 3, 5))  # N=2 and odd sizes, 2-D and 4-D
 TRAIN_STEPS = 3

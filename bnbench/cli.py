@@ -100,10 +100,14 @@ class LiveReporter(PlainReporter):
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"), TimeElapsedColumn(),
-        console=console, transient=True,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -236,8 +240,11 @@ def check(
             raise UsageError(f"--dtype {dtype}: choose float32 or float64")
         target = str(pick_device(device))
         tolerance = TOLERANCE[dtypes[dtype]]
-        table = Table(title=f"bnbench BatchNorm vs nn.BatchNorm on {target}, {dtype}: max abs difference "
-                      f"(tolerance {tolerance:g})", title_justify="left")  # fmt: skip
+        table = Table(
+            title=f"bnbench BatchNorm vs nn.BatchNorm on {target}, {dtype}: max abs difference "
+            f"(tolerance {tolerance:g})",
+            title_justify="left",
+        )
         table.add_column("case")
         for quantity in QUANTITIES:
             table.add_column(SHORT_NAMES[quantity], justify="right")
@@ -265,6 +272,81 @@ def check(
         console.print(f"{total - failures} passed, {failures} failed", highlight=False)
         if failures:
             raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = "mlp,convnet,lenet",
+    norms: Annotated[str, typer.Option(help="Comma-separated: none, scratch, scratch_manual, torch.")] = (
+        "none,scratch,scratch_manual,torch"
+    ),
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Dataset folder; synthetic data if files are missing.")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds; the median is reported.")] = 3,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile bnbench's model (train.compile).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Write the raw figures as JSON.")] = None,
+) -> None:
+    """Training throughput of bnbench vs the tutorials' DataLoader loop, per model and norm."""
+    import dataclasses
+    import json
+
+    from bnbench.bench import NORMS, run_bench
+    from bnbench.data import data_dir_from
+    from bnbench.models import MODELS
+    from bnbench.train import device_name, pick_device
+
+    with reported_errors():
+        model_list, norm_list = models.split(","), norms.split(",")
+        for given, valid, option in ((model_list, MODELS, "--models"), (norm_list, NORMS, "--norms")):
+            unknown = [x for x in given if x not in valid]
+            if unknown:
+                raise UsageError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+        target = pick_device(device)
+        table = Table(
+            title=f"training throughput on {target} ({device_name(target)}), examples/s, median of {rounds}",
+            title_justify="left",
+        )
+        for column in (
+            "model",
+            "norm",
+            "data",
+            "reference",
+            "bnbench",
+            "ratio",
+            "step time vs torch BN",
+            "eval s",
+            "epoch s",
+            "peak RSS MB",
+        ):
+            table.add_column(column, justify="left" if column in ("model", "norm", "data") else "right")
+
+        def add(row) -> None:
+            vs_torch = f"{row.step_time_vs_torch_bn:.2f}x" if row.step_time_vs_torch_bn else "-"
+            table.add_row(
+                row.model,
+                row.norm,
+                row.dataset,
+                f"{row.reference_examples_per_second:,.0f}",
+                f"{row.bnbench_examples_per_second:,.0f}",
+                f"{row.ratio:.2f}x",
+                vs_torch,
+                f"{row.eval_seconds:.2f}",
+                f"{row.epoch_seconds:.2f}",
+                f"{row.peak_rss_mb:,.0f}",
+            )
+            err_console.print(f"{row.model}/{row.norm}: {row.ratio:.2f}x", highlight=False)
+
+        rows = run_bench(model_list, norm_list, target, data_dir_from(data_dir), rounds, compile, on_row=add)
+        console.print(table)
+        console.print(
+            "reference: torchvision dataset + ToTensor (+Normalize) + DataLoader(shuffle), best of "
+            "num_workers 0 and 2; step time vs torch BN = bnbench step time / nn.BatchNorm's",
+            style="dim",
+        )
+        if out is not None:
+            out.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
 
 
 @contextmanager

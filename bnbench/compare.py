@@ -136,16 +136,27 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-GROUP_FIGURES = ("final_test_acc", "best_test_acc", "final_train_loss", "epochs_to_target",
-                 "examples_to_target", "examples_per_second", "wall_seconds")  # fmt: skip
+GROUP_FIGURES = (
+    "final_test_acc",
+    "best_test_acc",
+    "final_train_loss",
+    "epochs_to_target",
+    "examples_to_target",
+    "examples_per_second",
+    "wall_seconds",
+)
 
 
 def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
     rows = []
     for name, members in groups.items():
         frame = pd.DataFrame([summaries[r.name] for r in members])
-        row = {"group": name, "n": len(members), "runs": " ".join(r.name for r in members),
-               "reached_target": int(frame["epochs_to_target"].notna().sum())}  # fmt: skip
+        row = {
+            "group": name,
+            "n": len(members),
+            "runs": " ".join(r.name for r in members),
+            "reached_target": int(frame["epochs_to_target"].notna().sum()),
+        }
         for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
             values = pd.to_numeric(frame[figure], errors="coerce")
             row[f"{figure}_mean"] = values.mean()
@@ -154,8 +165,9 @@ def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], m
     return pd.DataFrame(rows)
 
 
-def add_baseline(groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict],
-                 baseline: str, metric: str) -> pd.DataFrame:  # fmt: skip
+def add_baseline(
+    groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
+) -> pd.DataFrame:
     """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
     from scipy import stats
 
@@ -196,8 +208,9 @@ class Comparison:
     baseline: str | None
 
 
-def compare(runs: list[Run], metric: str = "test_acc", target: float | None = None,
-            baseline: str | None = None) -> Comparison:  # fmt: skip
+def compare(
+    runs: list[Run], metric: str = "test_acc", target: float | None = None, baseline: str | None = None
+) -> Comparison:
     if not runs:
         raise UsageError("no runs to compare")
     known = sorted(set().union(*(set(r.metrics.columns) for r in runs)) - {"epoch"})
@@ -210,8 +223,15 @@ def compare(runs: list[Run], metric: str = "test_acc", target: float | None = No
     groups_df = summarize_groups(groups, summaries, metric)
     if baseline is not None:
         groups_df = add_baseline(groups_df, groups, summaries, baseline, metric)
-    return Comparison(metric, target, target_is_default, pd.DataFrame(list(summaries.values())), groups_df,
-                      per_epoch(runs, metric), groups_df.attrs.get("baseline"))  # fmt: skip
+    return Comparison(
+        metric,
+        target,
+        target_is_default,
+        pd.DataFrame(list(summaries.values())),
+        groups_df,
+        per_epoch(runs, metric),
+        groups_df.attrs.get("baseline"),
+    )
 
 
 def plot(runs: list[Run], path: Path) -> None:
@@ -220,12 +240,16 @@ def plot(runs: list[Run], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    panels = [("metrics", "epoch", "train_loss", "train loss (epoch mean)"),
-              ("metrics", "epoch", "test_acc", "test accuracy"),
-              ("steps", "examples_seen", "train_loss", "train loss (log window)")]  # fmt: skip
-    for i, (name, members) in enumerate(group_runs(runs).items()):
+    panels = [
+        ("metrics", "epoch", "train_loss", "train loss (epoch mean)"),
+        ("metrics", "epoch", "test_acc", "test accuracy"),
+        ("steps", "examples_seen", "train_loss", "train loss (log window)"),
+    ]
+    groups = group_runs(runs)
+    for i, (name, members) in enumerate(groups.items()):
         color = f"C{i % 10}"
         label = f"{name} (n={len(members)})" if len(members) > 1 else name
         for ax, (table, x, y, _) in zip(axes, panels, strict=True):
@@ -233,11 +257,23 @@ def plot(runs: list[Run], path: Path) -> None:
             if not frames:
                 continue
             stats = pd.concat(frames).groupby(x)[y].agg(["mean", "std"])
-            ax.plot(stats.index, stats["mean"], color=color, label=label, marker="o" if table == "metrics" else None,
-                    markersize=3)  # fmt: skip
+            ax.plot(
+                stats.index,
+                stats["mean"],
+                color=color,
+                label=label,
+                marker="o" if table == "metrics" else None,
+                markersize=3,
+            )
             if len(frames) > 1:
-                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                                color=color, alpha=0.2, linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    stats.index,
+                    stats["mean"] - stats["std"],
+                    stats["mean"] + stats["std"],
+                    color=color,
+                    alpha=0.2,
+                    linewidth=0,
+                )
     for ax, (_, x, _, title) in zip(axes, panels, strict=True):
         ax.set_xlabel("examples seen" if x == "examples_seen" else "epoch")
         ax.set_ylabel(title)
@@ -246,7 +282,9 @@ def plot(runs: list[Run], path: Path) -> None:
     axes[0].set_yscale("log")
     axes[2].set_yscale("log")
     axes[1].legend(fontsize=8)
-    fig.suptitle("bnbench compare: " + ", ".join(r.name for r in runs[:6]) + (" ..." if len(runs) > 6 else ""))
+    axes[2].xaxis.set_major_formatter(EngFormatter())
+    names = list(groups)
+    fig.suptitle("bnbench compare: " + " vs ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -270,32 +308,51 @@ def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
 def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
     """The comparison as titled tables of strings, for the Rich and markdown outputs."""
     target = "-" if comp.target is None else f"{comp.target:g}"
-    runs = pd.DataFrame({
-        "run": comp.runs["name"], "model": comp.runs["model"], "norm": comp.runs["norm"],
-        "dataset": comp.runs["dataset"], "status": comp.runs["status"], "epochs": comp.runs["epochs"].map(str),
-        "final test_acc": comp.runs["final_test_acc"].map(_num),
-        "best test_acc (epoch)": [f"{_num(a)} ({e})" if e else "-"
-                                  for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)],
-        "final train_loss": comp.runs["final_train_loss"].map(_num),
-        f"epochs to {target}": [str(e) if e else "not reached" for e in comp.runs["epochs_to_target"]],
-        f"steps (examples) to {target}": [f"{s:,} ({x:,})" if s else "-"
-                                          for s, x in zip(comp.runs["steps_to_target"].fillna(0).astype(int),
-                                                          comp.runs["examples_to_target"].fillna(0).astype(int),
-                                                          strict=True)],
-        "ex/s": comp.runs["examples_per_second"].map(lambda v: _num(float(v), 0)),
-        "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run": comp.runs["name"],
+            "model": comp.runs["model"],
+            "norm": comp.runs["norm"],
+            "data": comp.runs["dataset"],
+            "status": comp.runs["status"],
+            "epochs": comp.runs["epochs"].map(str),
+            "final acc": comp.runs["final_test_acc"].map(_num),
+            "best acc (epoch)": [
+                f"{_num(a)} ({int(e)})" if pd.notna(e) else "-"
+                for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)
+            ],
+            "final loss": comp.runs["final_train_loss"].map(_num),
+            f"epochs to {target}": [
+                str(int(e)) if pd.notna(e) else "not reached" for e in comp.runs["epochs_to_target"]
+            ],
+            f"steps (examples) to {target}": [
+                f"{s:,} ({x:,})" if s else "-"
+                for s, x in zip(
+                    comp.runs["steps_to_target"].fillna(0).astype(int),
+                    comp.runs["examples_to_target"].fillna(0).astype(int),
+                    strict=True,
+                )
+            ],
+            "ex/s": comp.runs["examples_per_second"].map(lambda v: _num(float(v), 0)),
+            "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
+        }
+    )
     tables = [("runs", runs)]
     if (comp.groups["n"] > 1).any() or comp.baseline is not None:
-        groups = pd.DataFrame({
-            "group": comp.groups["group"], "n": comp.groups["n"].map(str),
-            "final test_acc": [_mean_std(r, "final_test_acc") for _, r in comp.groups.iterrows()],
-            "best test_acc": [_mean_std(r, "best_test_acc") for _, r in comp.groups.iterrows()],
-            "final train_loss": [_mean_std(r, "final_train_loss") for _, r in comp.groups.iterrows()],
-            f"epochs to {target}": [f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
-                                    for _, r in comp.groups.iterrows()],
-            "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
-        })  # fmt: skip
+        groups = pd.DataFrame(
+            {
+                "group": comp.groups["group"],
+                "n": comp.groups["n"].map(str),
+                "final acc": [_mean_std(r, "final_test_acc") for _, r in comp.groups.iterrows()],
+                "best acc": [_mean_std(r, "best_test_acc") for _, r in comp.groups.iterrows()],
+                "final loss": [_mean_std(r, "final_train_loss") for _, r in comp.groups.iterrows()],
+                f"epochs to {target}": [
+                    f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
+                    for _, r in comp.groups.iterrows()
+                ],
+                "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
+            }
+        )
         if comp.baseline is not None:
             groups[f"Δ final {comp.metric} vs {comp.baseline}"] = comp.groups[f"delta_final_{comp.metric}"].map(
                 lambda v: f"{v:+.4f}"
@@ -340,8 +397,15 @@ def to_json(comp: Comparison) -> str:
     def records(frame: pd.DataFrame) -> list[dict]:
         return json.loads(frame.to_json(orient="records"))
 
-    return json.dumps({
-        "metric": comp.metric, "target": comp.target, "baseline": comp.baseline, "test": TEST_NAME,
-        "runs": records(comp.runs), "groups": records(comp.groups),
-        "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
-    }, indent=2)  # fmt: skip
+    return json.dumps(
+        {
+            "metric": comp.metric,
+            "target": comp.target,
+            "baseline": comp.baseline,
+            "test": TEST_NAME,
+            "runs": records(comp.runs),
+            "groups": records(comp.groups),
+            "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
+        },
+        indent=2,
+    )

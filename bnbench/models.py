@@ -38,22 +38,39 @@ def mlp(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn
 @register("convnet")
 def convnet(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), norm(6, True), act(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), norm(16, True), act(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(400, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 6, 3, padding=1),
+        norm(6, True),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        norm(16, True),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 10),
+    )
 
 
 @register("lenet")
 def lenet(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), norm(6, True), act(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), norm(16, True), act(), nn.AvgPool2d(2),
+        nn.Conv2d(1, 6, 5),
+        norm(6, True),
+        act(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        norm(16, True),
+        act(),
+        nn.AvgPool2d(2),
         nn.Flatten(),
-        nn.Linear(256, 120), norm(120, False), act(),
-        nn.Linear(120, 84), norm(84, False), act(),
+        nn.Linear(256, 120),
+        norm(120, False),
+        act(),
+        nn.Linear(120, 84),
+        norm(84, False),
+        act(),
         nn.Linear(84, 10),
-    )  # fmt: skip
+    )
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:

@@ -53,19 +53,22 @@ class _BatchNormFn(torch.autograd.Function):
         x_hat.mul_(inv_std)  # x_hat is a fresh tensor (x - mean): normalize it in place
         ctx.save_for_backward(x_hat, inv_std, weight)
         ctx.dims = dims
-        y = x_hat if weight is None else torch.addcmul(bias.view(mean.shape), x_hat, weight.view(mean.shape))
+        y = x_hat.clone() if weight is None else (x_hat * weight.view(mean.shape)).add_(bias.view(mean.shape))
         return y, mean.flatten(), var.flatten()
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor, _dmean, _dvar):
         x_hat, inv_std, weight = ctx.saved_tensors
         dims = ctx.dims
+        # One full-size buffer serves both the reduction and dx: on the CPU every fresh large
+        # tensor costs page faults, which here cost more than the arithmetic.
+        buffer = dy * x_hat
+        sum_dy_xhat = buffer.sum(dim=dims, keepdim=True)
         sum_dy = dy.sum(dim=dims, keepdim=True)
-        sum_dy_xhat = (dy * x_hat).sum(dim=dims, keepdim=True)
         m = dy.numel() // sum_dy.numel()
         scale = inv_std if weight is None else inv_std * weight.view(inv_std.shape)
-        # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), as two fused multiply-adds
-        dx = torch.addcmul(torch.addcmul(scale * sum_dy / -m, dy, scale), x_hat, scale * sum_dy_xhat / -m)
+        # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat))
+        dx = torch.mul(x_hat, scale * sum_dy_xhat / -m, out=buffer).add_(scale * sum_dy / -m).addcmul_(dy, scale)
         dweight = dbias = None
         if weight is not None:
             dweight, dbias = sum_dy_xhat.flatten(), sum_dy.flatten()

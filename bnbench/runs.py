@@ -179,12 +179,22 @@ def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:
     ckpt = run.path / "checkpoint.pt"
     epoch = trainer.load_state(torch.load(ckpt, weights_only=False)) if ckpt.is_file() else 0
     metric_path, step_path = run.path / "metrics.csv", run.path / "steps.csv"
-    rewrite_rows(metric_path, metric_columns(trainer.model, cfg.train.eval_bn),
-                 [r for r in read_rows(metric_path) if int(r["epoch"]) <= epoch])  # fmt: skip
+    rewrite_rows(
+        metric_path,
+        metric_columns(trainer.model, cfg.train.eval_bn),
+        [r for r in read_rows(metric_path) if int(r["epoch"]) <= epoch],
+    )
     rewrite_rows(step_path, STEP_COLUMNS, [r for r in read_rows(step_path) if int(r["epoch"]) <= epoch])
     resumes = run.meta.get("resumed_at", []) + [now()]
-    run.update_meta(status="running", ended_at=None, error=None, epochs_completed=epoch, resumed_at=resumes,
-                    pid=os.getpid(), hostname=socket.gethostname())  # fmt: skip
+    run.update_meta(
+        status="running",
+        ended_at=None,
+        error=None,
+        epochs_completed=epoch,
+        resumed_at=resumes,
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+    )
     return epoch
 
 
@@ -371,10 +381,16 @@ def run_jobs(
             except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the sweep goes on
                 code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
             rows = read_rows(run.path / "metrics.csv")
-            results.append(RunResult(
-                run.path, run.meta["status"], run.meta["epochs_completed"],
-                float(rows[-1]["test_acc"]) if rows else None, code, error or run.meta.get("error"),
-            ))  # fmt: skip
+            results.append(
+                RunResult(
+                    run.path,
+                    run.meta["status"],
+                    run.meta["epochs_completed"],
+                    float(rows[-1]["test_acc"]) if rows else None,
+                    code,
+                    error or run.meta.get("error"),
+                )
+            )
             if code == EXIT_INTERRUPTED:
                 break
     return results, _exit_code(results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -72,7 +73,12 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         import platform
 
-        return platform.processor() or platform.machine()
+        try:  # Linux names the CPU model here; platform.processor() is often empty
+            with open("/proc/cpuinfo") as f:
+                model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        except OSError:
+            model = ""
+        return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     return device.type
 
 

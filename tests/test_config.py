@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_config
 
 from bnbench.config import ConfigError, RunConfig, load_config
 from bnbench.errors import UsageError
+
+from conftest import write_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import read_run, write_config, write_mnist
 
 from bnbench.train import Trainer
+
+from conftest import read_run, write_config, write_mnist
 
 TIMING = ["epoch_seconds", "examples_per_second"]
 

@@ -34,9 +34,23 @@ def test_lenet_is_the_tutorial_architecture():
     model = build_model(ModelConfig(name="lenet", activation="sigmoid"), make_norm_factory(NormConfig(kind="torch")))
     kinds = [type(m).__name__ for m in model]
     assert kinds == [
-        "Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d", "Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d",
-        "Flatten", "Linear", "BatchNorm1d", "Sigmoid", "Linear", "BatchNorm1d", "Sigmoid", "Linear",
-    ]  # fmt: skip
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
+    ]
     weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
     assert weights == 6 * 25 + 16 * 6 * 25 + 256 * 120 + 120 * 84 + 840
 

@@ -5,15 +5,27 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import read_run, write_config, write_mnist
 
 import bnbench.train as train_module
 from bnbench.config import load_config
 from bnbench.data import Data, load_data
 from bnbench.train import LOG_POINTS_PER_EPOCH, METRIC_COLUMNS, STEP_COLUMNS, Trainer
 
-META_FIELDS = {"status", "started_at", "ended_at", "command", "seed", "device", "device_name", "versions",
-               "git_commit", "epochs_completed", "error"}  # fmt: skip
+from conftest import read_run, write_config, write_mnist
+
+META_FIELDS = {
+    "status",
+    "started_at",
+    "ended_at",
+    "command",
+    "seed",
+    "device",
+    "device_name",
+    "versions",
+    "git_commit",
+    "epochs_completed",
+    "error",
+}
 
 
 def test_end_to_end_on_idx_files(tmp_path, cli, mnist_dir):
@@ -38,8 +50,9 @@ def test_end_to_end_on_idx_files(tmp_path, cli, mnist_dir):
 def test_fashion_mnist_layout_and_env_data_dir(tmp_path, cli, monkeypatch):
     root = write_mnist(tmp_path / "data", folder="FashionMNIST")
     monkeypatch.setenv("BNBENCH_DATA_DIR", str(root))
-    config = write_config(tmp_path / "f.yaml", model={"name": "lenet"}, data={"dataset": "fashion_mnist"},
-                          train={"epochs": 1})  # fmt: skip
+    config = write_config(
+        tmp_path / "f.yaml", model={"name": "lenet"}, data={"dataset": "fashion_mnist"}, train={"epochs": 1}
+    )
     result = cli("run", config, "--out-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
 
