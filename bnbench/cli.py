@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -42,14 +43,16 @@ def reported_errors() -> Iterator[None]:
     except UsageError as exc:
         if DEBUG["on"]:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if DEBUG["on"]:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
 
 
@@ -129,7 +132,7 @@ def run(
     seeds: Annotated[Optional[str], typer.Option(help="Run each config once per seed: --seeds 0,1,2.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     data_dir: Annotated[
-        Optional[Path], typer.Option(help="Dataset folder [env BNBENCH_DATA_DIR, else ./data].")
+        Optional[Path], typer.Option(help="Dataset folder (default: env BNBENCH_DATA_DIR, else ./data).")
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Shortcut for --set name=NAME.")] = None,
@@ -185,7 +188,7 @@ def compare(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
     metric: Annotated[str, typer.Option(help="metrics.csv column for the per-epoch table and the test.")] = "test_acc",
     target: Annotated[
-        Optional[float], typer.Option(help="Test accuracy that counts as converged [lowest final of the runs].")
+        Optional[float], typer.Option(help="Test accuracy that counts as converged (default: the lowest final one).")
     ] = None,
     baseline: Annotated[Optional[str], typer.Option(help="Group or run the others are compared against.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG with loss and accuracy curves.")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,31 +63,36 @@ def test_each_model_has_three_configs_differing_only_in_norm_kind():
         ({"train": "fast"}, "train: expected a mapping, got 'fast' (str)"),
     ],
 )
-def test_bad_values_name_file_key_and_problem(tmp_path, sections, message):
+def test_bad_values_name_file_key_and_problem(tmp_path, cli, sections, message):
     path = write_config(tmp_path / "bad.yaml", **sections)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: {message}"
+    result = cli("run", path, "--out-dir", tmp_path / "runs")  # and through the real CLI
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: {message}\n"
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model: {name: mlp\n", "malformed YAML at line 2, column 1"),
+        ("model: {name: mlp\n", "malformed YAML at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
+        ("train:\n  lr: 0.1\n bad: 1\n", "malformed YAML at line 3, column 2"),
         ("- 1\n- 2\n", "a config must be a YAML mapping of keys, got a list"),
-        ("", "the file is empty"),
+        ("", "the file is empty; a config is a YAML mapping (see configs/)"),
+        (None, "no such config file"),
     ],
 )
-def test_unreadable_files(tmp_path, text, message):
+def test_unreadable_files(tmp_path, cli, text, message):
     path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(UsageError, match=message):
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)):
         load_config(path)
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(UsageError, match="no such config file"):
-        load_config(tmp_path / "nope.yaml")
+    result = cli("run", path, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {path}: {message}")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def test_overrides_are_yaml_and_errors_name_the_override(tmp_path):

@@ -157,6 +157,8 @@ def _corrupt(path: Path, how: str) -> None:
         ("none", ["--device", "cuda"], "--device cuda: cuda is not available on this machine"),
         ("none", ["--device", "tpu"], "--device tpu: unknown device; choose auto, cpu, cuda or mps"),
         ("none", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
+        ("none", ["--set", "trian.lr=1"], "--set trian.lr=1: 'trian': unknown key (did you mean 'train'?)"),
+        ("none", ["--set", "train.lr=-2"], "--set train.lr=-2: train.lr: must be > 0, got -2.0"),
         ("none", ["--set", "train.lr=[1"], "--set train.lr=[1: the value is not valid YAML"),
         ("none", ["--set", "train.batch_size=5000"], "train.batch_size: 5000 is larger than the training set (256"),
         ("none", ["--seeds", "0,x"], "--seeds 0,x: expected comma-separated integers"),
