@@ -6,7 +6,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -156,7 +156,7 @@ def run(
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (see configs/)")
             jobs = plan_jobs(configs, overrides, seed_list)
         live = sys.stdout.isatty()
-        with _progress() if live else _no_progress() as progress:
+        with _progress() if live else nullcontext() as progress:
             make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
             results, exit_code = run_jobs(jobs, device, data_dir, out_dir, make_reporter)
         table = Table(title="runs")
@@ -350,11 +350,6 @@ def bench(
         )
         if out is not None:
             out.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
-
-
-@contextmanager
-def _no_progress() -> Iterator[None]:
-    yield None
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,16 @@ import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
-from bnbench.train import STEP_COLUMNS, Diverged, Interrupted, Trainer, device_name, metric_columns, pick_device
+from bnbench.train import (
+    STEP_COLUMNS,
+    Diverged,
+    Interrupted,
+    Reporter,
+    Trainer,
+    device_name,
+    metric_columns,
+    pick_device,
+)
 
 RUN_FILES = ("config.yaml", "meta.json")
 EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -132,7 +141,9 @@ class RunDir:
             raise UsageError(f"--resume {path}: meta.json is unreadable ({exc})") from None
 
 
-def create_run(cfg: RunConfig, out_dir: Path, run_name: str, trainer: Trainer, device: torch.device) -> RunDir:
+def create_run(
+    cfg: RunConfig, out_dir: Path, run_name: str, trainer: Trainer, device: torch.device, data_dir: Path
+) -> RunDir:
     path = claim_run_dir(out_dir, run_name)
     atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for name, columns in (
@@ -157,6 +168,7 @@ def create_run(cfg: RunConfig, out_dir: Path, run_name: str, trainer: Trainer, d
             "bnbench": bnbench.__version__,
         },
         git_commit=git_commit(),
+        data_dir=str(data_dir.resolve()) if cfg.data.dataset != "synthetic" else None,
         epochs=cfg.train.epochs,
         epochs_completed=0,
         error=None,
@@ -349,10 +361,17 @@ def _exit_code(results: list[RunResult]) -> int:
 
 
 def run_jobs(
-    jobs: list[Job], device_option: str, data_dir: Path | None, out_dir: Path, make_reporter
+    jobs: list[Job],
+    device_option: str,
+    data_dir: Path | None,
+    out_dir: Path,
+    make_reporter: Callable[[str, int], Reporter],
 ) -> tuple[list[RunResult], int]:
     """Check every job's data, device and output folder, then run the jobs one after another."""
     device = pick_device(device_option)
+    saved_dir = jobs[0].resume.meta.get("data_dir") if jobs[0].resume else None
+    if data_dir is None and not os.environ.get("BNBENCH_DATA_DIR") and saved_dir:
+        data_dir = Path(saved_dir)  # a resumed run reads the data it started with
     root = data_dir_from(data_dir)
     for job in jobs:
         n_train = train_size(job.cfg.data, root)
@@ -373,7 +392,7 @@ def run_jobs(
             if job.resume is not None:
                 run, first_epoch = job.resume, prepare_resume(job.resume, job.cfg, trainer) + 1
             else:
-                run, first_epoch = create_run(job.cfg, out_dir, job.run_name, trainer, device), 1
+                run, first_epoch = create_run(job.cfg, out_dir, job.run_name, trainer, device, root), 1
             trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
             error = None
             try:

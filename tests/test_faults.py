@@ -190,3 +190,15 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, 
 def test_debug_shows_the_traceback(tmp_path, cli):
     result = cli("--debug", "run", tmp_path / "missing.yaml")
     assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+def test_resume_reads_the_data_the_run_started_with(tmp_path, cli, mnist_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ./data does not exist here
+    monkeypatch.delenv("BNBENCH_DATA_DIR", raising=False)
+    config = write_config(tmp_path / "m.yaml", data={"dataset": "mnist", "train_subset": None}, train={"epochs": 1})
+    assert cli("run", config, "--data-dir", mnist_dir, "--out-dir", tmp_path / "runs").exit_code == 0
+    meta_path = tmp_path / "runs/m/meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "status": "interrupted"}))
+    result = cli("run", "--resume", tmp_path / "runs/m")
+    assert result.exit_code == 0, result.output
+    assert read_run(tmp_path / "runs/m")[0]["status"] == "completed"
