@@ -23,7 +23,7 @@ run: install
 	$(BIN)/bnbench run configs/lenet_bn.yaml
 
 bench: install
-	$(BIN)/bnbench bench --device cpu --out bench.json
+	$(BIN)/bnbench bench --device cpu --rounds 5 --out bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

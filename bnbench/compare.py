@@ -354,9 +354,10 @@ def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
             }
         )
         if comp.baseline is not None:
-            groups[f"Δ final {comp.metric} vs {comp.baseline}"] = comp.groups[f"delta_final_{comp.metric}"].map(
-                lambda v: f"{v:+.4f}"
-            )
+            groups[f"Δ final {comp.metric} vs {comp.baseline}"] = [
+                "baseline" if name == comp.baseline else f"{delta:+.4f}"
+                for name, delta in zip(comp.groups["group"], comp.groups[f"delta_final_{comp.metric}"], strict=True)
+            ]
             groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
         tables.append(("seed groups (mean ± std over seeds)", groups))
     side = comp.per_epoch.map(_num).reset_index()

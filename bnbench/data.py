@@ -91,18 +91,30 @@ def _ensure_files(dataset: str, root: Path) -> None:
 
 
 def _try_download(dataset: str, root: Path) -> None:
+    """Let torchvision download the files; if that fails, remove whatever the attempt created."""
+    import shutil
     import socket
 
     from torchvision import datasets
 
     cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+    created = next((p for p in (root, root / FOLDERS[dataset]) if not p.exists()), None)
+    raw = root / FOLDERS[dataset] / "raw"
+    before = set(raw.iterdir()) if raw.is_dir() else set()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # no network must fail quickly, not hang
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception:  # noqa: BLE001 - any failure is reported as missing files by the caller
-        pass
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif raw.is_dir():
+            for path in set(raw.iterdir()) - before:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
     finally:
         socket.setdefaulttimeout(previous)
 

@@ -185,6 +185,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, 
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "nowhere").exists()  # a failed download attempt leaves nothing behind
 
 
 def test_debug_shows_the_traceback(tmp_path, cli):
