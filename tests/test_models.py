@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bnbench.config import DEFAULT_ACTIVATION, ModelConfig, NormConfig
-from bnbench.models import build_model
+from bnbench.models import AvgPool2x2, build_model
 from bnbench.norms import BatchNorm, make_norm_factory
 
 NORM_TYPES = {"none": (), "scratch": (BatchNorm,), "torch": (nn.BatchNorm1d, nn.BatchNorm2d)}
@@ -37,11 +37,11 @@ def test_lenet_is_the_tutorial_architecture():
         "Conv2d",
         "BatchNorm2d",
         "Sigmoid",
-        "AvgPool2d",
+        "AvgPool2x2",
         "Conv2d",
         "BatchNorm2d",
         "Sigmoid",
-        "AvgPool2d",
+        "AvgPool2x2",
         "Flatten",
         "Linear",
         "BatchNorm1d",
@@ -61,3 +61,12 @@ def test_mlp_hidden_layers_follow_the_config():
     widths = [m.out_features for m in model if isinstance(m, nn.Linear)]
     assert widths == [100, 100, 100, 10]
     assert sum(isinstance(m, nn.Sigmoid) for m in model) == 3
+
+
+@pytest.mark.parametrize("shape", [(256, 6, 24, 24), (3, 16, 8, 8), (2, 3, 5, 7)])
+def test_avg_pool_2x2_equals_nn_avgpool2d_bit_for_bit(shape):
+    x = (torch.randn(shape) * 3 + 1).requires_grad_()
+    ours, ref = AvgPool2x2()(x), nn.AvgPool2d(2)(x)
+    grad = torch.randn_like(ref)
+    assert torch.equal(ours, ref)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
