@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bnbench.config import RunConfig, load_config
-from bnbench.data import FOLDERS, load_data, load_images, raw_files
+from bnbench.data import load_data, load_images, raw_files, torchvision_class
 from bnbench.train import Trainer, make_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -80,7 +80,7 @@ class _TutorialDataset(torch.utils.data.Dataset):
 
 
 def reference_loader(cfg: RunConfig, root: Path, num_workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     steps = [transforms.ToTensor()] + ([transforms.Normalize((0.5,), (0.5,))] if cfg.data.normalize else [])
     transform = transforms.Compose(steps)
@@ -88,8 +88,7 @@ def reference_loader(cfg: RunConfig, root: Path, num_workers: int, pin_memory: b
         images, labels = load_images("synthetic", root)["train"]
         dataset = _TutorialDataset(images, labels, transform)
     else:
-        cls = datasets.MNIST if FOLDERS[cfg.data.dataset] == "MNIST" else datasets.FashionMNIST
-        dataset = cls(str(root), train=True, transform=transform, download=False)
+        dataset = torchvision_class(cfg.data.dataset)(str(root), train=True, transform=transform, download=False)
     return torch.utils.data.DataLoader(
         dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=num_workers, pin_memory=pin_memory
     )

@@ -65,7 +65,8 @@ def epoch_line(name: str, epochs: int, row: dict[str, float]) -> str:
 
 
 class PlainReporter:
-    """One line per epoch: for pipes, CI and log files."""
+    """One line per epoch: for pipes, CI and log files. (Not a train.SilentReporter subclass: that
+    would import torch for every command, `--help` included.)"""
 
     def __init__(self, name: str, epochs: int) -> None:
         self.name, self.epochs = name, epochs
@@ -253,7 +254,8 @@ def check(
             table.add_column(SHORT_NAMES[quantity], justify="right")
         table.add_column("result")
         failures = 0
-        for case in cases():
+        grid = cases()
+        for case in grid:
             diffs = compare_case(case, dtypes[dtype], target)
             ok = all(v <= tolerance for v in diffs.values())
             failures += not ok
@@ -271,7 +273,7 @@ def check(
                 shape = "(N,C,H,W)" if spatial else "(N,C)"
                 console.print(f"gradcheck float64, backward={backward}, {shape}: {mark}")
         console.print("columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT_NAMES.items()), style="dim")
-        total = len(cases()) + 4
+        total = len(grid) + 4
         console.print(f"{total - failures} passed, {failures} failed", highlight=False)
         if failures:
             raise typer.Exit(1)

@@ -29,10 +29,10 @@ class Run:
     meta: dict
     metrics: pd.DataFrame
     steps: pd.DataFrame
+    name: str = ""  # the directory name; parent/name where two compared runs share one
 
-    @property
-    def name(self) -> str:
-        return self.path.name
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
 
     @property
     def status(self) -> str:
@@ -77,11 +77,11 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             runs.append(load_run(path))
         except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
+    taken = [r.name for r in runs]
+    for run in runs:
+        if taken.count(run.path.name) > 1:  # e.g. two sweeps that both hold mlp_bn
+            run.name = f"{run.path.parent.name}/{run.path.name}"
     return runs, warnings
-
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else float(value)
 
 
 def summarize(run: Run, metric: str, target: float | None) -> dict:

@@ -90,14 +90,18 @@ def _ensure_files(dataset: str, root: Path) -> None:
             raise DataError(f"{files[f'{split}-images'].parent}: {split} has {n_images} images but {n_labels} labels")
 
 
+def torchvision_class(dataset: str) -> type:
+    from torchvision import datasets
+
+    return datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+
+
 def _try_download(dataset: str, root: Path) -> None:
     """Let torchvision download the files; if that fails, remove whatever the attempt created."""
     import shutil
     import socket
 
-    from torchvision import datasets
-
-    cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+    cls = torchvision_class(dataset)
     created = next((p for p in (root, root / FOLDERS[dataset]) if not p.exists()), None)
     raw = root / FOLDERS[dataset] / "raw"
     before = set(raw.iterdir()) if raw.is_dir() else set()
@@ -134,9 +138,7 @@ def load_images(dataset: str, root: Path) -> dict[str, tuple[torch.Tensor, torch
     if dataset == "synthetic":
         return {split: synthetic(n, seed=i) for i, (split, n) in enumerate(SYNTHETIC_SIZES.items())}
     _ensure_files(dataset, root)
-    from torchvision import datasets
-
-    cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+    cls = torchvision_class(dataset)
     splits = {}
     for split in ("train", "test"):
         ds = cls(str(root), train=split == "train", download=False)

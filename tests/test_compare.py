@@ -150,3 +150,13 @@ def test_formats_parse_and_the_plot_is_a_png(tmp_path, cli):
     png = tmp_path / "curves.png"
     assert cli("compare", out, "--plot", png).exit_code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_same_named_runs_from_different_folders_stay_apart(tmp_path):
+    fake_run(tmp_path / "sweep_a", "mlp_bn", [0.9])
+    fake_run(tmp_path / "sweep_b", "mlp_bn", [0.8])
+    runs, _ = find_runs([tmp_path / "sweep_a", tmp_path / "sweep_b"])
+    comp = compare(runs)
+    assert sorted(comp.runs["name"]) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
+    assert sorted(comp.runs["final_test_acc"]) == [0.8, 0.9]
+    assert list(comp.per_epoch.columns) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
