@@ -17,19 +17,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bnbench.config import RunConfig, load_config
+from bnbench.config import NORM_KINDS, RunConfig, load_config
 from bnbench.data import load_data, load_images, raw_files, torchvision_class
+from bnbench.norms import COUNTERPARTS
 from bnbench.train import Trainer, make_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-NORMS = {
-    "none": ("none", "autograd"),
-    "scratch": ("scratch", "autograd"),
-    "scratch_manual": ("scratch", "manual"),
-    "torch": ("torch", "autograd"),
+# Every registered norm, plus the hand-written ones that have one with their manual backward.
+NORMS = {kind: (kind, "autograd") for kind in NORM_KINDS} | {
+    f"{kind}_manual": (kind, "manual") for kind in ("scratch", "layer", "group", "ghost")
 }
 EXAMPLES_PER_ROUND = 12_800  # per pipeline and round: about 1 s of LeNet on 2 CPU cores
 WARMUP_STEPS = 5
+
+
+def counterpart(norm: str) -> str:
+    """The norm a bench row's step time is compared with: a hand-written norm's PyTorch counterpart;
+    nn.BatchNorm for the BN variants without one (ghost, renorm) and for no norm."""
+    kind = NORMS[norm][0]
+    return COUNTERPARTS.get(kind, kind if kind.startswith("torch") else "torch")
 
 
 @dataclass
@@ -41,11 +47,12 @@ class BenchRow:
     batch_size: int
     steps: int
     rounds: int
-    reference_examples_per_second: float
-    reference_num_workers: int
+    reference_examples_per_second: float | None
+    reference_num_workers: int | None
     bnbench_examples_per_second: float
-    ratio: float
-    step_time_vs_torch_bn: float | None
+    ratio: float | None
+    counterpart: str  # what the step time is compared with: the PyTorch counterpart, else nn.BatchNorm
+    step_time_vs_counterpart: float | None
     eval_seconds: float
     epoch_seconds: float
     peak_rss_mb: float
@@ -136,22 +143,24 @@ def run_bench(
     root: Path,
     rounds: int = 3,
     compile: bool = False,
+    with_reference: bool = True,
     on_row: Callable[[BenchRow], None] = lambda row: None,
 ) -> list[BenchRow]:
     """Per model, every norm and its reference loop take turns within each round, so a machine whose
     speed drifts (shared VMs do) slows all of them alike and the ratios stay comparable."""
     rows: list[BenchRow] = []
-    norms = sorted(norms, key=lambda n: n != "torch")  # torch BN first: the others' step-time reference
     for model in models:
         data = load_data(bench_config(model, "none", root, compile).data, root, device)  # same for every norm
         trainers = {norm: Trainer.create(bench_config(model, norm, root, compile), data, device) for norm in norms}
         batch_size = trainers[norms[0]].cfg.train.batch_size
         steps = min(EXAMPLES_PER_ROUND // batch_size, trainers[norms[0]].steps_per_epoch - WARMUP_STEPS)
+        worker_counts = (0, 2) if with_reference else ()
         loaders = {
-            n: {w: reference_loader(t.cfg, root, w, device.type == "cuda") for w in (0, 2)} for n, t in trainers.items()
+            n: {w: reference_loader(t.cfg, root, w, device.type == "cuda") for w in worker_counts}
+            for n, t in trainers.items()
         }
         ours: dict[str, list[float]] = {n: [] for n in norms}
-        reference: dict[str, dict[int, list[float]]] = {n: {0: [], 2: []} for n in norms}
+        reference: dict[str, dict[int, list[float]]] = {n: {w: [] for w in worker_counts} for n in norms}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for trainer in trainers.values():
@@ -161,13 +170,15 @@ def run_bench(
                 ours[norm].append(time_bnbench(trainer, steps, device))
                 for workers, loader in loaders[norm].items():
                     reference[norm][workers].append(time_reference(trainer, loader, steps, device))
-                if round_ == 0:  # keep the faster worker count for the remaining rounds
+                if round_ == 0 and with_reference:  # keep the faster worker count for the remaining rounds
                     best = max(reference[norm], key=lambda w: reference[norm][w][0])
                     loaders[norm] = {best: loaders[norm][best]}
-        torch_speed = statistics.median(ours["torch"]) if "torch" in ours else None
         for norm, trainer in trainers.items():
-            (workers,) = loaders[norm]
-            ref_speed, our_speed = statistics.median(reference[norm][workers]), statistics.median(ours[norm])
+            workers = next(iter(loaders[norm]), None)
+            ref_speed = statistics.median(reference[norm][workers]) if workers is not None else None
+            our_speed = statistics.median(ours[norm])
+            other = counterpart(norm)
+            other_speed = statistics.median(ours[other]) if other in ours else None
             _sync(device)
             started = time.perf_counter()
             trainer.evaluate(data.test, batch_stats=False)
@@ -183,8 +194,9 @@ def run_bench(
                 reference_examples_per_second=ref_speed,
                 reference_num_workers=workers,
                 bnbench_examples_per_second=our_speed,
-                ratio=our_speed / ref_speed,
-                step_time_vs_torch_bn=torch_speed / our_speed if torch_speed else None,
+                ratio=our_speed / ref_speed if ref_speed else None,
+                counterpart=other,
+                step_time_vs_counterpart=other_speed / our_speed if other_speed else None,
                 eval_seconds=time.perf_counter() - started,
                 epoch_seconds=len(data.train) / our_speed,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -192,7 +204,7 @@ def run_bench(
                 if device.type == "cuda"
                 else None,
                 bnbench_rounds=ours[norm],
-                reference_rounds=reference[norm][workers],
+                reference_rounds=reference[norm][workers] if workers is not None else [],
             )
             rows.append(row)
             on_row(row)

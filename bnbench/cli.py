@@ -231,50 +231,22 @@ def compare(
 def check(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 | float64")] = "float64",
+    every_case: Annotated[bool, typer.Option("--all", help="One row per case instead of per family.")] = False,
 ) -> None:
-    """Prove bnbench's BatchNorm equals nn.BatchNorm: outputs, gradients, running statistics; gradcheck."""
+    """Prove each hand-written norm equals its reference (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, or the
+    definition): outputs, gradients, running statistics, eval mode, state_dict; gradcheck; accumulation."""
     import torch
 
-    from bnbench.check import QUANTITIES, SHORT_NAMES, TOLERANCE, cases, compare_case, gradcheck
+    from bnbench.check import run_check
     from bnbench.train import pick_device
 
     with reported_errors():
         dtypes = {"float32": torch.float32, "float64": torch.float64}
         if dtype not in dtypes:
             raise UsageError(f"--dtype {dtype}: choose float32 or float64")
-        target = str(pick_device(device))
-        tolerance = TOLERANCE[dtypes[dtype]]
-        table = Table(
-            title=f"bnbench BatchNorm vs nn.BatchNorm on {target}, {dtype}: max abs difference "
-            f"(tolerance {tolerance:g})",
-            title_justify="left",
-        )
-        table.add_column("case")
-        for quantity in QUANTITIES:
-            table.add_column(SHORT_NAMES[quantity], justify="right")
-        table.add_column("result")
-        failures = 0
-        grid = cases()
-        for case in grid:
-            diffs = compare_case(case, dtypes[dtype], target)
-            ok = all(v <= tolerance for v in diffs.values())
-            failures += not ok
-            cells = [f"{diffs[q]:.1e}" if diffs[q] else "0" for q in QUANTITIES]
-            table.add_row(case.name, *cells, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
-        console.print(table)
-        for backward in ("autograd", "manual"):
-            for spatial in (False, True):
-                try:
-                    ok = gradcheck(backward, spatial, target)
-                except RuntimeError:
-                    ok = False
-                failures += not ok
-                mark = "[green]pass[/green]" if ok else "[red]FAIL[/red]"
-                shape = "(N,C,H,W)" if spatial else "(N,C)"
-                console.print(f"gradcheck float64, backward={backward}, {shape}: {mark}")
-        console.print("columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT_NAMES.items()), style="dim")
-        total = len(grid) + 4
-        console.print(f"{total - failures} passed, {failures} failed", highlight=False)
+        renderables, failures = run_check(dtypes[dtype], str(pick_device(device)), every_case)
+        for item in renderables:
+            console.print(item, highlight=False)
         if failures:
             raise typer.Exit(1)
 
@@ -283,17 +255,21 @@ def check(
 def bench(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "mlp,convnet,lenet",
-    norms: Annotated[str, typer.Option(help="Comma-separated: none, scratch, scratch_manual, torch.")] = (
-        "none,scratch,scratch_manual,torch"
-    ),
+    norms: Annotated[
+        str, typer.Option(help="Comma-separated registered norms, or NAME_manual for the manual backward.")
+    ] = "none,scratch,scratch_manual,torch",
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Dataset folder; synthetic data if files are missing.")
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds; the median is reported.")] = 3,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile bnbench's model (train.compile).")] = False,
+    reference: Annotated[
+        bool, typer.Option("--reference/--no-reference", help="Also time the tutorials' DataLoader loop.")
+    ] = True,
     out: Annotated[Optional[Path], typer.Option(help="Write the raw figures as JSON.")] = None,
 ) -> None:
-    """Training throughput of bnbench vs the tutorials' DataLoader loop, per model and norm."""
+    """Training throughput of bnbench vs the tutorials' DataLoader loop, and each norm's step time
+    against its PyTorch counterpart (nn.BatchNorm for none, ghost and renorm), per model."""
     import dataclasses
     import json
 
@@ -313,41 +289,33 @@ def bench(
             title=f"training throughput on {target} ({device_name(target)}), examples/s, median of {rounds}",
             title_justify="left",
         )
-        for column in (
-            "model",
-            "norm",
-            "data",
-            "reference",
-            "bnbench",
-            "ratio",
-            "step time vs torch BN",
-            "eval s",
-            "epoch s",
-            "peak RSS MB",
-        ):
-            table.add_column(column, justify="left" if column in ("model", "norm", "data") else "right")
+        columns = ["model", "norm", "data", "reference", "bnbench", "ratio", "step time vs", "eval s", "epoch s",
+                   "peak RSS MB"]  # fmt: skip
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("model", "norm", "data") else "right", no_wrap=True)
 
         def add(row) -> None:
-            vs_torch = f"{row.step_time_vs_torch_bn:.2f}x" if row.step_time_vs_torch_bn else "-"
+            vs = f"{row.step_time_vs_counterpart:.2f}x {row.counterpart}" if row.step_time_vs_counterpart else "-"
             table.add_row(
                 row.model,
                 row.norm,
                 row.dataset,
-                f"{row.reference_examples_per_second:,.0f}",
+                f"{row.reference_examples_per_second:,.0f}" if row.reference_examples_per_second else "-",
                 f"{row.bnbench_examples_per_second:,.0f}",
-                f"{row.ratio:.2f}x",
-                vs_torch,
+                f"{row.ratio:.2f}x" if row.ratio else "-",
+                vs,
                 f"{row.eval_seconds:.2f}",
                 f"{row.epoch_seconds:.2f}",
                 f"{row.peak_rss_mb:,.0f}",
             )
-            err_console.print(f"{row.model}/{row.norm}: {row.ratio:.2f}x", highlight=False)
+            ratio = f"{row.ratio:.2f}x the reference, " if row.ratio else ""
+            err_console.print(f"{row.model}/{row.norm}: {ratio}{vs}", highlight=False)
 
-        rows = run_bench(model_list, norm_list, target, data_dir_from(data_dir), rounds, compile, on_row=add)
+        rows = run_bench(model_list, norm_list, target, data_dir_from(data_dir), rounds, compile, reference, on_row=add)
         console.print(table)
         console.print(
             "reference: torchvision dataset + ToTensor (+Normalize) + DataLoader(shuffle), best of "
-            "num_workers 0 and 2; step time vs torch BN = bnbench step time / nn.BatchNorm's",
+            "num_workers 0 and 2; step time vs X = this norm's step time / X's (timed only when X is benchmarked too)",
             style="dim",
         )
         if out is not None:

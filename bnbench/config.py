@@ -18,9 +18,13 @@ import yaml
 
 from bnbench.errors import UsageError
 
-ModelName = Literal["mlp", "convnet", "lenet"]
+# The names of the registries (models.MODELS, norms.NORMS): one list each, here, because the config
+# is validated without importing torch; the registries check at import that they build exactly these.
+MODEL_NAMES = ("mlp", "convnet", "lenet")
+NORM_KINDS = ("none", "scratch", "torch", "layer", "torch_layer", "group", "torch_group", "ghost", "renorm")
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 Activation = Literal["sigmoid", "relu", "tanh"]
-NormKind = Literal["none", "scratch", "torch"]
+NormKind = Literal[NORM_KINDS]  # type: ignore[valid-type]
 Dataset = Literal["mnist", "fashion_mnist", "synthetic"]
 
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -48,7 +52,13 @@ class NormConfig:
     eps: float = field(default=1e-5, metadata=_range(0.0, open_low=True))
     affine: bool = True
     track_running_stats: bool = True
-    backward: Literal["autograd", "manual"] = "autograd"  # scratch only
+    backward: Literal["autograd", "manual"] = "autograd"  # scratch, ghost, layer, group
+    position: Literal["before", "after"] = "before"  # the norm before or after the activation
+    groups: int = field(default=32, metadata=_range(1))  # group: capped at the largest divisor of the channels
+    virtual_batch_size: int = field(default=32, metadata=_range(2))  # ghost
+    rmax: float = field(default=3.0, metadata=_range(1.0))  # renorm: r is clipped to [1/rmax, rmax]
+    dmax: float = field(default=5.0, metadata=_range(0.0))  # renorm: d is clipped to [-dmax, dmax]
+    renorm_warmup: int = field(default=1000, metadata=_range(0))  # renorm: steps over which rmax, dmax open up
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class TrainConfig:
     on_nan: Literal["stop", "continue"] = "stop"
     checkpoint_every: int = field(default=1, metadata=_range(1))
     compile: bool = False
+    accumulate: int = field(default=1, metadata=_range(1))  # micro-batches of batch_size / accumulate per step
+    precise_bn: int | None = field(default=None, metadata=_range(1))  # batches for exact running statistics
 
 
 @dataclass(frozen=True)
@@ -251,7 +263,27 @@ def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | 
         cfg = dataclasses.replace(cfg, model=model)
     if "/" in cfg.name or cfg.name.startswith("."):
         raise ConfigError(source_of("name"), "name", f"{cfg.name!r} cannot be a directory name")
+    _check_combinations(cfg, source_of)
     return cfg
+
+
+def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
+    """Rules that involve more than one key."""
+    tc, nc = cfg.train, cfg.norm
+    if tc.batch_size % tc.accumulate:
+        raise ConfigError(
+            source_of("train.accumulate"),
+            "train.accumulate",
+            f"train.batch_size {tc.batch_size} is not divisible into {tc.accumulate} micro-batches",
+        )
+    if nc.kind == "renorm" and not nc.track_running_stats:
+        raise ConfigError(
+            source_of("norm.track_running_stats"),
+            "norm.track_running_stats",
+            "renorm corrects batch statistics towards the running ones, so it needs them (true)",
+        )
+    if nc.kind == "renorm" and nc.backward == "manual":
+        raise ConfigError(source_of("norm.backward"), "norm.backward", "renorm has no manual backward; use autograd")
 
 
 def config_from_dict(raw: dict, source: str) -> RunConfig:

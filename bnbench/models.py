@@ -1,17 +1,19 @@
 """The three tutorial architectures, built by name; the norm is a factory argument.
 
-Every builder takes (activation, norm, cfg) so one architecture serves all three norms.
+Every builder takes (block, cfg): `block(shape)` makes one normalization position (norm and
+activation) for features of that shape, so one architecture serves every norm and placement.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnbench.config import ModelConfig
+from bnbench.config import MODEL_NAMES, ModelConfig
 from bnbench.norms import NormFactory
 
 
@@ -39,11 +41,30 @@ class AvgPool2x2(nn.Module):
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class NormAct(nn.Module):
+    """One normalization position: the norm and the activation, in the configured order. Every model
+    names these `norm1`, `norm2`, ... whatever the norm (nn.Identity for none), so runs line up."""
+
+    def __init__(self, norm: nn.Module, act: nn.Module, norm_first: bool = True) -> None:
+        super().__init__()
+        self.norm, self.act, self.norm_first = norm, act, norm_first
+
+    def extra_repr(self) -> str:
+        return "norm, then activation" if self.norm_first else "activation, then norm"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x)) if self.norm_first else self.norm(self.act(x))
+
+
+# A builder gets `block(shape)`, which makes the NormAct for features of that shape: (C,) or (C, H, W).
+Block = Callable[[tuple[int, ...]], NormAct]
+MODELS: dict[str, Callable[[Block, ModelConfig], nn.Sequential]] = {}
 
 
 def register(name: str) -> Callable:
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def add(builder: Callable[[Block, ModelConfig], nn.Sequential]) -> Callable[[Block, ModelConfig], nn.Sequential]:
         MODELS[name] = builder
         return builder
 
@@ -51,52 +72,56 @@ def register(name: str) -> Callable:
 
 
 @register("mlp")
-def mlp(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn.Module:
-    """784 -> hidden... -> 10; each hidden Linear is followed by norm, then activation."""
-    layers: list[nn.Module] = [nn.Flatten()]
+def mlp(block: Block, cfg: ModelConfig) -> nn.Sequential:
+    """784 -> hidden... -> 10; each hidden Linear is followed by a norm position."""
+    layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
     width = 28 * 28
-    for hidden in cfg.hidden:
-        layers += [nn.Linear(width, hidden), norm(hidden, False), act()]
+    for i, hidden in enumerate(cfg.hidden, 1):
+        layers[f"fc{i}"] = nn.Linear(width, hidden)
+        layers[f"norm{i}"] = block((hidden,))
         width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, 10))
+    layers["out"] = nn.Linear(width, 10)
+    return nn.Sequential(OrderedDict(layers))
 
 
 @register("convnet")
-def convnet(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn.Module:
+def convnet(block: Block, cfg: ModelConfig) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1),
-        norm(6, True),
-        act(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        norm(16, True),
-        act(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(400, 10),
+        OrderedDict(
+            conv1=nn.Conv2d(1, 6, 3, padding=1),
+            norm1=block((6, 28, 28)),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(6, 16, 5),
+            norm2=block((16, 10, 10)),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            out=nn.Linear(400, 10),
+        )
     )
 
 
 @register("lenet")
-def lenet(act: Callable[[], nn.Module], norm: NormFactory, cfg: ModelConfig) -> nn.Module:
+def lenet(block: Block, cfg: ModelConfig) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5),
-        norm(6, True),
-        act(),
-        AvgPool2x2(),
-        nn.Conv2d(6, 16, 5),
-        norm(16, True),
-        act(),
-        AvgPool2x2(),
-        nn.Flatten(),
-        nn.Linear(256, 120),
-        norm(120, False),
-        act(),
-        nn.Linear(120, 84),
-        norm(84, False),
-        act(),
-        nn.Linear(84, 10),
+        OrderedDict(
+            conv1=nn.Conv2d(1, 6, 5),
+            norm1=block((6, 24, 24)),
+            pool1=AvgPool2x2(),
+            conv2=nn.Conv2d(6, 16, 5),
+            norm2=block((16, 8, 8)),
+            pool2=AvgPool2x2(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(256, 120),
+            norm3=block((120,)),
+            fc2=nn.Linear(120, 84),
+            norm4=block((84,)),
+            out=nn.Linear(84, 10),
+        )
     )
+
+
+if tuple(MODELS) != MODEL_NAMES:
+    raise ImportError(f"models.MODELS {tuple(MODELS)} must build exactly config.MODEL_NAMES {MODEL_NAMES}")
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -109,7 +134,9 @@ def init_weights(model: nn.Module, scheme: str) -> None:
             fill(module.weight)
 
 
-def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default") -> nn.Module:
-    model = MODELS[cfg.name](ACTIVATIONS[cfg.activation], norm, cfg)
+def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", position: str = "before") -> nn.Module:
+    """`norm` makes the normalization layer for a features shape; `position`: before or after the activation."""
+    act = ACTIVATIONS[cfg.activation]
+    model = MODELS[cfg.name](lambda shape: NormAct(norm(shape), act(), position == "before"), cfg)
     init_weights(model, init)
     return model

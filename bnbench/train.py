@@ -24,7 +24,7 @@ from bnbench.config import RunConfig, TrainConfig
 from bnbench.data import Data, Split
 from bnbench.errors import UsageError
 from bnbench.models import build_model
-from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory
+from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
 
 METRIC_COLUMNS = [
     "epoch",
@@ -119,6 +119,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def accumulate_gradients(
+    step_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, micro_batches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of one batch as `micro_batches` forward/backward passes (gradient accumulation).
+    Each micro-batch's mean loss is weighted by its share of the batch, so the summed gradient is the
+    whole batch's: exactly so for a model without BN, which sees each micro-batch alone. Returns the
+    batch's summed loss and its count of correct predictions, on the device (no host sync)."""
+    n = len(y)
+    micro_batches = max(1, min(micro_batches, n // 2))  # never a micro-batch of one example
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for xm, ym in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
+        logits = step_fn(xm)
+        loss = F.cross_entropy(logits, ym) * (len(ym) / n)
+        loss.backward()
+        with torch.no_grad():
+            loss_sum += loss.detach() * n
+            correct += (logits.argmax(1) == ym).sum()
+    return loss_sum, correct
+
+
 class Reporter(Protocol):
     def epoch_start(self, epoch: int, steps: int) -> None: ...
     def progress(self, steps_done: int, loss: float, acc: float) -> None: ...
@@ -150,7 +171,7 @@ class Trainer:
     @classmethod
     def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
         seed_everything(cfg.train.seed)
-        model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init).to(device)
+        model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position).to(device)
         step_fn = model
         if cfg.train.compile:
             # CUDA graphs (reduce-overhead) replay the step with no launch overhead; every epoch has
@@ -183,15 +204,13 @@ class Trainer:
             if self.should_stop():
                 raise Interrupted
             idx = perm[start:end]
-            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
-            logits = self.step_fn(xb)
-            loss = F.cross_entropy(logits, yb)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum, correct = accumulate_gradients(
+                self.step_fn, train.x.index_select(0, idx), train.y.index_select(0, idx), tc.accumulate
+            )
             self.optimizer.step()
-            with torch.no_grad():
-                window_loss += loss.detach() * (end - start)
-                window_correct += (logits.argmax(1) == yb).sum()
+            window_loss += loss_sum
+            window_correct += correct
             window_n += end - start
             if (i + 1) % log_every == 0 or i + 1 == len(bounds):
                 loss_sum, correct = read_back(window_loss, window_correct)
@@ -229,11 +248,22 @@ class Trainer:
         loss_total, correct_total = read_back(loss_sum, correct)
         return loss_total / len(split), correct_total / len(split)
 
+    def precise_statistics(self, batches: int, epoch: int) -> None:
+        """Exact BN running statistics from `batches` training batches. They come from their own
+        generator, so the training order (and a resumed run) is the same with or without this."""
+        train = self.data.train
+        order = torch.Generator().manual_seed(self.cfg.train.seed + 1_000_003 * epoch)
+        perm = torch.randperm(len(train), generator=order).to(train.x.device)
+        bounds = batch_bounds(len(train), self.cfg.train.batch_size)[:batches]
+        precise_statistics(self.model, (train.x.index_select(0, perm[start:end]) for start, end in bounds))
+
     def run_epoch(self, epoch: int) -> tuple[dict[str, float], list[dict]]:
         """Train one epoch and evaluate; returns the metrics.csv row and the steps.csv rows."""
         started = time.perf_counter()
         stats, step_rows = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - started
+        if self.cfg.train.precise_bn:
+            self.precise_statistics(self.cfg.train.precise_bn, epoch)
         batch_mode = self.cfg.train.eval_bn == "batch"
         test_loss, test_acc = self.evaluate(self.data.test, batch_stats=batch_mode)
         row = {

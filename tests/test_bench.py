@@ -9,7 +9,8 @@ import pandas as pd
 from conftest import read_run, write_config
 
 FIELDS = {"model", "norm", "device", "reference_examples_per_second", "bnbench_examples_per_second", "ratio",
-          "peak_rss_mb", "step_time_vs_torch_bn", "eval_seconds", "reference_num_workers"}  # fmt: skip
+          "peak_rss_mb", "step_time_vs_counterpart", "counterpart", "eval_seconds",
+          "reference_num_workers"}  # fmt: skip
 
 
 def test_bench_writes_one_row_per_model_and_norm(tmp_path, cli, monkeypatch):
@@ -19,13 +20,13 @@ def test_bench_writes_one_row_per_model_and_norm(tmp_path, cli, monkeypatch):
                  "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    assert [(r["model"], r["norm"]) for r in rows] == [("mlp", "torch"), ("mlp", "scratch")]
+    assert [(r["model"], r["norm"]) for r in rows] == [("mlp", "scratch"), ("mlp", "torch")]
     for row in rows:
         assert FIELDS <= row.keys()
         assert row["dataset"] == "synthetic" and row["device"] == "cpu"
         assert row["ratio"] == row["bnbench_examples_per_second"] / row["reference_examples_per_second"] > 0
         assert row["reference_num_workers"] in (0, 2)
-    assert rows[0]["step_time_vs_torch_bn"] == 1.0
+    assert [r["counterpart"] for r in rows] == ["torch", "torch"] and rows[1]["step_time_vs_counterpart"] == 1.0
     assert "training throughput on cpu" in result.stdout
 
 
@@ -43,3 +44,26 @@ def test_compiled_training_matches_eager(tmp_path, cli):
     cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
     eager, compiled = read_run(out / "cFalse")[1][cols], read_run(out / "cTrue")[1][cols]
     pd.testing.assert_frame_equal(eager, compiled, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_norms_are_the_registry_plus_manual_variants():
+    from bnbench.bench import NORMS, counterpart
+    from bnbench.config import NORM_KINDS
+    from bnbench.norms import COUNTERPARTS
+
+    assert [n for n in NORMS if not n.endswith("_manual")] == list(NORM_KINDS)
+    assert {counterpart(n) for n in NORMS} <= set(NORM_KINDS)
+    assert counterpart("layer_manual") == COUNTERPARTS["layer"] == "torch_layer"
+    assert counterpart("ghost") == counterpart("none") == "torch"
+
+
+def test_bench_without_reference_times_norms_against_counterparts(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("BNBENCH_DATA_DIR", str(tmp_path / "no-data"))
+    out = tmp_path / "bench.json"
+    result = cli("bench", "--device", "cpu", "--models", "mlp", "--norms", "layer,torch_layer", "--rounds", "1",
+                 "--no-reference", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    layer, torch_layer = json.loads(out.read_text())
+    assert layer["reference_examples_per_second"] is None and layer["ratio"] is None
+    assert layer["counterpart"] == "torch_layer" and layer["step_time_vs_counterpart"] > 0
+    assert torch_layer["step_time_vs_counterpart"] == 1.0

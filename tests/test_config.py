@@ -29,13 +29,14 @@ def test_shipped_configs_are_valid(path):
     load_config(path)
 
 
-def test_each_model_has_three_configs_differing_only_in_norm_kind():
+def test_each_model_has_a_config_per_norm_differing_only_in_norm_kind():
     for model in ("mlp", "convnet", "lenet"):
-        dicts = [load_config(CONFIGS / f"{model}_{n}.yaml").to_dict() for n in ("none", "scratch", "bn")]
+        names = ("none", "scratch", "bn", "layer", "group", "ghost", "renorm")
+        dicts = [load_config(CONFIGS / f"{model}_{n}.yaml").to_dict() for n in names]
         for d in dicts:
             d.pop("name")
             d["norm"].pop("kind")
-        assert dicts[0] == dicts[1] == dicts[2]
+        assert all(d == dicts[0] for d in dicts)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,28 @@ def test_each_model_has_three_configs_differing_only_in_norm_kind():
         ({"norm": {"momentum": 1.5}}, "norm.momentum: must be <= 1, got 1.5"),
         ({"norm": {"momentum": -0.1}}, "norm.momentum: must be >= 0, got -0.1"),
         ({"model": {"name": "resnet"}}, "model.name: 'resnet' is not one of mlp, convnet, lenet"),
-        ({"norm": {"kind": "layer"}}, "norm.kind: 'layer' is not one of none, scratch, torch"),
+        (
+            {"norm": {"kind": "batch"}},
+            "norm.kind: 'batch' is not one of none, scratch, torch, layer, torch_layer, group, torch_group, "
+            "ghost, renorm",
+        ),
+        ({"norm": {"position": "between"}}, "norm.position: 'between' is not one of before, after"),
+        ({"norm": {"groups": 0}}, "norm.groups: must be >= 1, got 0"),
+        ({"norm": {"virtual_batch_size": 1}}, "norm.virtual_batch_size: must be >= 2, got 1"),
+        ({"norm": {"rmax": 0.5}}, "norm.rmax: must be >= 1, got 0.5"),
+        ({"norm": {"dmax": -1}}, "norm.dmax: must be >= 0, got -1.0"),
+        ({"train": {"accumulate": 0}}, "train.accumulate: must be >= 1, got 0"),
+        ({"train": {"accumulate": 5}}, "train.accumulate: train.batch_size 32 is not divisible into 5 micro-batches"),
+        ({"train": {"precise_bn": 0}}, "train.precise_bn: must be >= 1, got 0"),
+        (
+            {"norm": {"kind": "renorm", "track_running_stats": False}},
+            "norm.track_running_stats: renorm corrects batch statistics towards the running ones, "
+            "so it needs them (true)",
+        ),
+        (
+            {"norm": {"kind": "renorm", "backward": "manual"}},
+            "norm.backward: renorm has no manual backward; use autograd",
+        ),
         ({"data": {"dataset": "cifar"}}, "data.dataset: 'cifar' is not one of mnist, fashion_mnist, synthetic"),
         ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: 'rmsprop' is not one of sgd, adam"),
         ({"model": {"activation": "gelu"}}, "model.activation: 'gelu' is not one of sigmoid, relu, tanh"),

@@ -6,22 +6,32 @@ import pytest
 import torch
 from torch import nn
 
-from bnbench.config import DEFAULT_ACTIVATION, ModelConfig, NormConfig
-from bnbench.models import AvgPool2x2, build_model
-from bnbench.norms import BatchNorm, make_norm_factory
+from bnbench.config import DEFAULT_ACTIVATION, MODEL_NAMES, NORM_KINDS, ModelConfig, NormConfig
+from bnbench.models import MODELS, AvgPool2x2, NormAct, build_model
+from bnbench.norms import NORMS, BatchNorm, BatchRenorm, GhostBatchNorm, GroupNorm, LayerNorm, make_norm_factory
 
-NORM_TYPES = {"none": (), "scratch": (BatchNorm,), "torch": (nn.BatchNorm1d, nn.BatchNorm2d)}
+NORM_TYPES = {
+    "none": nn.Identity,
+    "scratch": BatchNorm,
+    "torch": (nn.BatchNorm1d, nn.BatchNorm2d),
+    "layer": LayerNorm,
+    "torch_layer": nn.LayerNorm,
+    "group": GroupNorm,
+    "torch_group": nn.GroupNorm,
+    "ghost": GhostBatchNorm,
+    "renorm": BatchRenorm,
+}
 NORM_COUNT = {"mlp": 1, "convnet": 2, "lenet": 4}
 
 
-@pytest.mark.parametrize("kind", ["none", "scratch", "torch"])
-@pytest.mark.parametrize("name", ["mlp", "convnet", "lenet"])
+@pytest.mark.parametrize("kind", NORM_KINDS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_builds_and_trains_one_step(name, kind):
     model = build_model(
         ModelConfig(name=name, activation=DEFAULT_ACTIVATION[name]), make_norm_factory(NormConfig(kind=kind))
     )
-    norms = [m for m in model.modules() if isinstance(m, (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d))]
-    assert len(norms) == (0 if kind == "none" else NORM_COUNT[name])
+    norms = [m.norm for m in model.modules() if isinstance(m, NormAct)]
+    assert len(norms) == NORM_COUNT[name]
     assert all(isinstance(m, NORM_TYPES[kind]) for m in norms)
     x = torch.rand(4, 1, 28, 28)
     out = model(x)
@@ -32,7 +42,7 @@ def test_model_builds_and_trains_one_step(name, kind):
 
 def test_lenet_is_the_tutorial_architecture():
     model = build_model(ModelConfig(name="lenet", activation="sigmoid"), make_norm_factory(NormConfig(kind="torch")))
-    kinds = [type(m).__name__ for m in model]
+    kinds = [type(m).__name__ for m in model.modules() if not isinstance(m, (nn.Sequential, NormAct))]
     assert kinds == [
         "Conv2d",
         "BatchNorm2d",
@@ -58,9 +68,35 @@ def test_lenet_is_the_tutorial_architecture():
 def test_mlp_hidden_layers_follow_the_config():
     cfg = ModelConfig(name="mlp", activation="sigmoid", hidden=(100, 100, 100))
     model = build_model(cfg, make_norm_factory(NormConfig(kind="scratch")))
-    widths = [m.out_features for m in model if isinstance(m, nn.Linear)]
+    widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
     assert widths == [100, 100, 100, 10]
-    assert sum(isinstance(m, nn.Sigmoid) for m in model) == 3
+    assert sum(isinstance(m, nn.Sigmoid) for m in model.modules()) == 3
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_norm_positions_have_the_same_names_for_every_norm(name):
+    """Diagnostics and comparisons line runs up by these names."""
+    names = set()
+    for kind in NORM_KINDS:
+        model = build_model(ModelConfig(name=name, activation="relu"), make_norm_factory(NormConfig(kind=kind)))
+        names.add(tuple(n for n, m in model.named_modules() if isinstance(m, NormAct)))
+    (positions,) = names
+    assert positions == tuple(f"norm{i}" for i in range(1, NORM_COUNT[name] + 1))
+
+
+def test_position_after_puts_the_norm_after_the_activation():
+    cfg = ModelConfig(name="mlp", activation="sigmoid", hidden=(8,))
+    before = build_model(cfg, make_norm_factory(NormConfig(kind="torch")), position="before")
+    after = build_model(cfg, make_norm_factory(NormConfig(kind="torch")), position="after")
+    after.load_state_dict(before.state_dict())
+    x = torch.rand(16, 1, 28, 28)
+    hidden = before.fc1(before.flatten(x))
+    torch.testing.assert_close(before.norm1(hidden), torch.sigmoid(before.norm1.norm(hidden)))
+    torch.testing.assert_close(after.norm1(hidden), after.norm1.norm(torch.sigmoid(hidden)))
+
+
+def test_registries_build_exactly_the_config_names():
+    assert tuple(MODELS) == MODEL_NAMES and tuple(NORMS) == NORM_KINDS
 
 
 @pytest.mark.parametrize("shape", [(256, 6, 24, 24), (3, 16, 8, 8), (2, 3, 5, 7)])

@@ -8,10 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from bnbench.check import TOLERANCE, cases, compare_case, gradcheck
+from bnbench.check import TOLERANCE, cases, compare_case, extra_checks, gradcheck, gradcheck_cases
 from bnbench.config import ModelConfig, NormConfig
 from bnbench.models import build_model
-from bnbench.norms import BatchNorm, batch_stats_eval, make_norm_factory
+from bnbench.norms import (
+    BatchNorm,
+    BatchRenorm,
+    GhostBatchNorm,
+    LayerNorm,
+    batch_stats_eval,
+    group_count,
+    make_norm_factory,
+    precise_statistics,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -21,10 +30,14 @@ def test_matches_nn_batchnorm(case, dtype):
     assert max(diffs.values()) <= TOLERANCE[dtype], diffs
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
-@pytest.mark.parametrize("spatial", [False, True], ids=["2d", "4d"])
-def test_gradcheck(backward, spatial):
-    assert gradcheck(backward, spatial)
+@pytest.mark.parametrize(("kind", "backward", "spatial"), gradcheck_cases(), ids=lambda v: str(v))
+def test_gradcheck(kind, backward, spatial):
+    assert gradcheck(kind, backward, spatial)
+
+
+@pytest.mark.parametrize(("label", "value", "passed"), extra_checks(), ids=lambda v: str(v)[:40])
+def test_accumulation_and_precise_statistics_rows(label, value, passed):
+    assert passed, (label, value)
 
 
 def test_manual_backward_saves_only_normalized_input_inv_std_and_weight():
@@ -124,3 +137,50 @@ def test_batch_stats_eval_leaves_running_statistics_untouched():
         for key, value in module.state_dict().items():
             assert torch.equal(value, state[key]), key
         torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_ghost_batch_norm_is_batch_norm_per_virtual_batch_and_merges_a_trailing_one():
+    x = torch.randn(9, 3) * 2 + 1
+    ghost, ref = GhostBatchNorm(3, virtual_batch_size=4), nn.BatchNorm1d(3)
+    expected = torch.cat([ref(x[:4]), ref(x[4:])])  # 4 + 5: the last example joins its neighbours
+    torch.testing.assert_close(ghost(x), expected)
+    torch.testing.assert_close(ghost.running_mean, ref.running_mean)
+    assert int(ghost.num_batches_tracked) == 2
+
+
+def test_batch_renorm_warm_up_starts_as_batch_norm_and_opens_to_the_limits():
+    renorm, bn = BatchRenorm(3, rmax=2.0, dmax=1.0, warmup=4), BatchNorm(3)
+    with torch.no_grad():  # running statistics far from the batch's: r and d want to be large
+        renorm.running_var.fill_(100.0)
+        renorm.running_mean.fill_(50.0)
+    x = torch.randn(16, 3)
+    torch.testing.assert_close(renorm(x), bn(x))  # step 0: rmax' = 1, dmax' = 0
+    renorm.num_batches_tracked.fill_(4)  # warm-up over: the full limits
+    with torch.no_grad():
+        renorm.running_var.fill_(100.0)
+        renorm.running_mean.fill_(50.0)
+    x_hat = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(renorm(x), x_hat * 0.5 - 1.0)  # r clipped at 1/rmax, d at -dmax
+
+
+@pytest.mark.parametrize(("wanted", "channels", "groups"), [(32, 100, 25), (32, 6, 6), (32, 120, 30), (4, 7, 1)])
+def test_group_count_is_the_largest_divisor_not_above_the_setting(wanted, channels, groups):
+    assert group_count(wanted, channels) == groups
+
+
+def test_precise_statistics_keep_weights_momentum_and_step_count():
+    model = nn.Sequential(nn.Linear(4, 3), BatchNorm(3, momentum=0.3))
+    _ = model(torch.randn(8, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    precise_statistics(model, [torch.randn(8, 4) for _ in range(3)])
+    after = model.state_dict()
+    assert not model.training and model[1].momentum == 0.3
+    assert torch.equal(after["1.num_batches_tracked"], before["1.num_batches_tracked"])
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["1.weight"], before["1.weight"])
+    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
+
+
+def test_manual_normalize_saves_only_normalized_input_and_inv_std():
+    y = LayerNorm((3, 2, 2), affine=False, backward="manual")(torch.randn(4, 3, 2, 2, requires_grad=True))
+    assert sorted(tuple(t.shape) for t in y.grad_fn.saved_tensors) == [(4, 1, 1, 1), (4, 3, 2, 2)]

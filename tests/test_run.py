@@ -126,3 +126,41 @@ def test_last_batch_of_one_joins_the_previous(tmp_path, cli, size):
     assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
     steps = read_run(tmp_path / "runs/c")[2]
     assert steps["examples_seen"].iloc[-1] == size and steps["step"].iloc[-1] == size // 32
+
+
+@pytest.mark.parametrize(("kind", "equal"), [("none", True), ("scratch", False)])
+def test_accumulating_4_micro_batches_equals_one_batch_only_without_bn(tmp_path, cli, kind, equal):
+    out = tmp_path / "runs"
+    for k in (1, 4):
+        train = {"batch_size": 256, "accumulate": k, "epochs": 3}
+        config = write_config(tmp_path / f"acc{k}.yaml", norm={"kind": kind}, data={"train_subset": 1024}, train=train)
+        assert cli("run", config, "--out-dir", out).exit_code == 0
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    one, four = read_run(out / "acc1")[1][cols], read_run(out / "acc4")[1][cols]
+    steps = read_run(out / "acc4")[2]
+    assert steps["step"].iloc[-1] == 3 * 4  # optimizer steps, not micro-batches
+    if equal:
+        pd.testing.assert_frame_equal(one, four, rtol=1e-5, atol=1e-6)
+    else:
+        assert (one["train_loss"] - four["train_loss"]).abs().max() > 1e-4
+
+
+def test_precise_bn_changes_evaluation_not_training(tmp_path, cli):
+    out = tmp_path / "runs"
+    for name, extra in (("ema", {}), ("precise", {"precise_bn": 4})):
+        config = write_config(tmp_path / f"{name}.yaml", norm={"kind": "torch"}, train=extra)
+        assert cli("run", config, "--out-dir", out).exit_code == 0
+    ema, precise = read_run(out / "ema")[1], read_run(out / "precise")[1]
+    pd.testing.assert_frame_equal(ema[["train_loss", "train_acc"]], precise[["train_loss", "train_acc"]])
+    pd.testing.assert_series_equal(ema["test_acc_batch_stats"], precise["test_acc_batch_stats"])
+    assert not ema["test_loss"].equals(precise["test_loss"])
+
+
+@pytest.mark.parametrize("kind", ["layer", "group", "ghost", "renorm"])
+def test_every_new_norm_trains_through_the_cli(tmp_path, cli, kind):
+    config = write_config(tmp_path / "c.yaml", model={"name": "lenet"}, norm={"kind": kind, "position": "after"},
+                          train={"epochs": 1})  # fmt: skip
+    result = cli("run", config, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    metrics = read_run(tmp_path / "runs/c")[1]
+    assert ("test_acc_batch_stats" in metrics) == (kind in ("ghost", "renorm"))
