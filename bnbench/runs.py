@@ -6,7 +6,6 @@ model.pt and checkpoint.pt are written to a temporary file and renamed over the 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import json
@@ -28,16 +27,8 @@ import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
-from bnbench.train import (
-    STEP_COLUMNS,
-    Diverged,
-    Interrupted,
-    Reporter,
-    Trainer,
-    device_name,
-    metric_columns,
-    pick_device,
-)
+from bnbench.records import STEPS, atomic_write
+from bnbench.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
 
 RUN_FILES = ("config.yaml", "meta.json")
 EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -47,41 +38,10 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_torch_save(obj: object, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getvalue())
-
-
-def append_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
-    """Append rows and flush them to disk (a killed run keeps every row written so far)."""
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def rewrite_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue())
 
 
 def git_commit() -> str | None:
@@ -146,11 +106,8 @@ def create_run(
 ) -> RunDir:
     path = claim_run_dir(out_dir, run_name)
     atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    for name, columns in (
-        ("metrics.csv", metric_columns(trainer.model, cfg.train.eval_bn)),
-        ("steps.csv", STEP_COLUMNS),
-    ):
-        rewrite_rows(path / name, columns, [])
+    for schema in trainer.records:
+        schema.create(path)
     run = RunDir(path, {})
     run.update_meta(
         name=path.name,
@@ -190,13 +147,8 @@ def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:
     """Load the last checkpoint into `trainer`, drop CSV rows past it; return the epoch it ends."""
     ckpt = run.path / "checkpoint.pt"
     epoch = trainer.load_state(torch.load(ckpt, weights_only=False)) if ckpt.is_file() else 0
-    metric_path, step_path = run.path / "metrics.csv", run.path / "steps.csv"
-    rewrite_rows(
-        metric_path,
-        metric_columns(trainer.model, cfg.train.eval_bn),
-        [r for r in read_rows(metric_path) if int(r["epoch"]) <= epoch],
-    )
-    rewrite_rows(step_path, STEP_COLUMNS, [r for r in read_rows(step_path) if int(r["epoch"]) <= epoch])
+    for schema in trainer.records:
+        schema.rewrite(run.path, [r for r in schema.read(run.path) if int(r["epoch"]) <= epoch])
     resumes = run.meta.get("resumed_at", []) + [now()]
     run.update_meta(
         status="running",
@@ -249,13 +201,12 @@ def stop_on_signals() -> Iterator[StopRequest]:
 def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
     """Train from `first_epoch` to the end, writing as it goes; return the exit code."""
     cfg = trainer.cfg
-    columns = metric_columns(trainer.model, cfg.train.eval_bn)
     epoch = first_epoch - 1
     try:
         for epoch in range(first_epoch, cfg.train.epochs + 1):
             row, step_rows = trainer.run_epoch(epoch)
-            append_rows(run.path / "steps.csv", STEP_COLUMNS, step_rows)
-            append_rows(run.path / "metrics.csv", columns, [row])
+            STEPS.append(run.path, step_rows)
+            trainer.metrics.append(run.path, [row])
             if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                 atomic_torch_save(trainer.state(epoch), run.path / "checkpoint.pt")
             run.update_meta(epochs_completed=epoch)
@@ -263,7 +214,7 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
         run.update_meta(status="completed", ended_at=now())
         return 0
     except Diverged as exc:
-        append_rows(run.path / "steps.csv", STEP_COLUMNS, exc.step_rows)
+        STEPS.append(run.path, exc.step_rows)
         run.update_meta(status="diverged", ended_at=now(), error=str(exc))
         return EXIT_DIVERGED
     except (Interrupted, KeyboardInterrupt):
@@ -399,7 +350,7 @@ def run_jobs(
                 code = execute(run, trainer, first_epoch)
             except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the sweep goes on
                 code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
-            rows = read_rows(run.path / "metrics.csv")
+            rows = trainer.metrics.read(run.path)
             results.append(
                 RunResult(
                     run.path,

@@ -25,18 +25,8 @@ from bnbench.data import Data, Split
 from bnbench.errors import UsageError
 from bnbench.models import build_model
 from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
+from bnbench.records import STEPS, Schema, metrics_schema
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "epoch_seconds",
-    "examples_per_second",
-]
-STEP_COLUMNS = ["step", "epoch", "examples_seen", "train_loss", "train_acc"]
 LOG_POINTS_PER_EPOCH = 20
 
 
@@ -104,13 +94,6 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(is_batch_norm(m) for m in model.modules())
-
-
-def metric_columns(model: nn.Module, eval_bn: str) -> list[str]:
-    """metrics.csv header; BN models also record test accuracy under the other eval-statistics mode."""
-    if not has_batch_norm(model):
-        return METRIC_COLUMNS
-    return METRIC_COLUMNS + ["test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats"]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -182,6 +165,16 @@ class Trainer:
         return cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
 
     @property
+    def metrics(self) -> Schema:
+        """metrics.csv's schema for this model and evaluation mode."""
+        return metrics_schema(has_batch_norm(self.model), self.cfg.train.eval_bn)
+
+    @property
+    def records(self) -> tuple[Schema, ...]:
+        """Every CSV file this run writes."""
+        return (self.metrics, STEPS)
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(batch_bounds(len(self.data.train), self.cfg.train.batch_size))
 
@@ -215,13 +208,13 @@ class Trainer:
             if (i + 1) % log_every == 0 or i + 1 == len(bounds):
                 loss_sum, correct = read_back(window_loss, window_correct)
                 total_loss, total_correct, total_n = total_loss + loss_sum, total_correct + correct, total_n + window_n
-                row = {
-                    "step": first_step + i + 1,
-                    "epoch": epoch,
-                    "examples_seen": (epoch - 1) * len(train) + end,
-                    "train_loss": loss_sum / window_n,
-                    "train_acc": correct / window_n,
-                }
+                row = STEPS.row(
+                    step=first_step + i + 1,
+                    epoch=epoch,
+                    examples_seen=(epoch - 1) * len(train) + end,
+                    train_loss=loss_sum / window_n,
+                    train_acc=correct / window_n,
+                )
                 step_rows.append(row)
                 self.reporter.progress(i + 1, row["train_loss"], row["train_acc"])
                 if not math.isfinite(loss_sum) and tc.on_nan == "stop":
@@ -266,19 +259,22 @@ class Trainer:
             self.precise_statistics(self.cfg.train.precise_bn, epoch)
         batch_mode = self.cfg.train.eval_bn == "batch"
         test_loss, test_acc = self.evaluate(self.data.test, batch_stats=batch_mode)
-        row = {
-            "epoch": epoch,
-            "train_loss": stats["train_loss"],
-            "train_acc": stats["train_acc"],
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - started,
-            "examples_per_second": stats["examples"] / train_seconds,
-        }
+        values = dict(
+            epoch=epoch,
+            train_loss=stats["train_loss"],
+            train_acc=stats["train_acc"],
+            test_loss=test_loss,
+            test_acc=test_acc,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
         if has_batch_norm(self.model):
             other = "test_acc_running_stats" if batch_mode else "test_acc_batch_stats"
-            row[other] = self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+            values[other] = self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+        row = self.metrics.row(
+            **values,
+            epoch_seconds=time.perf_counter() - started,
+            examples_per_second=stats["examples"] / train_seconds,
+        )
         self.reporter.epoch_end(row)
         return row, step_rows
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bnbench.compare import compare, find_runs, group_runs
-from bnbench.train import METRIC_COLUMNS
+from bnbench.records import METRIC_COLUMNS
 
 from conftest import write_config
 
@@ -50,7 +50,7 @@ def fake_run(
             "epoch_seconds": 2.0,
             "examples_per_second": 50.0,
         }
-    )[METRIC_COLUMNS].to_csv(path / "metrics.csv", index=False)
+    )[list(METRIC_COLUMNS)].to_csv(path / "metrics.csv", index=False)
     steps = [
         {"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": a}
         for e, a in zip(epochs, test_acc, strict=True)

@@ -9,7 +9,8 @@ import torch
 import bnbench.train as train_module
 from bnbench.config import load_config
 from bnbench.data import Data, load_data
-from bnbench.train import LOG_POINTS_PER_EPOCH, METRIC_COLUMNS, STEP_COLUMNS, Trainer
+from bnbench.records import METRIC_COLUMNS, STEPS
+from bnbench.train import LOG_POINTS_PER_EPOCH, Trainer
 
 from conftest import read_run, write_config, write_mnist
 
@@ -37,10 +38,10 @@ def test_end_to_end_on_idx_files(tmp_path, cli, mnist_dir):
     assert META_FIELDS <= meta.keys()
     assert meta["status"] == "completed" and meta["epochs_completed"] == 2 and meta["device"] == "cpu"
     assert set(meta["versions"]) == {"python", "torch", "torchvision", "bnbench"}
-    assert list(metrics.columns) == METRIC_COLUMNS + ["test_acc_batch_stats"]
+    assert tuple(metrics.columns) == (*METRIC_COLUMNS, "test_acc_batch_stats")
     assert list(metrics["epoch"]) == [1, 2]
     assert metrics[["train_acc", "test_acc"]].stack().between(0, 1).all()
-    assert list(steps.columns) == STEP_COLUMNS
+    assert tuple(steps.columns) == STEPS.columns
     assert steps["examples_seen"].iloc[-1] == 2 * 256 and steps["step"].iloc[-1] == 2 * 8
     assert {"config.yaml", "model.pt", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     assert load_config(run / "config.yaml").data.dataset == "mnist"
@@ -60,7 +61,7 @@ def test_fashion_mnist_layout_and_env_data_dir(tmp_path, cli, monkeypatch):
 def test_no_norm_model_has_no_batch_stats_column(tmp_path, cli):
     config = write_config(tmp_path / "plain.yaml", norm={"kind": "none"}, train={"epochs": 1})
     assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
-    assert list(pd.read_csv(tmp_path / "runs/plain/metrics.csv").columns) == METRIC_COLUMNS
+    assert tuple(pd.read_csv(tmp_path / "runs/plain/metrics.csv").columns) == METRIC_COLUMNS
 
 
 def test_never_overwrites_and_names_seeds(tmp_path, cli):
@@ -101,7 +102,7 @@ def test_eval_bn_batch_swaps_the_extra_column(tmp_path, cli):
     config = write_config(tmp_path / "c.yaml", train={"epochs": 1, "eval_bn": "batch", "eval_batch_size": 8})
     assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
     metrics = read_run(tmp_path / "runs/c")[1]
-    assert list(metrics.columns) == METRIC_COLUMNS + ["test_acc_running_stats"]
+    assert tuple(metrics.columns) == (*METRIC_COLUMNS, "test_acc_running_stats")
 
 
 def test_host_reads_per_epoch_are_bounded(monkeypatch):

@@ -1,0 +1,83 @@
+"""What a run records: the schema of each CSV file in a run directory, declared here and nowhere else.
+
+The trainer builds every row through `Schema.row`, which refuses a missing or undeclared column, so a
+new figure is added in one place. Writing is append-and-flush (a killed run keeps every row written so
+far) or an atomic rewrite. No torch here: `compare` and the tests read runs without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`; never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Schema:
+    file: str
+    columns: tuple[str, ...]
+
+    def row(self, **values: object) -> dict[str, object]:
+        """A row with exactly the declared columns, in order; anything else is a programming error."""
+        missing = [c for c in self.columns if c not in values]
+        extra = [k for k in values if k not in self.columns]
+        if missing or extra:
+            raise ValueError(f"{self.file}: row has undeclared columns {extra} and lacks {missing}")
+        return {c: values[c] for c in self.columns}
+
+    def create(self, run_dir: Path) -> None:
+        self.rewrite(run_dir, [])
+
+    def append(self, run_dir: Path, rows: list[dict]) -> None:
+        """Append rows and flush them to disk."""
+        with open(run_dir / self.file, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerows(rows)  # an undeclared key raises
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self, run_dir: Path) -> list[dict[str, str]]:
+        with open(run_dir / self.file, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def rewrite(self, run_dir: Path, rows: list[dict]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(run_dir / self.file, text.getvalue())
+
+
+# metrics.csv: one row per completed epoch. Accuracies are fractions.
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "epoch_seconds",
+    "examples_per_second",
+)
+STEPS = Schema("steps.csv", ("step", "epoch", "examples_seen", "train_loss", "train_acc"))
+# diagnostics.csv, long form: one value of one quantity at one norm position (or "model") at one step.
+DIAGNOSTICS = Schema("diagnostics.csv", ("step", "epoch", "layer", "quantity", "value"))
+
+
+def metrics_schema(has_running_stats: bool, eval_bn: str) -> Schema:
+    """A model with BN running statistics also records test accuracy under the other evaluation mode."""
+    if not has_running_stats:
+        return Schema("metrics.csv", METRIC_COLUMNS)
+    other = "test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats"
+    return Schema("metrics.csv", (*METRIC_COLUMNS, other))
