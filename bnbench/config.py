@@ -86,6 +86,10 @@ class TrainConfig:
     compile: bool = False
     accumulate: int = field(default=1, metadata=_range(1))  # micro-batches of batch_size / accumulate per step
     precise_bn: int | None = field(default=None, metadata=_range(1))  # batches for exact running statistics
+    diagnostics: bool = False  # record what the norm does inside the network (diagnostics.csv)
+    diag_every: int | None = field(default=None, metadata=_range(1))  # steps; None: about 10 points per epoch
+    probe_size: int = field(default=256, metadata=_range(2))  # examples in the fixed diagnostic probe batch
+    landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata=_range(0.0, open_low=True))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
-from bnbench.records import STEPS, atomic_write
+from bnbench.records import atomic_write
 from bnbench.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
 
 RUN_FILES = ("config.yaml", "meta.json")
@@ -204,8 +204,9 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
     epoch = first_epoch - 1
     try:
         for epoch in range(first_epoch, cfg.train.epochs + 1):
-            row, step_rows = trainer.run_epoch(epoch)
-            STEPS.append(run.path, step_rows)
+            row, rows = trainer.run_epoch(epoch)
+            for schema, logged in rows.items():
+                schema.append(run.path, logged)
             trainer.metrics.append(run.path, [row])
             if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                 atomic_torch_save(trainer.state(epoch), run.path / "checkpoint.pt")
@@ -214,7 +215,8 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
         run.update_meta(status="completed", ended_at=now())
         return 0
     except Diverged as exc:
-        STEPS.append(run.path, exc.step_rows)
+        for schema, logged in exc.rows.items():
+            schema.append(run.path, logged)
         run.update_meta(status="diverged", ended_at=now(), error=str(exc))
         return EXIT_DIVERGED
     except (Interrupted, KeyboardInterrupt):

@@ -22,20 +22,21 @@ from torch import nn
 
 from bnbench.config import RunConfig, TrainConfig
 from bnbench.data import Data, Split
+from bnbench.diagnostics import Diagnostics
 from bnbench.errors import UsageError
 from bnbench.models import build_model
 from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
-from bnbench.records import STEPS, Schema, metrics_schema
+from bnbench.records import DIAGNOSTICS, STEPS, Schema, metrics_schema
 
 LOG_POINTS_PER_EPOCH = 20
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite; carries the step-log rows of the abandoned epoch."""
+    """The training loss became NaN or infinite; carries the rows the abandoned epoch logged."""
 
-    def __init__(self, message: str, step_rows: list[dict]) -> None:
+    def __init__(self, message: str, rows: dict[Schema, list[dict]]) -> None:
         super().__init__(message)
-        self.step_rows = step_rows
+        self.rows = rows
 
 
 class Interrupted(Exception):
@@ -150,6 +151,7 @@ class Trainer:
     step_fn: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd version
     reporter: Reporter = field(default_factory=SilentReporter)
     should_stop: Callable[[], bool] = lambda: False
+    diagnostics: Diagnostics | None = None
 
     @classmethod
     def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
@@ -162,7 +164,10 @@ class Trainer:
             mode = "reduce-overhead" if device.type == "cuda" else "default"
             step_fn = torch.compile(model, mode=mode, dynamic=False)
         order = torch.Generator().manual_seed(cfg.train.seed)
-        return cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
+        trainer = cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
+        if cfg.train.diagnostics:
+            trainer.diagnostics = Diagnostics(model, data.train, cfg, trainer.steps_per_epoch)
+        return trainer
 
     @property
     def metrics(self) -> Schema:
@@ -172,14 +177,14 @@ class Trainer:
     @property
     def records(self) -> tuple[Schema, ...]:
         """Every CSV file this run writes."""
-        return (self.metrics, STEPS)
+        return (self.metrics, STEPS, DIAGNOSTICS) if self.cfg.train.diagnostics else (self.metrics, STEPS)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(batch_bounds(len(self.data.train), self.cfg.train.batch_size))
 
-    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], list[dict]]:
-        """One pass over a fresh permutation; returns (train_loss/acc/examples, step-log rows)."""
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], dict[Schema, list]]:
+        """One pass over a fresh permutation; returns (train_loss/acc/examples, rows logged per file)."""
         train, tc = self.data.train, self.cfg.train
         device = train.x.device
         bounds = batch_bounds(len(train), tc.batch_size)[:max_steps]
@@ -190,7 +195,12 @@ class Trainer:
         window_n = total_n = 0
         total_loss = total_correct = 0.0
         step_rows: list[dict] = []
+        diag_rows: list[dict] = []
+        rows = {STEPS: step_rows, DIAGNOSTICS: diag_rows} if self.diagnostics else {STEPS: step_rows}
         first_step = (epoch - 1) * self.steps_per_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.diagnostics and epoch == 1:
+            diag_rows += self.diagnostics.record(0, epoch, lr)  # the network as initialized
         self.model.train()
         self.reporter.epoch_start(epoch, len(bounds))
         for i, (start, end) in enumerate(bounds):
@@ -202,6 +212,8 @@ class Trainer:
                 self.step_fn, train.x.index_select(0, idx), train.y.index_select(0, idx), tc.accumulate
             )
             self.optimizer.step()
+            if self.diagnostics and self.diagnostics.due(first_step + i + 1):
+                diag_rows += self.diagnostics.record(first_step + i + 1, epoch, lr)
             window_loss += loss_sum
             window_correct += correct
             window_n += end - start
@@ -219,13 +231,13 @@ class Trainer:
                 self.reporter.progress(i + 1, row["train_loss"], row["train_acc"])
                 if not math.isfinite(loss_sum) and tc.on_nan == "stop":
                     raise Diverged(
-                        f"training loss is {loss_sum / window_n} at step {row['step']} (epoch {epoch})", step_rows
+                        f"training loss is {loss_sum / window_n} at step {row['step']} (epoch {epoch})", rows
                     )
                 window_loss.zero_()
                 window_correct.zero_()
                 window_n = 0
         stats = {"train_loss": total_loss / total_n, "train_acc": total_correct / total_n, "examples": total_n}
-        return stats, step_rows
+        return stats, rows
 
     @torch.no_grad()
     def evaluate(self, split: Split, batch_stats: bool) -> tuple[float, float]:
@@ -250,10 +262,10 @@ class Trainer:
         bounds = batch_bounds(len(train), self.cfg.train.batch_size)[:batches]
         precise_statistics(self.model, (train.x.index_select(0, perm[start:end]) for start, end in bounds))
 
-    def run_epoch(self, epoch: int) -> tuple[dict[str, float], list[dict]]:
-        """Train one epoch and evaluate; returns the metrics.csv row and the steps.csv rows."""
+    def run_epoch(self, epoch: int) -> tuple[dict[str, float], dict[Schema, list]]:
+        """Train one epoch and evaluate; returns the metrics.csv row and the other files' rows."""
         started = time.perf_counter()
-        stats, step_rows = self.train_epoch(epoch)
+        stats, rows = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - started
         if self.cfg.train.precise_bn:
             self.precise_statistics(self.cfg.train.precise_bn, epoch)
@@ -276,7 +288,7 @@ class Trainer:
             examples_per_second=stats["examples"] / train_seconds,
         )
         self.reporter.epoch_end(row)
-        return row, step_rows
+        return row, rows
 
     def state(self, epoch: int) -> dict:
         """Everything a resume needs to continue exactly as if never stopped."""
