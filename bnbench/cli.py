@@ -192,7 +192,12 @@ def compare(
         Optional[float], typer.Option(help="Test accuracy that counts as converged (default: the lowest final one).")
     ] = None,
     baseline: Annotated[Optional[str], typer.Option(help="Group or run the others are compared against.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG with loss and accuracy curves.")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Write a figure (.png, .svg, .pdf) with loss and accuracy curves.")
+    ] = None,
+    diagnostics: Annotated[
+        bool, typer.Option("--diagnostics", help="--plot draws the diagnostics figure instead (see `plot`).")
+    ] = False,
     format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
 ) -> None:
     """Compare runs side by side: summary, seed groups (mean ± std, Welch t-test), per-epoch table, plot."""
@@ -204,8 +209,7 @@ def compare(
             raise UsageError(f"--format {format}: choose one of {', '.join(formats)}")
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
-        if plot is not None and plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot {plot}: the file name must end in .png")
+        _check_figure_path("--plot", plot)
         runs, warnings = cmp.find_runs(paths)
         for warning in warnings:
             err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
@@ -220,11 +224,56 @@ def compare(
             for note in cmp.footnotes(comparison):
                 console.print(f"[dim]{note}[/dim]", highlight=False)
         if plot is not None:
-            try:
-                cmp.plot(runs, plot)
-            except OSError as exc:
-                raise UsageError(f"--plot {plot}: cannot write ({exc.strerror})") from None
-            err_console.print(f"plot written to {plot}", highlight=False)
+            _write_figure("--plot", plot, runs, diagnostics)
+
+
+def _check_figure_path(option: str, path: Optional[Path]) -> None:
+    from bnbench.plots import SUFFIXES
+
+    if path is not None and path.suffix.lower() not in SUFFIXES:
+        raise UsageError(f"{option} {path}: the file name must end in {', '.join(SUFFIXES)}")
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: no such folder {path.parent}")
+
+
+def _write_figure(option: str, path: Path, runs: list, diagnostics: bool, layers: Optional[list[str]] = None) -> None:
+    from bnbench import plots
+
+    try:
+        if diagnostics:
+            plots.diagnostics_figure(runs, path, layers)
+        else:
+            plots.training_curves(runs, path)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"{option} {path}: {exc}") from None
+    err_console.print(f"figure written to {path}", highlight=False)
+
+
+@app.command()
+def plot(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
+    out: Annotated[Path, typer.Option(help="Figure file: .png, .svg or .pdf.")],
+    diagnostics: Annotated[
+        bool, typer.Option("--diagnostics", help="What the norm does inside the network (train.diagnostics runs).")
+    ] = False,
+    layer: Annotated[
+        Optional[list[str]], typer.Option(help="Norm positions to show (norm1, norm2, ...); default: all.")
+    ] = None,
+) -> None:
+    """Plot runs side by side: training curves, or with --diagnostics the activation percentiles per norm
+    position, gradient norms, the loss-landscape band, gradient predictiveness and running-statistics lag."""
+    from bnbench import compare as cmp
+
+    with reported_errors():
+        _check_figure_path("--out", out)
+        runs, warnings = cmp.find_runs(paths)
+        for warning in warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        if not runs:
+            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        _write_figure("--out", out, runs, diagnostics, layer)
 
 
 @app.command()

@@ -39,6 +39,16 @@ class Run:
         status = self.meta.get("status", "unknown")
         return "stale" if status == "running" and not is_alive(self.meta) else status
 
+    @property
+    def diagnostics(self) -> pd.DataFrame:
+        """diagnostics.csv (step, epoch, layer, quantity, value), empty when the run recorded none."""
+        path = self.path / "diagnostics.csv"
+        return (
+            pd.read_csv(path)
+            if path.is_file()
+            else pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
+        )
+
     def group_key(self) -> str:
         """Runs that differ only in seed and name share this key."""
         config = {k: v for k, v in self.config.items() if k != "name"}
@@ -232,62 +242,6 @@ def compare(
         per_epoch(runs, metric),
         groups_df.attrs.get("baseline"),
     )
-
-
-def plot(runs: list[Run], path: Path) -> None:
-    """Train loss and test accuracy per epoch, train loss per example seen; mean ± std per seed group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    panels = [
-        ("metrics", "epoch", "train_loss", "train loss (epoch mean)"),
-        ("metrics", "epoch", "test_acc", "test accuracy"),
-        ("steps", "examples_seen", "train_loss", "train loss (log window)"),
-    ]
-    groups = group_runs(runs)
-    for i, (name, members) in enumerate(groups.items()):
-        color = f"C{i % 10}"
-        label = f"{name} (n={len(members)})" if len(members) > 1 else name
-        for ax, (table, x, y, _) in zip(axes, panels, strict=True):
-            frames = [getattr(r, table) for r in members if len(getattr(r, table)) and y in getattr(r, table)]
-            if not frames:
-                continue
-            stats = pd.concat(frames).groupby(x)[y].agg(["mean", "std"])
-            ax.plot(
-                stats.index,
-                stats["mean"],
-                color=color,
-                label=label,
-                marker="o" if table == "metrics" else None,
-                markersize=3,
-            )
-            if len(frames) > 1:
-                ax.fill_between(
-                    stats.index,
-                    stats["mean"] - stats["std"],
-                    stats["mean"] + stats["std"],
-                    color=color,
-                    alpha=0.2,
-                    linewidth=0,
-                )
-    for ax, (_, x, _, title) in zip(axes, panels, strict=True):
-        ax.set_xlabel("examples seen" if x == "examples_seen" else "epoch")
-        ax.set_ylabel(title)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[2].set_yscale("log")
-    axes[1].legend(fontsize=8)
-    axes[2].xaxis.set_major_formatter(EngFormatter())
-    names = list(groups)
-    fig.suptitle("bnbench compare: " + " vs ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _num(value: object, digits: int = 4) -> str:

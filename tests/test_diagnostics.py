@@ -114,3 +114,25 @@ def test_resume_leaves_diagnostics_identical_to_an_uninterrupted_run(tmp_path, c
     assert cli("run", "--resume", out / "cut").exit_code == 0
     straight, resumed = (pd.read_csv(out / f"{n}/diagnostics.csv") for n in ("straight", "cut"))
     pd.testing.assert_frame_equal(straight, resumed)
+
+
+def test_plot_diagnostics_writes_each_format_and_refuses_runs_without_diagnostics(tmp_path, cli):
+    out = tmp_path / "runs"
+    for kind in ("none", "torch"):
+        config = write_config(tmp_path / f"{kind}.yaml", model={"name": "lenet"}, norm={"kind": kind},
+                              train={"epochs": 1, "diagnostics": True})  # fmt: skip
+        assert cli("run", config, "--out-dir", out).exit_code == 0
+    png, svg, pdf = (tmp_path / f"inside.{suffix}" for suffix in ("png", "svg", "pdf"))
+    result = cli("plot", out, "--diagnostics", "--out", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+    assert cli("plot", out / "torch", "--diagnostics", "--layer", "norm4", "--out", svg).exit_code == 0
+    assert b"<svg" in svg.read_bytes()[:500]
+    assert cli("compare", out, "--diagnostics", "--plot", pdf).exit_code == 0
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    bad = cli("plot", out, "--out", tmp_path / "inside.jpg")
+    assert bad.exit_code == 2 and "must end in .png, .svg, .pdf" in bad.stderr
+    plain = write_config(tmp_path / "plain.yaml", train={"epochs": 1})
+    assert cli("run", plain, "--out-dir", tmp_path / "other").exit_code == 0
+    none = cli("plot", tmp_path / "other", "--diagnostics", "--out", png)
+    assert none.exit_code == 2 and "no run recorded diagnostics" in none.stderr
