@@ -236,12 +236,14 @@ def _check_figure_path(option: str, path: Optional[Path]) -> None:
         raise UsageError(f"{option} {path}: no such folder {path.parent}")
 
 
-def _write_figure(option: str, path: Path, runs: list, diagnostics: bool, layers: Optional[list[str]] = None) -> None:
+def _write_figure(
+    option: str, path: Path, runs: list, diagnostics: bool, layers: Optional[list[str]] = None, dpi: int = 110
+) -> None:
     from bnbench import plots
 
     try:
         if diagnostics:
-            plots.diagnostics_figure(runs, path, layers)
+            plots.diagnostics_figure(runs, path, layers, dpi)
         else:
             plots.training_curves(runs, path)
     except OSError as exc:
@@ -261,6 +263,7 @@ def plot(
     layer: Annotated[
         Optional[list[str]], typer.Option(help="Norm positions to show (norm1, norm2, ...); default: all.")
     ] = None,
+    dpi: Annotated[int, typer.Option(min=30, max=600, help="Resolution of a .png diagnostics figure.")] = 110,
 ) -> None:
     """Plot runs side by side: training curves, or with --diagnostics the activation percentiles per norm
     position, gradient norms, the loss-landscape band, gradient predictiveness and running-statistics lag."""
@@ -273,7 +276,7 @@ def plot(
             err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
         if not runs:
             raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
-        _write_figure("--out", out, runs, diagnostics, layer)
+        _write_figure("--out", out, runs, diagnostics, layer, dpi)
 
 
 @app.command()

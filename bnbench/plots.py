@@ -95,7 +95,7 @@ def training_curves(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = None) -> None:
+def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = None, dpi: int = 110) -> None:
     """Ioffe & Szegedy's Fig. 1 b/c and Santurkar et al.'s Fig. 4, for any runs that recorded diagnostics:
     per norm position, the 15/50/85th percentiles of one unit's activation input over steps (a panel per
     run or seed group, shared y); gradient norms per position; the loss-landscape band, gradient
@@ -171,5 +171,5 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         grads[col].grid(alpha=0.3)
     grads[0].legend(fontsize=7)
     fig.suptitle(f"What the norm does inside the network, {_datasets(runs)}: " + " vs ".join(names))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
