@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from bnbench.errors import UsageError
-from bnbench.runs import is_alive, is_run_dir
+from bnbench.rundir import is_alive, is_run_dir
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
 TEST_NAME = "Welch's t-test (unequal variances), two-sided"

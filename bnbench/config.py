@@ -106,6 +106,9 @@ class RunConfig:
     def with_seed(self, seed: int) -> RunConfig:
         return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
 
+    def with_name(self, name: str) -> RunConfig:
+        return dataclasses.replace(self, name=name)
+
 
 def _plain(value: Any) -> Any:
     """Tuples to lists, recursively, so the dict dumps as plain YAML/JSON."""

@@ -6,15 +6,14 @@ model.pt and checkpoint.pt are written to a temporary file and renamed over the 
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import json
 import os
 import platform
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,14 +27,10 @@ from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
 from bnbench.records import atomic_write
+from bnbench.rundir import LockHeld, RunDir, RunLock, check_writable, claim_run_dir, differences, is_alive, now
 from bnbench.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
 
-RUN_FILES = ("config.yaml", "meta.json")
 EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
@@ -54,57 +49,8 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
-    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UsageError(f"--out-dir {out_dir}: not a writable directory")
-
-
-def claim_run_dir(out_dir: Path, name: str) -> Path:
-    """Create runs/<name>, or <name>-2, -3, ... if taken; mkdir is atomic, so runs never share one."""
-    check_writable(out_dir)
-    for k in range(1, 10_000):
-        path = out_dir / (name if k == 1 else f"{name}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise UsageError(f"{out_dir}: too many runs named {name}")
-
-
-def is_run_dir(path: Path) -> bool:
-    return all((path / f).is_file() for f in RUN_FILES)
-
-
-@dataclass
-class RunDir:
-    path: Path
-    meta: dict
-
-    def update_meta(self, **fields: object) -> None:
-        self.meta.update(fields, updated_at=now())
-        atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2) + "\n")
-
-    @classmethod
-    def open(cls, path: Path) -> RunDir:
-        if not path.is_dir():
-            raise UsageError(f"--resume {path}: no such directory")
-        if not is_run_dir(path):
-            raise UsageError(f"--resume {path}: not a bnbench run directory (no config.yaml and meta.json)")
-        try:
-            return cls(path, json.loads((path / "meta.json").read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"--resume {path}: meta.json is unreadable ({exc})") from None
-
-
-def create_run(
-    cfg: RunConfig, out_dir: Path, run_name: str, trainer: Trainer, device: torch.device, data_dir: Path
-) -> RunDir:
-    path = claim_run_dir(out_dir, run_name)
+def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.device, data_dir: Path) -> RunDir:
+    """Write a new run's config, empty CSVs and meta.json into `path` (created and locked by the caller)."""
     atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for schema in trainer.records:
         schema.create(path)
@@ -190,6 +136,9 @@ class StopRequest:
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
+        yield stop
+        return
     previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
@@ -232,7 +181,9 @@ class Job:
     cfg: RunConfig
     run_name: str
     source: str  # where the config came from, for error messages
-    resume: RunDir | None = None
+    path: Path | None = None  # an exact run directory (resumes, sweeps); None: claim out_dir/run_name[-k]
+    resume: bool = False
+    lock: RunLock | None = None  # taken while planning a resume, so no second writer slips in
 
 
 @dataclass
@@ -266,51 +217,96 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
     status = run.meta.get("status")
     if status == "completed":
         raise UsageError(f"--resume {path}: the run is already completed; start a new run instead")
-    if status == "running" and is_alive(run.meta):
+    if (
+        status == "running"
+        and is_alive(run.meta)
+        and (run.meta.get("hostname"), run.meta.get("pid"))
+        != (
+            socket.gethostname(),
+            os.getpid(),
+        )
+    ):
         raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
     saved = saved_config(run)
     if config is not None or overrides:
         wanted = load_config(config, overrides, base=saved if config is None else None)
-        changed = _differences(saved.to_dict(), wanted.to_dict())
+        changed = differences(saved.to_dict(), wanted.to_dict())
         if changed:
             raise UsageError(
                 f"--resume {path}: the config differs from the run's saved config.yaml in {', '.join(changed)}; "
                 "resume without a config, or start a new run"
             )
-    return Job(saved, path.name, str(path / "config.yaml"), resume=run)
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for key in keys:
-        full = f"{prefix}{key}"
-        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            out += _differences(a[key], b[key], full + ".")
-        elif a.get(key) != b.get(key):
-            out.append(full)
-    return out
-
-
-def is_alive(meta: dict) -> bool:
-    """Whether the process that wrote a 'running' meta.json still runs (on this host; elsewhere assume so)."""
-    if meta.get("hostname") != socket.gethostname():
-        return True
     try:
-        os.kill(int(meta.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
+        lock = RunLock(path).acquire()
+    except LockHeld as exc:
+        raise UsageError(f"--resume {exc}; wait for it or stop it") from None
+    return Job(saved, path.name, str(path / "config.yaml"), path=path, resume=True, lock=lock)
 
 
-def _exit_code(results: list[RunResult]) -> int:
+def exit_code_of(results: list[RunResult]) -> int:
     codes = {r.exit_code for r in results}
     for code in (EXIT_INTERRUPTED, EXIT_FAILED, EXIT_DIVERGED):
         if code in codes:
             return code
     return 0
+
+
+def check_jobs(jobs: list[Job], root: Path) -> None:
+    """What can only be checked against the data: the batch fits the training set."""
+    for job in jobs:
+        n_train = train_size(job.cfg.data, root)
+        if job.cfg.train.batch_size > n_train:
+            raise UsageError(
+                f"{job.source}: train.batch_size: {job.cfg.train.batch_size} is larger than the training set "
+                f"({n_train} examples)"
+            )
+
+
+def data_root(jobs: list[Job], data_dir: Path | None) -> Path:
+    saved_dir = RunDir.open(jobs[0].path).meta.get("data_dir") if jobs and jobs[0].resume else None
+    if data_dir is None and not os.environ.get("BNBENCH_DATA_DIR") and saved_dir:
+        data_dir = Path(saved_dir)  # a resumed run reads the data it started with
+    return data_dir_from(data_dir)
+
+
+def run_job(
+    job: Job,
+    data: Data,
+    device: torch.device,
+    root: Path,
+    out_dir: Path,
+    make_reporter: Callable[[str, int], Reporter],
+    stop: Callable[[], bool],
+) -> RunResult:
+    """Run one job to its end, holding its directory's lock throughout; return what happened."""
+    trainer = Trainer.create(job.cfg, data, device, should_stop=stop)
+    if job.resume:
+        lock = job.lock or RunLock(job.path).acquire(wait_seconds=5)
+        run = RunDir.open(job.path)
+        first_epoch = prepare_resume(run, job.cfg, trainer) + 1
+    else:
+        path = job.path or claim_run_dir(out_dir, job.run_name)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(path).acquire(wait_seconds=5)
+        run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+    try:
+        trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
+        error = None
+        try:
+            code = execute(run, trainer, first_epoch)
+        except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the other runs go on
+            code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+        rows = trainer.metrics.read(run.path)
+        return RunResult(
+            run.path,
+            run.meta["status"],
+            run.meta["epochs_completed"],
+            float(rows[-1]["test_acc"]) if rows else None,
+            code,
+            error or run.meta.get("error"),
+        )
+    finally:
+        lock.release()
 
 
 def run_jobs(
@@ -322,18 +318,9 @@ def run_jobs(
 ) -> tuple[list[RunResult], int]:
     """Check every job's data, device and output folder, then run the jobs one after another."""
     device = pick_device(device_option)
-    saved_dir = jobs[0].resume.meta.get("data_dir") if jobs[0].resume else None
-    if data_dir is None and not os.environ.get("BNBENCH_DATA_DIR") and saved_dir:
-        data_dir = Path(saved_dir)  # a resumed run reads the data it started with
-    root = data_dir_from(data_dir)
-    for job in jobs:
-        n_train = train_size(job.cfg.data, root)
-        if job.cfg.train.batch_size > n_train:
-            raise UsageError(
-                f"{job.source}: train.batch_size: {job.cfg.train.batch_size} is larger than the training set "
-                f"({n_train} examples)"
-            )
-    if any(job.resume is None for job in jobs):
+    root = data_root(jobs, data_dir)
+    check_jobs(jobs, root)
+    if any(not job.resume for job in jobs):
         check_writable(out_dir)
     results: list[RunResult] = []
     loaded: dict[DataConfig, Data] = {}
@@ -341,28 +328,7 @@ def run_jobs(
         for job in jobs:
             if job.cfg.data not in loaded:
                 loaded = {job.cfg.data: load_data(job.cfg.data, root, device)}  # keep one dataset in memory
-            trainer = Trainer.create(job.cfg, loaded[job.cfg.data], device, should_stop=stop)
-            if job.resume is not None:
-                run, first_epoch = job.resume, prepare_resume(job.resume, job.cfg, trainer) + 1
-            else:
-                run, first_epoch = create_run(job.cfg, out_dir, job.run_name, trainer, device, root), 1
-            trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
-            error = None
-            try:
-                code = execute(run, trainer, first_epoch)
-            except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the sweep goes on
-                code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
-            rows = trainer.metrics.read(run.path)
-            results.append(
-                RunResult(
-                    run.path,
-                    run.meta["status"],
-                    run.meta["epochs_completed"],
-                    float(rows[-1]["test_acc"]) if rows else None,
-                    code,
-                    error or run.meta.get("error"),
-                )
-            )
-            if code == EXIT_INTERRUPTED:
+            results.append(run_job(job, loaded[job.cfg.data], device, root, out_dir, make_reporter, stop))
+            if results[-1].exit_code == EXIT_INTERRUPTED:
                 break
-    return results, _exit_code(results)
+    return results, exit_code_of(results)

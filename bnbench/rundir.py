@@ -1,0 +1,162 @@
+"""Run directories without torch: claiming them, their meta.json, liveness, and one writer at a time.
+
+`compare`, `sweep` planning and the tests read runs through this module, so none of them pays for
+importing torch. A run holds an exclusive `flock` on `<run>/.lock` for its whole life; the lock file
+names the holder (pid and host) for the one who is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnbench.errors import UsageError
+from bnbench.records import atomic_write
+
+RUN_FILES = ("config.yaml", "meta.json")
+LOCK_FILE = ".lock"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out-dir {out_dir}: not a writable directory")
+
+
+def claim_run_dir(out_dir: Path, name: str) -> Path:
+    """Create runs/<name>, or <name>-2, -3, ... if taken; mkdir is atomic, so runs never share one."""
+    check_writable(out_dir)
+    for k in range(1, 10_000):
+        path = out_dir / (name if k == 1 else f"{name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"{out_dir}: too many runs named {name}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return all((path / f).is_file() for f in RUN_FILES)
+
+
+def is_alive(meta: dict) -> bool:
+    """Whether the process that wrote a 'running' meta.json still runs (on this host; elsewhere assume so)."""
+    if meta.get("hostname") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(meta.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_meta(path: Path) -> dict:
+    meta = json.loads((path / "meta.json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json is not a JSON object")
+    return meta
+
+
+def status_of(path: Path) -> str:
+    """completed, diverged, failed, interrupted, running, stale (running, but its process is gone),
+    new (no directory) or unrecorded (a directory whose run never wrote its meta.json)."""
+    if not path.exists():
+        return "new"
+    if not is_run_dir(path):
+        return "unrecorded"
+    meta = read_meta(path)
+    status = meta.get("status", "unknown")
+    return "stale" if status == "running" and not is_alive(meta) else status
+
+
+@dataclass
+class RunDir:
+    path: Path
+    meta: dict
+
+    def update_meta(self, **fields: object) -> None:
+        self.meta.update(fields, updated_at=now())
+        atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2) + "\n")
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        if not path.is_dir():
+            raise UsageError(f"--resume {path}: no such directory")
+        if not is_run_dir(path):
+            raise UsageError(f"--resume {path}: not a bnbench run directory (no config.yaml and meta.json)")
+        try:
+            return cls(path, read_meta(path))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--resume {path}: meta.json is unreadable ({exc})") from None
+
+
+class LockHeld(Exception):
+    """Another process writes this run directory; the message names it."""
+
+
+class RunLock:
+    """An exclusive, non-blocking `flock` on `<run>/.lock`, held while a run writes its directory.
+    The kernel drops it when the holder exits, however it exits (kill -9 included)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self, wait_seconds: float = 0.0) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise LockHeld(f"{self.path.parent}: in use by {holder}") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        full = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += differences(a[key], b[key], full + ".")
+        elif a.get(key) != b.get(key):
+            out.append(full)
+    return out

@@ -1,0 +1,229 @@
+"""Studies: a base config, a matrix of dotted keys, seeds and fixed overrides, expanded into runs.
+
+A study is data, validated at the edge like a config: every cell and seed is resolved into a
+`RunConfig` before anything runs. No torch here (the sweep engine in `sweep.py` runs the result).
+
+    name: mlp_lr
+    base: ../mlp_bn.yaml          # a config path, relative to the study file, or a shipped config name
+    matrix: {norm.kind: [none, torch], train.lr: [0.1, 1.0, 3.0]}
+    seeds: [0, 1, 2]              # or "0-4", or one integer
+    set: {train.epochs: 5}        # fixed overrides for every run (optional)
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bnbench.config import RunConfig, config_from_dict, load_config, parse_override
+from bnbench.errors import UsageError
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STUDY_FILE = "study.yaml"
+STUDY_KEYS = ("name", "base", "matrix", "seeds", "set")
+MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
+UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+
+
+def parse_seeds(value: Any, source: str) -> tuple[int, ...]:
+    """0-4, "0,1,2", [0, 1, 2] or 3 -> distinct seeds in 0 .. 2**32 - 1."""
+    text = str(value).strip()
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            seeds = [value]
+        elif isinstance(value, list):
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                raise ValueError
+            seeds = list(value)
+        elif re.fullmatch(r"\d+\s*-\s*\d+", text):
+            low, high = (int(v) for v in text.split("-"))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(v) for v in text.split(",") if v.strip()]
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: expected seeds like 0-4, 0,1,2 or [0, 1, 2], got {text[:60]!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise UsageError(f"{source}: expected distinct seeds between 0 and {MAX_SEED}, got {text[:60]!r}")
+    return tuple(seeds)
+
+
+def format_value(value: Any) -> str:
+    """A value as it appears in a run name: lists joined by 'x', floats in short form."""
+    if isinstance(value, (list, tuple)):
+        return "x".join(format_value(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's last component, or the full key where two would share one."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
+
+
+def cell_name(values: dict[str, Any]) -> str:
+    """{'norm.kind': 'none', 'train.lr': 0.1} -> 'kind=none,lr=0.1'; characters unsafe in a file name
+    are escaped as %XX."""
+    names = short_keys(list(values))
+    text = ",".join(f"{names[k]}={format_value(v)}" for k, v in values.items())
+    return UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str  # the run directory's name inside the study folder
+    config: RunConfig
+    cell: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    base: dict  # the resolved base config, so a saved study re-runs without its base file
+    matrix: tuple[tuple[str, tuple], ...]
+    seeds: tuple[int, ...]
+    fixed: tuple[tuple[str, Any], ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "base": self.base,
+            "matrix": {k: list(v) for k, v in self.matrix},
+            "seeds": list(self.seeds),
+            "set": dict(self.fixed),
+        }
+
+    def runs(self) -> list[PlannedRun]:
+        """Every cell x seed as a validated config; a bad value anywhere is one UsageError."""
+        base = config_from_dict(self.base, f"{self.name}: base")
+        fixed = [_override(k, v) for k, v in self.fixed]
+        keys = [k for k, _ in self.matrix]
+        planned, seen = [], set()
+        for combination in itertools.product(*(values for _, values in self.matrix)):
+            values = dict(zip(keys, combination, strict=True))
+            cell = cell_name(values) if values else base.name
+            if cell in seen:
+                raise UsageError(f"study {self.name}: two cells are both named {cell!r}; make the values distinct")
+            seen.add(cell)
+            overrides = fixed + [_override(k, v) for k, v in values.items()]
+            try:
+                cfg = load_config(None, overrides, base=base)
+            except UsageError as exc:
+                raise UsageError(f"study {self.name}, cell {cell}: {exc}") from None
+            for seed in self.seeds:
+                planned.append(PlannedRun(f"{cell}-s{seed}", cfg.with_seed(seed).with_name(f"{cell}-s{seed}"), cell))
+        return planned
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix('...').strip()}"
+
+
+def _read(path: Path) -> dict:
+    if path.is_dir():
+        path = path / STUDY_FILE
+    if not path.is_file():
+        raise UsageError(f"{path}: no such study file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable YAML study file ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: a study must be a YAML mapping with {', '.join(STUDY_KEYS)}")
+    unknown = [k for k in raw if k not in STUDY_KEYS]
+    if unknown:
+        raise UsageError(f"{path}: {unknown[0]}: unknown key (valid keys: {', '.join(STUDY_KEYS)})")
+    return raw
+
+
+def _base_path(base: Any, relative_to: Path) -> Path:
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{relative_to}: base: expected a config path or a shipped config name")
+    for candidate in (relative_to.parent / base, SHIPPED_CONFIGS / base, SHIPPED_CONFIGS / f"{base}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"{relative_to}: base: {base}: no such config (a path relative to the study, or one of configs/)")
+
+
+def _matrix(raw: Any, source: str) -> tuple[tuple[str, tuple], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: matrix: expected a mapping of dotted keys to lists of values")
+    out = []
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{source}: matrix.{key}: expected a non-empty list of values")
+        parse_override(f"{key}=0")  # the key exists in the config (the values are checked per cell)
+        out.append((str(key), tuple(values)))
+    return tuple(out)
+
+
+def _fixed(raw: Any, source: str) -> tuple[tuple[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: set: expected a mapping of dotted keys to values")
+    return tuple((str(k), v) for k, v in raw.items())
+
+
+def load_study(path: Path) -> Study:
+    """A study file, or a study folder holding a saved study.yaml."""
+    raw = _read(path)
+    source = str(path)
+    if path.is_dir():  # saved: the base is already a resolved config
+        base = raw.get("base")
+        if not isinstance(base, dict):
+            raise UsageError(f"{path / STUDY_FILE}: base: expected the resolved config")
+        config_from_dict(base, f"{path / STUDY_FILE}: base")
+    else:
+        base = load_config(_base_path(raw.get("base"), path)).to_dict()
+    name = raw.get("name", path.stem if not path.is_dir() else path.name)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise UsageError(f"{source}: name: {name!r} cannot be a folder name")
+    return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
+                 _fixed(raw.get("set"), source))  # fmt: skip
+
+
+def study_from_options(config: Path, grid: list[str], seeds: str | None, name: str | None, sets: list[str]) -> Study:
+    """`bnbench sweep CONFIG --grid key=v1,v2 --seeds 0-2 --name N --set key=value`."""
+    base = load_config(config)
+    matrix = []
+    for text in grid:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UsageError(f"--grid {text}: expected dotted.key=value1,value2 (e.g. --grid train.lr=0.1,1)")
+        parsed = yaml.safe_load(values) if values.strip().startswith("[") else None
+        items = parsed if isinstance(parsed, list) else [yaml.safe_load(v) for v in values.split(",")]
+        matrix.append((key.strip(), list(items)))
+    fixed = []
+    for text in sets:
+        keys, value = parse_override(text)
+        fixed.append((".".join(keys), value))
+    study = Study(name or base.name, base.to_dict(), _matrix(dict(matrix), "--grid"),
+                  parse_seeds(seeds if seeds is not None else "0", "--seeds"), tuple(fixed))  # fmt: skip
+    if "/" in study.name or study.name.startswith("."):
+        raise UsageError(f"--name {study.name}: cannot be a folder name")
+    return study
+
+
+def saved_study(folder: Path) -> Study | None:
+    return load_study(folder) if (folder / STUDY_FILE).is_file() else None
+
+
+def study_differences(saved: Study, wanted: Study) -> list[str]:
+    from bnbench.rundir import differences
+
+    return differences(saved.to_dict(), wanted.to_dict())
+
+
+def dump_study(study: Study) -> str:
+    return yaml.safe_dump(study.to_dict(), sort_keys=False)
