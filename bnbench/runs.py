@@ -217,15 +217,7 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
     status = run.meta.get("status")
     if status == "completed":
         raise UsageError(f"--resume {path}: the run is already completed; start a new run instead")
-    if (
-        status == "running"
-        and is_alive(run.meta)
-        and (run.meta.get("hostname"), run.meta.get("pid"))
-        != (
-            socket.gethostname(),
-            os.getpid(),
-        )
-    ):
+    if status == "running" and is_alive(run.meta):
         raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
     saved = saved_config(run)
     if config is not None or overrides:
