@@ -7,16 +7,18 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bnbench.errors import UsageError
+from bnbench.sweep import Engine
 
 app = typer.Typer(
     help="What does Batch Normalization do to training? Run experiments from YAML configs and compare them.",
@@ -28,6 +30,11 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEBUG = {"on": os.environ.get("BNBENCH_DEBUG") == "1"}
+
+
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 @app.callback()
@@ -114,23 +121,13 @@ def _progress() -> Progress:
     )
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds {text}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {text}: expected distinct non-negative integers, e.g. --seeds 0,1,2")
-    return seeds
-
-
 @app.command()
 def run(
     configs: Annotated[Optional[list[Path]], typer.Argument(help="YAML config files, one run each.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.lr=0.5 (value is YAML).")] = [],
     epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.epochs=N.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.seed=N.")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Run each config once per seed: --seeds 0,1,2.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Run each config once per seed: --seeds 0,1,2 or 0-4.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Dataset folder (default: env BNBENCH_DATA_DIR, else ./data).")
@@ -138,28 +135,40 @@ def run(
     out_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Shortcut for --set name=NAME.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once, in worker processes (default 1).")] = None,
+    threads_per_job: Annotated[Optional[int], typer.Option(min=1, help="torch threads per job.")] = None,
+    backend: Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")] = Backend.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")] = None,
+    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 0.25.")] = 0.0,
 ) -> None:
     """Train from YAML configs; each run writes runs/<name>/ (config, metrics.csv, steps.csv, meta.json, model)."""
-    from bnbench.runs import Job, plan_jobs, plan_resume, run_jobs
+    from bnbench.runs import Job, exit_code_of, plan_jobs, plan_resume, run_jobs
+    from bnbench.study import parse_seeds
 
     with reported_errors():
         overrides = list(set_)
         for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        seed_list = _parse_seeds(seeds) if seeds is not None else None
+        seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
                 raise UsageError("--resume continues one run: give at most one config and no --seeds")
-            jobs: list[Job] = [plan_resume(resume, (configs or [None])[0], overrides)]
+            planned: list[Job] = [plan_resume(resume, (configs or [None])[0], overrides)]
         else:
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (see configs/)")
-            jobs = plan_jobs(configs, overrides, seed_list)
+            planned = plan_jobs(configs, overrides, seed_list)
         live = sys.stdout.isatty()
-        with _progress() if live else nullcontext() as progress:
-            make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
-            results, exit_code = run_jobs(jobs, device, data_dir, out_dir, make_reporter)
+        if (jobs or 1) > 1 or backend is Backend.ray:
+            engine = Engine(device, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run)
+            results, _ = _run_engine(planned, engine, out_dir, live)
+            exit_code = exit_code_of(results)
+        else:
+            with _progress() if live else nullcontext() as progress:
+                make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
+                results, exit_code = run_jobs(planned, device, data_dir, out_dir, make_reporter)
         table = Table(title="runs")
         for column in ("run", "status", "epochs", "final test_acc", "directory"):
             table.add_column(column)
@@ -172,6 +181,130 @@ def run(
                 err_console.print(
                     f"[red]{result.status}:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True
                 )
+        raise typer.Exit(exit_code)
+
+
+class SweepDisplay:
+    """On a terminal: one overall bar (runs done / total, failures, ETA) and a line per busy worker.
+    Off a terminal: one line per finished run."""
+
+    def __init__(self, total: int, live: bool) -> None:
+        self.live, self.total, self.done, self.failed = live, total, 0, 0
+        self.bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.overall = self.bars.add_task("runs", total=total, info="")
+        self.workers: dict[str, int] = {}
+
+    def __enter__(self) -> SweepDisplay:
+        if self.live:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.bars.stop()
+
+    def progress(self, update: tuple) -> None:
+        _pid, name, epoch, epochs, done, steps, loss = update
+        if name not in self.workers:
+            self.workers[name] = self.bars.add_task(name, total=steps, info="")
+        self.bars.update(self.workers[name], description=f"{name} {epoch}/{epochs}", completed=done, total=steps,
+                         info=f"loss {loss:.4f}" if loss == loss else "")  # fmt: skip
+
+    def result(self, result) -> None:
+        self.done += 1
+        self.failed += result.status == "failed"
+        if result.name in self.workers:
+            self.bars.remove_task(self.workers.pop(result.name))
+        failures = f"{self.failed} failed" if self.failed else ""
+        self.bars.update(self.overall, completed=self.done, info=failures)
+        acc = f"test_acc {result.final_test_acc:.4f}" if result.final_test_acc is not None else ""
+        line = f"{result.status:<11} {result.name}  epochs {result.epochs_completed}  {acc}"
+        (self.bars.console.print if self.live else print)(line.rstrip(), **({"highlight": False} if self.live else {}))
+
+
+def _run_engine(jobs: list, engine: Engine, out_dir: Path, live: bool) -> tuple[list, int]:
+    from bnbench.sweep import execute
+
+    with SweepDisplay(len(jobs), live and engine.backend == "local") as display:
+        return execute(jobs, engine, out_dir, display.result, display.progress if display.live else None)
+
+
+@app.command()
+def sweep(
+    study: Annotated[Path, typer.Argument(help="A study file, a study folder (re-run), or a config with --grid.")],
+    grid: Annotated[list[str], typer.Option(help="A matrix key: --grid train.lr=0.1,1,3 (with a config).")] = [],
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds with a config: 0-4 or 0,1,2 (default 0).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Study name with a config (default: the config's).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="A fixed override for every run (with a config).")] = [],
+    out_dir: Annotated[Path, typer.Option(help="Studies go to OUT_DIR/<study>/.")] = Path("runs"),
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once (default: one per CPU core).")] = None,
+    threads_per_job: Annotated[Optional[int], typer.Option(min=1, help="torch threads per job.")] = None,
+    backend: Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")] = Backend.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")] = None,
+    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 0.25.")] = 0.0,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs it would start, run nothing.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Dataset folder (default: env BNBENCH_DATA_DIR, else ./data).")
+    ] = None,
+) -> None:
+    """Run a grid x seeds in parallel, resumably: completed and diverged runs are skipped, interrupted ones
+    resumed. Ends with a summary and the study's comparison; exit 1 if any run failed."""
+    from bnbench import compare as cmp
+    from bnbench import study as studies
+    from bnbench.sweep import plan_study, save_study
+
+    with reported_errors():
+        if study.is_dir():
+            if grid or seeds or name or set_:
+                raise UsageError(
+                    f"{study}: a saved study re-runs as it is; --grid, --seeds, --name, --set do not apply"
+                )
+            wanted = studies.load_study(study)
+            out_dir = study.parent
+        elif grid or seeds is not None:
+            wanted = studies.study_from_options(study, grid, seeds, name, set_)
+        else:
+            if name or set_:
+                raise UsageError("--name and --set go with a config and --grid; a study file names its own")
+            wanted = studies.load_study(study)
+        plan = plan_study(wanted, out_dir, retry_failed)
+        total = len(plan.jobs) + len(plan.skipped)
+        if dry_run:
+            for job in plan.jobs:
+                console.print(f"{'resume' if job.resume else 'start':<7} {job.run_name}", highlight=False)
+            for run_name, why in plan.skipped:
+                console.print(f"{'skip':<7} {run_name}  ({why})", highlight=False)
+            console.print(f"{wanted.name}: {total} runs; {len(plan.jobs)} to run, {len(plan.skipped)} to skip")
+            return
+        engine = Engine(device, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run)
+        save_study(plan)
+        console.print(f"{wanted.name}: {total} runs in {plan.folder}; {len(plan.jobs)} to run, "
+                      f"{len(plan.skipped)} skipped", highlight=False)  # fmt: skip
+        results, exit_code = _run_engine(plan.jobs, engine, plan.folder, sys.stdout.isatty())
+        counts: dict[str, int] = {}
+        for result in results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        counts["already done or skipped"] = len(plan.skipped)
+        console.print("summary: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n), highlight=False)
+        for result in results:
+            if result.status == "failed":
+                err_console.print(f"[red]failed:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True)
+        runs, _ = cmp.find_runs([plan.folder])
+        if runs:
+            comparison = cmp.compare(runs)
+            for title, frame in cmp.display_tables(comparison):
+                console.print(_rich_table(title, frame))
         raise typer.Exit(exit_code)
 
 

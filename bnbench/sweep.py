@@ -1,0 +1,303 @@
+"""The sweep engine: many runs at once, in local worker processes or as Ray tasks, resumably.
+
+Planning (which runs to start, resume or skip) happens in the parent from the run directories'
+states; each run is then `runs.run_job` in a worker, which holds the run directory's lock for the
+run's whole life, so two sweeps over one study never write the same run. Workers are spawned
+processes with `torch.set_num_threads(threads_per_job)`, so N jobs never oversubscribe the cores.
+On Linux a worker is sent SIGTERM when the sweep process dies (even by SIGKILL): its run stops
+as `interrupted` with its checkpoint, and the next sweep resumes it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnbench.errors import UsageError
+from bnbench.records import atomic_write
+from bnbench.rundir import LockHeld, check_writable, read_meta, status_of
+from bnbench.study import STUDY_FILE, Study, dump_study, saved_study, study_differences
+
+# A progress update from a worker: (worker pid, run name, epoch, epochs, steps done, steps, loss).
+Progress = tuple[int, str, int, int, int, int, float]
+FINAL = ("completed", "diverged")
+
+
+@dataclass
+class Plan:
+    jobs: list  # runs.Job: runs to start or resume
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run name, why)
+    folder: Path | None = None
+    study: Study | None = None
+
+
+def plan_study(study: Study, out_dir: Path, retry_failed: bool) -> Plan:
+    """Validate every cell, compare with a saved study, and decide per run: start, resume or skip."""
+    from bnbench.runs import Job
+
+    planned = study.runs()
+    folder = out_dir / study.name
+    saved = saved_study(folder) if folder.is_dir() else None
+    if saved is not None:
+        changed = study_differences(saved, study)
+        if changed:
+            raise UsageError(
+                f"{folder / STUDY_FILE}: the study differs from the one saved there in {', '.join(changed)}; "
+                f"give it another name or another --out-dir"
+            )
+    plan = Plan([], folder=folder, study=study)
+    for run in planned:
+        path = folder / run.name
+        try:
+            status = status_of(path)
+        except (OSError, ValueError) as exc:
+            plan.skipped.append((run.name, f"unreadable meta.json ({type(exc).__name__}); not touched"))
+            continue
+        source = f"study {study.name}, run {run.name}"
+        if status in FINAL:
+            plan.skipped.append((run.name, status))
+        elif status == "failed" and not retry_failed:
+            plan.skipped.append((run.name, "failed earlier (--retry-failed runs it again)"))
+        elif status == "running":
+            meta = read_meta(path)
+            plan.skipped.append((run.name, f"running in pid {meta.get('pid')} on {meta.get('hostname')}"))
+        elif status in ("interrupted", "stale", "failed"):
+            plan.jobs.append(Job(run.config, run.name, source, path=path, resume=True))
+        else:  # new, or a directory whose run never recorded anything: start it there
+            plan.jobs.append(Job(run.config, run.name, source, path=path))
+    return plan
+
+
+def save_study(plan: Plan) -> None:
+    check_writable(plan.folder)
+    atomic_write(plan.folder / STUDY_FILE, dump_study(plan.study))
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an idle worker ignores Ctrl-C; a run handles its own
+    torch.set_num_threads(threads)
+
+
+class _QueueReporter:
+    """Sends progress to the parent's display; prints nothing (workers share the terminal)."""
+
+    def __init__(self, queue, name: str, epochs: int) -> None:
+        self.queue, self.name, self.epochs = queue, name, epochs
+        self.epoch, self.steps = 0, 0
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps = epoch, steps
+        self.queue.put((os.getpid(), self.name, epoch, self.epochs, 0, steps, float("nan")))
+
+    def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        self.queue.put((os.getpid(), self.name, self.epoch, self.epochs, steps_done, self.steps, loss))
+
+    def epoch_end(self, row: dict) -> None:
+        pass
+
+
+_DATA: dict = {}  # one dataset per worker process, kept between its runs
+
+
+def run_in_worker(job, device_option: str, root: Path, out_dir: Path, queue=None):
+    """One run in a worker process (or Ray task); never raises for the run's own failures."""
+    from bnbench.data import load_data
+    from bnbench.runs import EXIT_FAILED, RunResult, run_job, stop_on_signals
+    from bnbench.train import SilentReporter, pick_device
+
+    device = pick_device(device_option)
+    key = (job.cfg.data, str(root), str(device))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(job.cfg.data, root, device)
+    make_reporter = (lambda n, e: _QueueReporter(queue, n, e)) if queue is not None else (lambda n, e: SilentReporter())
+    with stop_on_signals() as stop:
+        try:
+            return run_job(job, _DATA[key], device, root, out_dir, make_reporter, stop)
+        except LockHeld as exc:
+            return RunResult(job.path, "skipped", 0, None, 0, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a run that could not even start is a failed run
+            return RunResult(job.path or out_dir / job.run_name, "failed", 0, None, EXIT_FAILED,
+                             f"{type(exc).__name__}: {exc}")  # fmt: skip
+
+
+def run_in_ray_task(job, device_option: str, root: Path, out_dir: Path, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_in_worker(job, device_option, root, out_dir)
+
+
+def run_local(
+    jobs: list,
+    device_option: str,
+    root: Path,
+    out_dir: Path,
+    workers: int,
+    threads: int,
+    on_result: Callable,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list:
+    """Run `jobs` in `workers` spawned processes; `on_result(result)` as each finishes."""
+    from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED, RunResult, stop_on_signals
+
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager() if on_progress else None
+    queue = manager.Queue() if manager else None
+    results = []
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(run_in_worker, job, device_option, root, out_dir, queue): job for job in jobs}
+            pending = set(futures)
+            with stop_on_signals() as stop:
+                forwarded = False
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    while queue is not None and not queue.empty():
+                        on_progress(queue.get())
+                    for future in done:
+                        if future.cancelled():
+                            continue
+                        try:
+                            results.append(future.result())
+                        except Exception as exc:  # noqa: BLE001 - e.g. a worker killed from outside
+                            job = futures[future]
+                            results.append(RunResult(job.path or out_dir / job.run_name, "failed", 0, None,
+                                                     EXIT_FAILED, f"worker: {type(exc).__name__}: {exc}"))  # fmt: skip
+                        on_result(results[-1])
+                    if stop() and not forwarded:  # stop starting runs; let the running ones stop cleanly
+                        forwarded = True
+                        for future in pending:
+                            future.cancel()
+                        if stop.signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers already
+                            for process in list(pool._processes.values()):  # no public API for the pids
+                                os.kill(process.pid, signal.SIGTERM)
+                        pending = {f for f in pending if not f.cancelled()}
+                if stop():
+                    results.append(_interrupted_marker(EXIT_INTERRUPTED))
+    finally:
+        if manager is not None:
+            manager.shutdown()
+    return results
+
+
+def _interrupted_marker(code: int):
+    from bnbench.runs import RunResult
+
+    return RunResult(Path("(sweep)"), "interrupted", 0, None, code, "the sweep was stopped; run it again to go on")
+
+
+def run_ray(
+    jobs: list,
+    device_option: str,
+    root: Path,
+    out_dir: Path,
+    address: str | None,
+    cpus_per_run: float,
+    gpus_per_run: float,
+    on_result: Callable,
+) -> list:
+    """Each run as a Ray task; `address` joins a cluster started with `ray start`, None starts a local one."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--backend ray: Ray is not installed; pip install 'bnbench[ray]'") from None
+    from bnbench.runs import EXIT_FAILED, RunResult
+
+    if not ray.is_initialized():
+        kwargs = {} if address else {"num_cpus": os.cpu_count()}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error", **kwargs)
+    task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_in_ray_task)
+    threads = max(1, int(cpus_per_run))
+    pending = {task.remote(job, device_option, root, out_dir, threads): job for job in jobs}
+    results = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(done[0])
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayError as exc:
+            result = RunResult(job.path or out_dir / job.run_name, "failed", 0, None, EXIT_FAILED, f"Ray: {exc}")
+        if result.status != "skipped" and not Path(result.path).is_dir():
+            result.status, result.exit_code = "failed", EXIT_FAILED
+            result.error = (
+                f"{result.path} was written on another node and is not visible here: "
+                "--out-dir must be a folder every node sees (a shared file system)"
+            )
+        results.append(result)
+        on_result(result)
+    return results
+
+
+def default_jobs(device_option: str) -> int:
+    """One job per core on a CPU; one on an accelerator unless --jobs asks for more."""
+    return 1 if device_option in ("cuda", "mps") else max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How runs are executed: where, how many at once, on which backend."""
+
+    device: str = "auto"
+    data_dir: Path | None = None
+    jobs: int | None = None  # None: default_jobs(device)
+    threads_per_job: int | None = None  # None: cores / jobs, at least 1
+    backend: str = "local"  # local | ray
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+
+
+def execute(
+    jobs: list, engine: Engine, out_dir: Path, on_result: Callable, on_progress: Callable | None = None
+) -> tuple[list, int]:
+    """Check the data once for every job, then run them all; return the results and the exit code:
+    0 when every run completed or diverged, 1 when any failed, 130 when the sweep was stopped."""
+    from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED, check_jobs, data_root
+    from bnbench.train import pick_device
+
+    if engine.backend not in ("local", "ray"):
+        raise UsageError(f"--backend {engine.backend}: choose local or ray")
+    if engine.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--backend ray: Ray is not installed; pip install 'bnbench[ray]'") from None
+    pick_device(engine.device)  # an unavailable device is bad input, before any work
+    root = data_root(jobs, engine.data_dir)
+    check_jobs(jobs, root)
+    check_writable(out_dir)
+    root, out_dir = root.resolve(), out_dir.resolve()  # workers, and Ray nodes, get absolute paths
+    workers = engine.jobs or default_jobs(engine.device)
+    threads = engine.threads_per_job or max(1, (os.cpu_count() or 1) // workers)
+    if not jobs:
+        results = []
+    elif engine.backend == "ray":
+        results = run_ray(jobs, engine.device, root, out_dir, engine.address, engine.cpus_per_run,
+                          engine.gpus_per_run, on_result)  # fmt: skip
+    else:
+        results = run_local(jobs, engine.device, root, out_dir, min(workers, len(jobs)), threads, on_result,
+                            on_progress)  # fmt: skip
+    codes = {r.exit_code for r in results}
+    code = EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else EXIT_FAILED if EXIT_FAILED in codes else 0
+    return [r for r in results if str(r.path) != "(sweep)"], code
