@@ -332,6 +332,8 @@ def compare(
         bool, typer.Option("--diagnostics", help="--plot draws the diagnostics figure instead (see `plot`).")
     ] = False,
     format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+    pivot: Annotated[Optional[str], typer.Option(help="Grid rows: a config key, e.g. train.lr (with --by).")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Grid columns: a config key, e.g. norm.kind.")] = None,
 ) -> None:
     """Compare runs side by side: summary, seed groups (mean ± std, Welch t-test), per-epoch table, plot."""
     from bnbench import compare as cmp
@@ -348,7 +350,9 @@ def compare(
             err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
         if not runs:
             raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
-        comparison = cmp.compare(runs, metric, target, baseline)
+        for what in cmp.mixed(runs):
+            err_console.print(f"[yellow]warning:[/yellow] comparing runs on different {what}", highlight=False)
+        comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
         if formats[format] is not None:
             sys.stdout.write(formats[format](comparison))
         else:

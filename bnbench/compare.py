@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,7 @@ import yaml
 
 from bnbench.errors import UsageError
 from bnbench.rundir import is_alive, is_run_dir
+from bnbench.study import cell_name, format_value, short_keys
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
 TEST_NAME = "Welch's t-test (unequal variances), two-sided"
@@ -54,6 +55,24 @@ class Run:
         config = {k: v for k, v in self.config.items() if k != "name"}
         config["train"] = {k: v for k, v in config.get("train", {}).items() if k != "seed"}
         return json.dumps(config, sort_keys=True)
+
+
+def flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'lr': 1.0}} -> {'train.lr': 1.0}; lists become tuples so values compare and hash."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """Config keys (dotted) whose values differ between the runs; the name never counts."""
+    flats = [flat(r.config) for r in runs]
+    keys = dict.fromkeys(k for f in flats for k in f)
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
 
 
 def load_run(path: Path) -> Run:
@@ -126,23 +145,43 @@ def summarize(run: Run, metric: str, target: float | None) -> dict:
     return row
 
 
+def dataset_of(run: Run) -> str:
+    return str(run.config.get("data", {}).get("dataset"))
+
+
 def default_target(runs: list[Run]) -> float | None:
     """The accuracy every completed run reached by its end (floored to 0.01): a fair finish line."""
     finals = [r.metrics["test_acc"].iloc[-1] for r in runs if r.status == "completed" and len(r.metrics)]
     return math.floor(min(finals) * 100) / 100 if finals else None
 
 
+def mixed(runs: list[Run]) -> list[str]:
+    """What differs in kind between the runs (datasets, models): comparing those is rarely meant."""
+    out = []
+    for what, key in (("datasets", "data.dataset"), ("models", "model.name")):
+        values = sorted({str(flat(r.config).get(key)) for r in runs})
+        if len(values) > 1:
+            out.append(f"{what} {', '.join(values)}")
+    return out
+
+
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Seed groups: runs whose configs differ only in seed and name. A group is named by its runs' common
+    name without the seed suffix; where two groups would share that name, by the keys that differ."""
     by_key: dict[str, list[Run]] = {}
     for run in runs:
         by_key.setdefault(run.group_key(), []).append(run)
-    groups = {}
+    stems = []
     for members in by_key.values():
-        stems = {SEED_SUFFIX.sub("", r.name) for r in members}
-        name = stems.pop() if len(stems) == 1 else members[0].config.get("name", members[0].name)
-        while name in groups:
-            name += "'"
-        groups[name] = members
+        names = {SEED_SUFFIX.sub("", r.name) for r in members}
+        stems.append(names.pop() if len(names) == 1 else str(members[0].config.get("name", members[0].name)))
+    keys = [k for k in differing_keys(runs) if k != "train.seed"]
+    groups = {}
+    for stem, members in zip(stems, by_key.values(), strict=True):
+        if stems.count(stem) > 1 or stem in groups:
+            values = flat(members[0].config)
+            stem = f"{stem}[{cell_name({k: values.get(k) for k in keys})}]"
+        groups[stem] = members
     return groups
 
 
@@ -179,7 +218,6 @@ def add_baseline(
     groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
 ) -> pd.DataFrame:
     """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
-    from scipy import stats
 
     if baseline not in groups:
         owner = [g for g, members in groups.items() if baseline in {r.name for r in members}]
@@ -193,13 +231,24 @@ def add_baseline(
         deltas.append(pd.Series(values).mean() - pd.Series(base).mean() if name != baseline else 0.0)
         p = math.nan
         if name != baseline and len(values) >= 2 and len(base) >= 2:
-            p = float(stats.ttest_ind(values, base, equal_var=False, nan_policy="omit").pvalue)
+            p = welch_p(values, base)
         pvalues.append(p)
     out = groups_df.copy()
     out[f"delta_final_{metric}"] = deltas
     out["p_value"] = pvalues
     out.attrs["baseline"] = baseline
     return out
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided t-test p-value (NaN values left out); NaN where a side has no spread at all."""
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical values: scipy warns, the p-value is NaN
+        return float(stats.ttest_ind(a, b, equal_var=False, nan_policy="omit").pvalue)
 
 
 def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
@@ -210,16 +259,25 @@ def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
 @dataclass
 class Comparison:
     metric: str
-    target: float | None
+    target: float | None  # None with several datasets: see targets
     target_is_default: bool
     runs: pd.DataFrame
     groups: pd.DataFrame
     per_epoch: pd.DataFrame
     baseline: str | None
+    keys: list[str] = field(default_factory=list)  # config keys that differ between the runs
+    targets: dict[str, float | None] = field(default_factory=dict)  # per dataset
+    pivot: pd.DataFrame | None = None  # long form: one row per (pivot value, by value)
+    pivot_keys: tuple[str, str] | None = None
 
 
 def compare(
-    runs: list[Run], metric: str = "test_acc", target: float | None = None, baseline: str | None = None
+    runs: list[Run],
+    metric: str = "test_acc",
+    target: float | None = None,
+    baseline: str | None = None,
+    pivot: str | None = None,
+    by: str | None = None,
 ) -> Comparison:
     if not runs:
         raise UsageError("no runs to compare")
@@ -227,21 +285,117 @@ def compare(
     if metric not in known:
         raise UsageError(f"--metric {metric}: not a metrics.csv column; choose one of {', '.join(known)}")
     target_is_default = target is None
-    target = default_target(runs) if target is None else target
-    summaries = {r.name: summarize(r, metric, target) for r in runs}
+    datasets = sorted({dataset_of(r) for r in runs})
+    if target is None:  # per dataset: a finish line on MNIST says nothing about Fashion-MNIST
+        targets = {d: default_target([r for r in runs if dataset_of(r) == d]) for d in datasets}
+    else:
+        targets = dict.fromkeys(datasets, target)
+    keys = differing_keys(runs)
+    summaries = {r.name: summarize(r, metric, targets[dataset_of(r)]) for r in runs}
+    for run in runs:
+        values = flat(run.config)
+        summaries[run.name].update({f"config.{k}": _plain(values.get(k)) for k in keys})
+    pivot_frame = None
+    group_baseline = baseline
+    if pivot is not None or by is not None:
+        if pivot is None or by is None:
+            raise UsageError("--pivot and --by go together: --pivot train.lr --by norm.kind")
+        pivot_frame = pivot_table(runs, summaries, pivot, by, metric, baseline)
+        group_baseline = None
     groups = group_runs(runs)
     groups_df = summarize_groups(groups, summaries, metric)
-    if baseline is not None:
-        groups_df = add_baseline(groups_df, groups, summaries, baseline, metric)
+    if group_baseline is not None:
+        groups_df = add_baseline(groups_df, groups, summaries, group_baseline, metric)
     return Comparison(
         metric,
-        target,
+        targets[datasets[0]] if len(datasets) == 1 else None,
         target_is_default,
         pd.DataFrame(list(summaries.values())),
         groups_df,
         per_epoch(runs, metric),
-        groups_df.attrs.get("baseline"),
+        groups_df.attrs.get("baseline") or (baseline if pivot_frame is not None else None),
+        keys,
+        targets,
+        pivot_frame,
+        (pivot, by) if pivot_frame is not None else None,
     )
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def pivot_table(
+    runs: list[Run], summaries: dict[str, dict], pivot: str, by: str, metric: str, baseline: str | None
+) -> pd.DataFrame:
+    """Final `metric` per (pivot value, by value): n, mean, std, diverged; with `baseline` ('key=value' of
+    the --by key), each cell's difference from the baseline column in its row and Welch's p-value."""
+
+    flats = {r.name: flat(r.config) for r in runs}
+    for option, key in (("--pivot", pivot), ("--by", by)):
+        if not any(key in f for f in flats.values()):
+            raise UsageError(f"{option} {key}: not a config key of these runs (e.g. train.lr, norm.kind)")
+    base_value = None
+    if baseline is not None:
+        key, sep, text = baseline.partition("=")
+        if not sep or key != by:
+            raise UsageError(f"--baseline {baseline}: with --pivot, name a column of the grid: --baseline {by}=VALUE")
+        values = {repr(f.get(by)): f.get(by) for f in flats.values()}
+        matches = [v for v in values.values() if cell_name({by: v}).split("=", 1)[1] == text]
+        if not matches:
+            shown = ", ".join(cell_name({by: v}).split("=", 1)[1] for v in values.values())
+            raise UsageError(f"--baseline {baseline}: {by} has no value {text}; it has {shown}")
+        base_value = matches[0]
+    cells: dict[tuple, list[tuple[float, str]]] = {}
+    for run in runs:
+        f = flats[run.name]
+        cells.setdefault((repr(f.get(pivot)), repr(f.get(by))), []).append(
+            (summaries[run.name][f"final_{metric}"], run.status)
+        )
+    label = {repr(f.get(k)): f.get(k) for f in flats.values() for k in (pivot, by)}
+    rows = []
+    for (pv, bv), members in cells.items():
+        finals = [v for v, status in members if status != "diverged" and v == v]
+        row = {
+            "pivot": _plain(label[pv]),
+            "by": _plain(label[bv]),
+            "n": len(members),
+            "mean": float(pd.Series(finals).mean()) if finals else math.nan,
+            "std": float(pd.Series(finals).std(ddof=1)) if len(finals) > 1 else math.nan,
+            "diverged": sum(status == "diverged" for _, status in members),
+            "delta": math.nan,
+            "p_value": math.nan,
+        }
+        if base_value is not None and bv != repr(base_value):
+            base = [v for v, status in cells.get((pv, repr(base_value)), []) if status != "diverged" and v == v]
+            if finals and base:
+                row["delta"] = row["mean"] - float(pd.Series(base).mean())
+            if len(finals) >= 2 and len(base) >= 2:
+                row["p_value"] = welch_p(finals, base)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
+    frame["_p"], frame["_b"] = frame["pivot"].map(order), frame["by"].map(order)
+    return frame.sort_values(["_p", "_b"]).drop(columns=["_p", "_b"]).reset_index(drop=True)
+
+
+def pivot_display(comp: Comparison) -> pd.DataFrame:
+    """The grid: rows are pivot values, columns --by values, cells 'mean ± std (n)'."""
+    pivot, by = comp.pivot_keys
+    frame = comp.pivot
+    columns = list(dict.fromkeys(map(format_value, frame["by"])))
+    grid: dict[str, dict[str, str]] = {}
+    for row in frame.itertuples(index=False):
+        text = (
+            f"{_num(row.mean)} ± {_num(row.std)} (n={row.n})" if row.std == row.std else f"{_num(row.mean)} (n={row.n})"
+        )
+        if row.diverged:
+            text += f", {row.diverged} diverged"
+        if row.delta == row.delta:
+            text += f"; Δ {row.delta:+.4f}" + (f", p {row.p_value:.3g}" if row.p_value == row.p_value else "")
+        grid.setdefault(format_value(row.pivot), {})[format_value(row.by)] = text
+    out = pd.DataFrame([{pivot: p, **{c: cells.get(c, "-") for c in columns}} for p, cells in grid.items()])
+    return out.rename(columns={c: f"{by}={c}" for c in columns})
 
 
 def _num(value: object, digits: int = 4) -> str:
@@ -261,13 +415,16 @@ def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
 
 def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
     """The comparison as titled tables of strings, for the Rich and markdown outputs."""
-    target = "-" if comp.target is None else f"{comp.target:g}"
+    target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
+    names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
+    if comp.keys:  # the config keys that differ between the runs
+        described = {names[k]: comp.runs[f"config.{k}"].map(format_value) for k in names}
+    else:
+        described = {"model": comp.runs["model"], "norm": comp.runs["norm"], "data": comp.runs["dataset"]}
     runs = pd.DataFrame(
         {
             "run": comp.runs["name"],
-            "model": comp.runs["model"],
-            "norm": comp.runs["norm"],
-            "data": comp.runs["dataset"],
+            **described,
             "status": comp.runs["status"],
             "epochs": comp.runs["epochs"].map(str),
             "final acc": comp.runs["final_test_acc"].map(_num),
@@ -307,13 +464,19 @@ def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
                 "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
             }
         )
-        if comp.baseline is not None:
+        if f"delta_final_{comp.metric}" in comp.groups:
             groups[f"Δ final {comp.metric} vs {comp.baseline}"] = [
                 "baseline" if name == comp.baseline else f"{delta:+.4f}"
                 for name, delta in zip(comp.groups["group"], comp.groups[f"delta_final_{comp.metric}"], strict=True)
             ]
             groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
         tables.append(("seed groups (mean ± std over seeds)", groups))
+    if comp.pivot is not None:
+        pivot, by = comp.pivot_keys
+        title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
+        if comp.baseline is not None:
+            title += f"; Δ and Welch p against {comp.baseline} in the same row"
+        tables.append((title, pivot_display(comp)))
     side = comp.per_epoch.map(_num).reset_index()
     side["epoch"] = side["epoch"].map(str)
     tables.append((f"{comp.metric} per epoch", side.fillna("-")))
@@ -324,7 +487,12 @@ def footnotes(comp: Comparison) -> list[str]:
     notes = []
     if comp.target is not None and comp.target_is_default:
         notes.append(f"target {comp.target:g}: the lowest final test_acc of the completed runs (set it with --target)")
-    if comp.baseline is not None:
+    elif comp.target is None and comp.targets:
+        per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
+        notes.append(
+            f"targets per dataset: {per}" + (" (the lowest final test_acc there)" if comp.target_is_default else "")
+        )
+    if comp.baseline is not None and comp.pivot is None:
         notes.append(f"p: {TEST_NAME} on the final {comp.metric}, each group against {comp.baseline}")
     return notes
 
@@ -341,7 +509,10 @@ def to_markdown(comp: Comparison) -> str:
 
 
 def to_csv(comp: Comparison) -> str:
-    """Runs and groups in one CSV, told apart by the `kind` column."""
+    """Runs and groups in one CSV, told apart by the `kind` column; with --pivot, the grid in long form."""
+    if comp.pivot is not None:
+        pivot, by = comp.pivot_keys
+        return comp.pivot.rename(columns={"pivot": pivot, "by": by}).to_csv(index=False)
     runs = comp.runs.assign(kind="run")
     groups = comp.groups.rename(columns={"group": "name"}).assign(kind="group")
     frame = pd.concat([runs, groups], ignore_index=True)
@@ -361,6 +532,9 @@ def to_json(comp: Comparison) -> str:
             "runs": records(comp.runs),
             "groups": records(comp.groups),
             "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
+            "differing_keys": comp.keys,
+            "targets": comp.targets,
+            "pivot": None if comp.pivot is None else {"keys": list(comp.pivot_keys), "cells": records(comp.pivot)},
         },
         indent=2,
     )

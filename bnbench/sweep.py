@@ -90,9 +90,13 @@ def _die_with_parent() -> None:
             pass
 
 
+_PARENT: list[int] = []  # the sweep process that started this worker
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
+    _PARENT.append(os.getppid())
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an idle worker ignores Ctrl-C; a run handles its own
     torch.set_num_threads(threads)
@@ -139,6 +143,9 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, queue=None
         except Exception as exc:  # noqa: BLE001 - a run that could not even start is a failed run
             return RunResult(job.path or out_dir / job.run_name, "failed", 0, None, EXIT_FAILED,
                              f"{type(exc).__name__}: {exc}")  # fmt: skip
+        finally:
+            if _PARENT and os.getppid() != _PARENT[0]:  # the sweep died: nobody waits for this result
+                os._exit(130)
 
 
 def run_in_ray_task(job, device_option: str, root: Path, out_dir: Path, threads: int):
