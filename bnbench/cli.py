@@ -29,7 +29,6 @@ app = typer.Typer(
 # Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-DEBUG = {"on": os.environ.get("BNBENCH_DEBUG") == "1"}
 
 
 class Backend(str, Enum):
@@ -39,7 +38,15 @@ class Backend(str, Enum):
 
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False):
-    DEBUG["on"] = DEBUG["on"] or debug
+    # Set afresh by every invocation, so one --debug never leaks into the next call in the same process.
+    SHOW_TRACEBACKS[0] = debug or os.environ.get("BNBENCH_DEBUG") == "1"
+
+
+SHOW_TRACEBACKS = [False]
+
+
+def _debug() -> bool:
+    return SHOW_TRACEBACKS[0]
 
 
 @contextmanager
@@ -48,14 +55,14 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except UsageError as exc:
-        if DEBUG["on"]:
+        if _debug():
             traceback.print_exc()
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        if DEBUG["on"]:
+        if _debug():
             traceback.print_exc()
         err_console.print(
             f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True
@@ -230,11 +237,12 @@ class SweepDisplay:
         (self.bars.console.print if self.live else print)(line.rstrip(), **({"highlight": False} if self.live else {}))
 
 
-def _run_engine(jobs: list, engine: Engine, out_dir: Path, live: bool) -> tuple[list, int]:
-    from bnbench.sweep import execute
+def _run_engine(jobs: list, engine: Engine, out_dir: Path, live: bool, root: Optional[Path] = None) -> tuple[list, int]:
+    from bnbench.sweep import execute, prepare
 
+    root = root or prepare(jobs, engine)
     with SweepDisplay(len(jobs), live and engine.backend == "local") as display:
-        return execute(jobs, engine, out_dir, display.result, display.progress if display.live else None)
+        return execute(jobs, engine, out_dir, root, display.result, display.progress if display.live else None)
 
 
 @app.command()
@@ -262,7 +270,7 @@ def sweep(
     resumed. Ends with a summary and the study's comparison; exit 1 if any run failed."""
     from bnbench import compare as cmp
     from bnbench import study as studies
-    from bnbench.sweep import plan_study, save_study
+    from bnbench.sweep import plan_study, prepare, save_study
 
     with reported_errors():
         if study.is_dir():
@@ -288,11 +296,12 @@ def sweep(
             console.print(f"{wanted.name}: {total} runs; {len(plan.jobs)} to run, {len(plan.skipped)} to skip")
             return
         engine = Engine(device, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run)
+        root = prepare(plan.jobs, engine)
         save_study(plan)
         console.print(f"{wanted.name}: {total} runs in {plan.folder}; {len(plan.jobs)} to run, "
                       f"{len(plan.skipped)} skipped", highlight=False)  # fmt: skip
-        results, exit_code = _run_engine(plan.jobs, engine, plan.folder, sys.stdout.isatty())
-        counts: dict[str, int] = {}
+        results, exit_code = _run_engine(plan.jobs, engine, plan.folder, sys.stdout.isatty(), root)
+        counts = dict.fromkeys(("completed", "diverged", "interrupted", "failed", "skipped"), 0)
         for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
         counts["already done or skipped"] = len(plan.skipped)

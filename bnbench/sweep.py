@@ -168,6 +168,8 @@ def run_local(
     """Run `jobs` in `workers` spawned processes; `on_result(result)` as each finishes."""
     from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED, RunResult, stop_on_signals
 
+    # Spawned, not forked: forking a process whose OpenMP threads have run can deadlock the child, and
+    # a spawned worker's parent is this process, which its parent-death signal needs.
     context = multiprocessing.get_context("spawn")
     manager = context.Manager() if on_progress else None
     queue = manager.Queue() if manager else None
@@ -275,12 +277,10 @@ class Engine:
     gpus_per_run: float = 0.0
 
 
-def execute(
-    jobs: list, engine: Engine, out_dir: Path, on_result: Callable, on_progress: Callable | None = None
-) -> tuple[list, int]:
-    """Check the data once for every job, then run them all; return the results and the exit code:
-    0 when every run completed or diverged, 1 when any failed, 130 when the sweep was stopped."""
-    from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED, check_jobs, data_root
+def prepare(jobs: list, engine: Engine) -> Path:
+    """Every check that can fail on bad input, before anything is written: the backend, the device, the
+    data for every job. Returns the data folder."""
+    from bnbench.runs import check_jobs, data_root
     from bnbench.train import pick_device
 
     if engine.backend not in ("local", "ray"):
@@ -293,6 +293,16 @@ def execute(
     pick_device(engine.device)  # an unavailable device is bad input, before any work
     root = data_root(jobs, engine.data_dir)
     check_jobs(jobs, root)
+    return root
+
+
+def execute(
+    jobs: list, engine: Engine, out_dir: Path, root: Path, on_result: Callable, on_progress: Callable | None = None
+) -> tuple[list, int]:
+    """Run every job (checked by `prepare`); return the results and the exit code: 0 when every run
+    completed or diverged, 1 when any failed, 130 when the sweep was stopped."""
+    from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED
+
     check_writable(out_dir)
     root, out_dir = root.resolve(), out_dir.resolve()  # workers, and Ray nodes, get absolute paths
     workers = engine.jobs or default_jobs(engine.device)

@@ -201,3 +201,21 @@ def test_a_hidden_override_is_its_own_group_named_by_the_key(tmp_path, cli):
 def test_compare_does_not_import_torch(tmp_path):
     code = "import sys, bnbench.cli, bnbench.compare, bnbench.plots, bnbench.sweep; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_ray_missing_is_one_line_naming_the_extra(tmp_path, cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    study = _study(tmp_path, epochs=1)
+    result = cli("sweep", study, "--out-dir", tmp_path / "runs", "--backend", "ray")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --backend ray: Ray is not installed; pip install 'bnbench[ray]'\n"
+    assert not (tmp_path / "runs/st").exists()
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    from bnbench.records import atomic_write
+
+    (tmp_path / "target").mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "target", "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
