@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -23,8 +24,8 @@ from bnbench.sweep import Engine
 app = typer.Typer(
     help="What does Batch Normalization do to training? Run experiments from YAML configs and compare them.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -36,8 +37,21 @@ class Backend(str, Enum):
     ray = "ray"
 
 
+def _version(value: bool) -> None:
+    if value:
+        import bnbench
+
+        print(f"bnbench {bnbench.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False):
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
     # Set afresh by every invocation, so one --debug never leaks into the next call in the same process.
     SHOW_TRACEBACKS[0] = debug or os.environ.get("BNBENCH_DEBUG") == "1"
 
@@ -156,8 +170,8 @@ def run(
     with reported_errors():
         overrides = list(set_)
         for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
-            if value is not None:
-                overrides.append(f"{key}={value}")
+            if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
+                overrides.append(f"{key}={json.dumps(value)}")
         seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
@@ -326,6 +340,36 @@ def _rich_table(title: str, frame) -> Table:
     return table
 
 
+@app.command("ls")
+def list_runs(
+    folder: Annotated[Path, typer.Argument(help="A folder of runs (searched two levels down: studies too).")] = Path(
+        "runs"
+    ),
+    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """One line per run: name, status, epochs, final test accuracy, age. Reads no torch, trains nothing."""
+    from bnbench.rundir import list_runs as find
+
+    with reported_errors():
+        if format not in ("table", "json"):
+            raise UsageError(f"--format {format}: choose table or json")
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder")
+        rows = find(folder)
+        if format == "json":
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        table = Table(title=f"{len(rows)} runs in {folder}", title_justify="left")
+        for column in ("run", "status", "epochs", "final test_acc", "age"):
+            table.add_column(
+                column, no_wrap=True, justify="right" if column != "run" and column != "status" else "left"
+            )
+        for row in rows:
+            acc = "-" if row["final_test_acc"] is None else f"{row['final_test_acc']:.4f}"
+            table.add_row(row["run"], row["status"], f"{row['epochs_completed']}/{row['epochs']}", acc, row["age"])
+        console.print(table)
+
+
 @app.command()
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
@@ -477,6 +521,8 @@ def bench(
     from bnbench.train import device_name, pick_device
 
     with reported_errors():
+        if out is not None and not out.parent.is_dir():  # found out now, not after minutes of benchmarking
+            raise UsageError(f"--out {out}: no such folder {out.parent}")
         model_list, norm_list = models.split(","), norms.split(",")
         for given, valid, option in ((model_list, MODELS, "--models"), (norm_list, NORMS, "--norms")):
             unknown = [x for x in given if x not in valid]

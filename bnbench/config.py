@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -159,6 +160,8 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> An
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(f"expected a number, got {_describe(value)}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range check; it only ever trains to garbage
+            raise fail(f"expected a finite number, got {value!r}")
     elif hint is str:
         if not isinstance(value, str) or not value:
             raise fail(f"expected a non-empty string, got {_describe(value)}")
@@ -199,12 +202,28 @@ def _build(cls: type, raw: Any, prefix: str, source_of: typing.Callable[[str], s
     return cls(**values)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
+    value silently, so `train:` twice would drop the first section's settings)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     source = str(path)
     if not path.is_file():
         raise UsageError(f"{source}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

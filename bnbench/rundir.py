@@ -160,3 +160,48 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif a.get(key) != b.get(key):
             out.append(full)
     return out
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def list_runs(folder: Path) -> list[dict]:
+    """Every run directory in `folder` or one level further down (studies), sorted by path."""
+    found = sorted({p.parent for p in [*folder.glob("*/meta.json"), *folder.glob("*/*/meta.json")]})
+    rows = []
+    for path in found:
+        try:
+            meta = read_meta(path)
+            status = status_of(path)
+        except (OSError, ValueError):
+            rows.append({"run": str(path.relative_to(folder)), "status": "unreadable", "epochs_completed": 0,
+                         "epochs": None, "final_test_acc": None, "age": "-", "path": str(path)})  # fmt: skip
+            continue
+        final = None
+        try:
+            with open(path / "metrics.csv") as f:
+                lines = f.read().splitlines()
+            header = lines[0].split(",")
+            if len(lines) > 1 and "test_acc" in header:
+                final = float(lines[-1].split(",")[header.index("test_acc")])
+        except (OSError, ValueError, IndexError):
+            pass
+        rows.append(
+            {
+                "run": str(path.relative_to(folder)),
+                "status": status,
+                "epochs_completed": meta.get("epochs_completed", 0),
+                "epochs": meta.get("epochs"),
+                "final_test_acc": final,
+                "age": _age(meta.get("updated_at") or meta.get("started_at")),
+                "path": str(path),
+            }
+        )
+    return rows
