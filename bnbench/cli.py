@@ -45,6 +45,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# The engine's options, shared by `run` and `sweep`.
+ThreadsOption = Annotated[Optional[int], typer.Option(min=1, help="torch threads per job.")]
+BackendOption = Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")]
+AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")]
+CpusOption = Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")]
+GpusOption = Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 0.25.")]
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False,
@@ -157,11 +165,11 @@ def run(
     name: Annotated[Optional[str], typer.Option(help="Shortcut for --set name=NAME.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
     jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once, in worker processes (default 1).")] = None,
-    threads_per_job: Annotated[Optional[int], typer.Option(min=1, help="torch threads per job.")] = None,
-    backend: Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")] = Backend.local,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")] = None,
-    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")] = 1.0,
-    gpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 0.25.")] = 0.0,
+    threads_per_job: ThreadsOption = None,
+    backend: BackendOption = Backend.local,
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = 1.0,
+    gpus_per_run: GpusOption = 0.0,
 ) -> None:
     """Train from YAML configs; each run writes runs/<name>/ (config, metrics.csv, steps.csv, meta.json, model)."""
     from bnbench.runs import Job, exit_code_of, plan_jobs, plan_resume, run_jobs
@@ -268,11 +276,11 @@ def sweep(
     set_: Annotated[list[str], typer.Option("--set", help="A fixed override for every run (with a config).")] = [],
     out_dir: Annotated[Path, typer.Option(help="Studies go to OUT_DIR/<study>/.")] = Path("runs"),
     jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once (default: one per CPU core).")] = None,
-    threads_per_job: Annotated[Optional[int], typer.Option(min=1, help="torch threads per job.")] = None,
-    backend: Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")] = Backend.local,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")] = None,
-    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")] = 1.0,
-    gpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 0.25.")] = 0.0,
+    threads_per_job: ThreadsOption = None,
+    backend: BackendOption = Backend.local,
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = 1.0,
+    gpus_per_run: GpusOption = 0.0,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs it would start, run nothing.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
