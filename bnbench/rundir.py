@@ -21,6 +21,8 @@ from bnbench.records import atomic_write
 
 RUN_FILES = ("config.yaml", "meta.json")
 LOCK_FILE = ".lock"
+# What a run killed before its first meta.json leaves behind (temporary files start with a dot).
+UNRECORDED_FILES = {"config.yaml", "metrics.csv", "steps.csv", "diagnostics.csv", LOCK_FILE}
 
 
 def now() -> str:
@@ -99,6 +101,12 @@ class RunDir:
         if not path.is_dir():
             raise UsageError(f"--resume {path}: no such directory")
         if not is_run_dir(path):
+            if (
+                path.is_dir()
+                and all(p.name in UNRECORDED_FILES or p.name.startswith(".") for p in path.iterdir())
+                and not (path / "meta.json").exists()
+            ):
+                raise UsageError(f"--resume {path}: the run started but never recorded anything; nothing to resume")
             raise UsageError(f"--resume {path}: not a bnbench run directory (no config.yaml and meta.json)")
         try:
             return cls(path, read_meta(path))

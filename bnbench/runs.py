@@ -74,6 +74,7 @@ def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.devic
         data_dir=str(data_dir.resolve()) if cfg.data.dataset != "synthetic" else None,
         epochs=cfg.train.epochs,
         epochs_completed=0,
+        config=cfg.to_dict(),  # what config.yaml said at the start: resume refuses an edited one
         error=None,
         hostname=socket.gethostname(),
         pid=os.getpid(),
@@ -118,7 +119,7 @@ def saved_config(run: RunDir) -> RunConfig:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: the first asks the loop to stop after the current step; the second
+    """SIGINT/SIGTERM/SIGHUP handler: the first asks the loop to stop after the current step; the second
     raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append)."""
 
     def __init__(self) -> None:
@@ -140,7 +141,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
         yield stop
         return
-    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, stop.handle) for sig in signals}
     try:
         yield stop
     finally:
@@ -161,6 +163,8 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
             if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                 atomic_torch_save(trainer.state(epoch), run.path / "checkpoint.pt")
             run.update_meta(epochs_completed=epoch)
+            if trainer.should_stop():  # a stop asked for during this epoch's evaluation still stops the run
+                raise Interrupted
         atomic_torch_save(trainer.model.state_dict(), run.path / "model.pt")
         run.update_meta(status="completed", ended_at=now())
         return 0
@@ -221,6 +225,13 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
     if status == "running" and is_alive(run.meta):
         raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
     saved = saved_config(run)
+    started_with = run.meta.get("config")
+    if isinstance(started_with, dict) and started_with != saved.to_dict():
+        edited = differences(started_with, saved.to_dict())
+        raise UsageError(
+            f"--resume {path}: config.yaml was edited after the run started ({', '.join(edited)}); "
+            "put it back or start a new run"
+        )
     if config is not None or overrides:
         wanted = load_config(config, overrides, base=saved if config is None else None)
         changed = differences(saved.to_dict(), wanted.to_dict())
@@ -319,6 +330,8 @@ def run_jobs(
     loaded: dict[DataConfig, Data] = {}
     with stop_on_signals() as stop:
         for job in jobs:
+            if stop():  # a stop between two runs: the next one is not even created
+                return results, EXIT_INTERRUPTED
             if job.cfg.data not in loaded:
                 loaded = {job.cfg.data: load_data(job.cfg.data, root, device)}  # keep one dataset in memory
             results.append(run_job(job, loaded[job.cfg.data], device, root, out_dir, make_reporter, stop))

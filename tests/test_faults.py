@@ -203,3 +203,70 @@ def test_resume_reads_the_data_the_run_started_with(tmp_path, cli, mnist_dir, mo
     result = cli("run", "--resume", tmp_path / "runs/m")
     assert result.exit_code == 0, result.output
     assert read_run(tmp_path / "runs/m")[0]["status"] == "completed"
+
+
+def test_resume_refuses_a_config_edited_after_the_start(tmp_path, cli):
+    config, out = _slow_config(tmp_path, epochs=30), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    saved = out / "long/config.yaml"
+    saved.write_text(saved.read_text().replace("lr: 0.1", "lr: 0.05"))
+    result = cli("run", "--resume", out / "long")
+    assert result.exit_code == 2
+    assert "config.yaml was edited after the run started (train.lr)" in result.stderr
+    assert read_run(out / "long")[0]["status"] == "interrupted"
+
+
+def test_sighup_stops_the_run_as_interrupted(tmp_path):
+    config, out = _slow_config(tmp_path), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 1, proc)
+    proc.send_signal(signal.SIGHUP)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130 and read_run(out / "long")[0]["status"] == "interrupted"
+
+
+def test_a_stop_between_configs_creates_no_directory_for_the_next(tmp_path, cli, monkeypatch):
+    import bnbench.runs as runs_module
+
+    first, second = (write_config(tmp_path / f"{n}.yaml", train={"epochs": 1}) for n in ("first", "second"))
+    real_run_job = runs_module.run_job
+
+    def run_then_stop(job, data, device, root, out_dir, make_reporter, stop):
+        result = real_run_job(job, data, device, root, out_dir, make_reporter, stop)
+        stop.requested = True  # as if SIGTERM arrived right after the first run finished
+        return result
+
+    monkeypatch.setattr(runs_module, "run_job", run_then_stop)
+    result = cli("run", first, second, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 130
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["first"]
+
+
+def test_a_stop_during_the_last_evaluation_is_not_reported_completed(tmp_path, cli, monkeypatch):
+    from bnbench.train import Trainer
+
+    real_run_epoch = Trainer.run_epoch
+
+    def stop_in_last_eval(self, epoch):
+        out = real_run_epoch(self, epoch)
+        if epoch == self.cfg.train.epochs:
+            self.should_stop.requested = True  # SIGTERM while the last epoch evaluated
+        return out
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop_in_last_eval)
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 2})
+    result = cli("run", config, "--out-dir", tmp_path / "runs")
+    meta, metrics, _ = read_run(tmp_path / "runs/c")
+    assert result.exit_code == 130 and meta["status"] == "interrupted" and len(metrics) == 2
+
+
+def test_resume_of_a_run_that_never_recorded_says_so(tmp_path, cli):
+    run = tmp_path / "runs/c"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: c\n")
+    (run / ".meta.json.abc.tmp").write_text("{")
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and "started but never recorded anything; nothing to resume" in result.stderr
