@@ -6,6 +6,7 @@ into run directories.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -16,6 +17,7 @@ import pandas as pd
 import yaml
 
 from bnbench.errors import UsageError
+from bnbench.records import DamagedFile, check_rows
 from bnbench.rundir import is_alive, is_run_dir
 from bnbench.study import cell_name, format_value, short_keys
 
@@ -78,6 +80,10 @@ def differing_keys(runs: list[Run]) -> list[str]:
 def load_run(path: Path) -> Run:
     meta = json.loads((path / "meta.json").read_text())
     config = yaml.safe_load((path / "config.yaml").read_text())
+    for name in ("metrics.csv", "steps.csv"):
+        if (path / name).is_file():
+            with open(path / name, newline="") as f:
+                check_rows(path / name, list(csv.DictReader(f)))
     metrics = pd.read_csv(path / "metrics.csv")
     steps = pd.read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else pd.DataFrame()
     if not isinstance(meta, dict) or not isinstance(config, dict) or "test_acc" not in metrics.columns:
@@ -105,7 +111,8 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         try:
             runs.append(load_run(path))
         except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
+            why = str(exc) if isinstance(exc, DamagedFile) else f"unreadable run files ({type(exc).__name__})"
+            warnings.append(f"{why}; skipped" if isinstance(exc, DamagedFile) else f"{path}: {why}; skipped")
     taken = [r.name for r in runs]
     for run in runs:
         if taken.count(run.path.name) > 1:  # e.g. two sweeps that both hold mlp_bn

@@ -30,6 +30,37 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+class DamagedFile(ValueError):
+    """A run file that is not what bnbench writes: the message names the file and the line."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        super().__init__(f"{path}, line {line}: {problem}")
+
+
+TEXT_COLUMNS = {"layer", "quantity"}
+
+
+def check_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Numbers parse, and the file only goes forward: metrics.csv one row per epoch, steps.csv one
+    per step, diagnostics.csv many rows per step."""
+    ordered = {"metrics.csv": "epoch", "steps.csv": "step"}.get(path.name)
+    previous: dict[str, float] = {}
+    for line, row in enumerate(rows, start=2):
+        for key, text in row.items():
+            if key in TEXT_COLUMNS:
+                continue
+            try:
+                value = float(text)
+            except (TypeError, ValueError):
+                raise DamagedFile(path, line, f"{key} is {text!r}, not a number") from None
+            if key not in ("epoch", "step"):
+                continue
+            last = previous.get(key, float("-inf"))
+            if value < last or (key == ordered and value == last):
+                raise DamagedFile(path, line, f"{key} {value:g} after {last:g} (a duplicated or reordered row)")
+            previous[key] = value
+
+
 @dataclass(frozen=True)
 class Schema:
     file: str
@@ -54,8 +85,17 @@ class Schema:
             os.fsync(f.fileno())
 
     def read(self, run_dir: Path) -> list[dict[str, str]]:
+        """The file's rows, checked: the declared header, numbers that parse, steps and epochs in order."""
         with open(run_dir / self.file, newline="") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            header = tuple(reader.fieldnames or ())
+            rows = list(reader)
+        if header != self.columns:
+            raise DamagedFile(
+                run_dir / self.file, 1, f"columns {', '.join(header)}; expected {', '.join(self.columns)}"
+            )
+        check_rows(run_dir / self.file, rows)
+        return rows
 
     def rewrite(self, run_dir: Path, rows: list[dict]) -> None:
         text = io.StringIO()

@@ -114,7 +114,8 @@ def test_broken_partial_and_foreign_directories(tmp_path, cli):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {r["name"]: r["status"] for r in data["runs"]} == {"good": "completed", "partial": "running"}
-    assert "broken: unreadable run files" in result.stderr and "notes: not a run directory" in result.stderr
+    assert "broken/metrics.csv, line 2: this is 'not', not a number; skipped" in result.stderr
+    assert "notes: not a run directory" in result.stderr
     assert not (tmp_path / "good" / "compare").exists()
 
 

@@ -270,3 +270,37 @@ def test_resume_of_a_run_that_never_recorded_says_so(tmp_path, cli):
     (run / ".meta.json.abc.tmp").write_text("{")
     result = cli("run", "--resume", run)
     assert result.exit_code == 2 and "started but never recorded anything; nothing to resume" in result.stderr
+
+
+def _interrupted_run(tmp_path: Path, cli) -> Path:
+    config, out = _slow_config(tmp_path, epochs=30), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    return out / "long"
+
+
+def test_a_duplicated_metrics_row_is_reported_by_resume_and_compare(tmp_path, cli):
+    run = _interrupted_run(tmp_path, cli)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join([*lines, lines[1]]) + "\n")  # epoch 1 again at the end
+    before = (run / "metrics.csv").read_text()
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert f"metrics.csv, line {len(lines) + 1}: epoch 1 after" in result.stderr
+    assert (run / "metrics.csv").read_text() == before  # nothing changed
+    shown = cli("compare", run.parent)
+    assert (
+        shown.exit_code == 2
+        and "metrics.csv, line 4: epoch 1 after 2 (a duplicated or reordered row); skipped" in shown.stderr
+    )
+
+
+def test_a_garbage_number_is_named_with_its_file_and_line(tmp_path, cli):
+    run = _interrupted_run(tmp_path, cli)
+    text = (run / "steps.csv").read_text().splitlines()
+    text[2] = text[2].replace(text[2].split(",")[3], "abc", 1)
+    (run / "steps.csv").write_text("\n".join(text) + "\n")
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and "steps.csv, line 3: train_loss is 'abc', not a number" in result.stderr
