@@ -112,15 +112,14 @@ def accumulate_gradients(
     batch's summed loss and its count of correct predictions, on the device (no host sync)."""
     n = len(y)
     micro_batches = max(1, min(micro_batches, n // 2))  # never a micro-batch of one example
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    loss_sum = correct = None
     for xm, ym in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
         logits = step_fn(xm)
         loss = F.cross_entropy(logits, ym) * (len(ym) / n)
         loss.backward()
         with torch.no_grad():
-            loss_sum += loss.detach() * n
-            correct += (logits.argmax(1) == ym).sum()
+            summed, hits = loss.detach() * n, (logits.argmax(1) == ym).sum()
+            loss_sum, correct = (summed, hits) if loss_sum is None else (loss_sum + summed, correct + hits)
     return loss_sum, correct
 
 
