@@ -23,6 +23,8 @@ from bnbench.errors import UsageError
 # is validated without importing torch; the registries check at import that they build exactly these.
 MODEL_NAMES = ("mlp", "convnet", "lenet")
 NORM_KINDS = ("none", "scratch", "torch", "layer", "torch_layer", "group", "torch_group", "ghost", "renorm")
+# The kinds that normalize with the statistics of the batch (so a batch of one example cannot work).
+BATCH_STATISTICS_KINDS = ("scratch", "torch", "ghost", "renorm")
 ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 Activation = Literal["sigmoid", "relu", "tanh"]
 NormKind = Literal[NORM_KINDS]  # type: ignore[valid-type]
@@ -42,7 +44,7 @@ def _range(low: float | None = None, high: float | None = None, *, open_low: boo
 class ModelConfig:
     name: ModelName = "lenet"
     activation: Activation | None = None  # None: the architecture's default (see DEFAULT_ACTIVATION)
-    hidden: tuple[int, ...] = field(default=(100,), metadata=_range(1))  # mlp only
+    hidden: tuple[int, ...] = field(default=(100,), metadata=_range(1, 100_000))  # mlp only
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,25 @@ def _build(cls: type, raw: Any, prefix: str, source_of: typing.Callable[[str], s
     return cls(**values)
 
 
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a config: say what it is."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        return "a symbolic link that loops; not a config file"
+    except OSError as exc:
+        if path.is_symlink():
+            return f"a symbolic link to nothing usable ({exc.strerror}); not a config file"
+        return "no such config file"
+    if stat.S_ISDIR(mode):
+        return "a directory, not a config file (give the YAML file inside it)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a config file"
+    return "not a regular file, so not a config file"
+
+
 class StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
     value silently, so `train:` twice would drop the first section's settings)."""
@@ -221,7 +242,7 @@ class StrictLoader(yaml.SafeLoader):
 def _read_yaml(path: Path) -> dict:
     source = str(path)
     if not path.is_file():
-        raise UsageError(f"{source}: no such config file")
+        raise UsageError(f"{source}: {_not_a_file(path)}")
     try:
         raw = yaml.load(path.read_text(), Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -301,6 +322,19 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             source_of("train.accumulate"),
             "train.accumulate",
             f"train.batch_size {tc.batch_size} is not divisible into {tc.accumulate} micro-batches",
+        )
+    if nc.kind in BATCH_STATISTICS_KINDS and tc.batch_size // tc.accumulate < 2:
+        raise ConfigError(
+            source_of("train.batch_size"),
+            "train.batch_size",
+            f"{nc.kind} normalizes with batch statistics, which need at least 2 examples per "
+            f"{'micro-batch' if tc.accumulate > 1 else 'batch'}; got {tc.batch_size // tc.accumulate}",
+        )
+    if nc.kind in BATCH_STATISTICS_KINDS and tc.eval_bn == "batch" and tc.eval_batch_size < 2:
+        raise ConfigError(
+            source_of("train.eval_batch_size"),
+            "train.eval_batch_size",
+            "train.eval_bn: batch evaluates with each test batch's statistics, which need at least 2 examples",
         )
     if nc.kind == "renorm" and not nc.track_running_stats:
         raise ConfigError(

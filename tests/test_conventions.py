@@ -65,3 +65,36 @@ def test_ls_lists_runs_and_studies(tmp_path, cli):
 def test_bench_out_in_a_missing_folder_is_refused_before_any_work(tmp_path, cli):
     result = cli("bench", "--out", tmp_path / "missing" / "bench.json", "--models", "mlp")
     assert result.exit_code == 2 and "--out" in result.stderr and "no such folder" in result.stderr
+
+
+def test_a_config_path_that_is_not_a_file_says_what_it_is(tmp_path, cli):
+    import os
+
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for name, what in (("folder", "a directory"), ("pipe", "a FIFO"), ("loop", "a symbolic link"),
+                       ("missing.yaml", "no such config file")):  # fmt: skip
+        result = cli("run", tmp_path / name, "--out-dir", tmp_path / "runs")
+        assert result.exit_code == 2 and f"{tmp_path / name}: {what}" in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_size=1"], "train.batch_size: scratch normalizes with batch statistics"),
+        (["train.batch_size=4", "train.accumulate=4"], "at least 2 examples per micro-batch; got 1"),
+        (["train.eval_bn=batch", "train.eval_batch_size=1"], "train.eval_batch_size: train.eval_bn: batch"),
+        (["model.hidden=[1000000000000]"], "model.hidden[0]: must be <= 100000"),
+    ],
+)
+def test_sizes_that_cannot_train_are_refused_before_any_work(tmp_path, cli, overrides, message):
+    config = write_config(tmp_path / "c.yaml")
+    args = [a for o in overrides for a in ("--set", o)]
+    result = cli("run", config, *args, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+    none = cli("run", config, "--set", "norm.kind=none", "--set", "train.batch_size=1", "--set", "train.epochs=1",
+               "--set", "data.train_subset=8", "--out-dir", tmp_path / "plain")  # fmt: skip
+    assert none.exit_code == 0  # without batch statistics a batch of one is fine
