@@ -6,7 +6,6 @@ into run directories.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -17,7 +16,7 @@ import pandas as pd
 import yaml
 
 from bnbench.errors import UsageError
-from bnbench.records import DamagedFile, check_rows
+from bnbench.records import DamagedFile, check_run_files
 from bnbench.rundir import is_alive, is_run_dir
 from bnbench.study import cell_name, format_value, short_keys
 
@@ -80,10 +79,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
 def load_run(path: Path) -> Run:
     meta = json.loads((path / "meta.json").read_text())
     config = yaml.safe_load((path / "config.yaml").read_text())
-    for name in ("metrics.csv", "steps.csv"):
-        if (path / name).is_file():
-            with open(path / name, newline="") as f:
-                check_rows(path / name, list(csv.DictReader(f)))
+    check_run_files(path)
     metrics = pd.read_csv(path / "metrics.csv")
     steps = pd.read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else pd.DataFrame()
     if not isinstance(meta, dict) or not isinstance(config, dict) or "test_acc" not in metrics.columns:

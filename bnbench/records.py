@@ -61,6 +61,17 @@ def check_rows(path: Path, rows: list[dict[str, str]]) -> None:
             previous[key] = value
 
 
+RUN_CSVS = ("metrics.csv", "steps.csv", "diagnostics.csv")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Check every CSV a run directory has (see check_rows); raises DamagedFile naming file and line."""
+    for name in RUN_CSVS:
+        if (run_dir / name).is_file():
+            with open(run_dir / name, newline="") as f:
+                check_rows(run_dir / name, list(csv.DictReader(f)))
+
+
 @dataclass(frozen=True)
 class Schema:
     file: str

@@ -6,7 +6,6 @@ model.pt and checkpoint.pt are written to a temporary file and renamed over the 
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import platform
@@ -27,7 +26,7 @@ import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
-from bnbench.records import DamagedFile, atomic_write, check_rows
+from bnbench.records import DamagedFile, atomic_write, check_run_files
 from bnbench.rundir import LockHeld, RunDir, RunLock, check_writable, claim_run_dir, differences, is_alive, now
 from bnbench.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
 
@@ -225,13 +224,10 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
         raise UsageError(f"--resume {path}: the run is already completed; start a new run instead")
     if status == "running" and is_alive(run.meta):
         raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
-    for name in ("metrics.csv", "steps.csv", "diagnostics.csv"):
-        if (path / name).is_file():
-            try:
-                with open(path / name, newline="") as f:
-                    check_rows(path / name, list(csv.DictReader(f)))
-            except DamagedFile as exc:
-                raise UsageError(f"--resume {exc}; the run's files are damaged, start a new run") from None
+    try:
+        check_run_files(path)
+    except DamagedFile as exc:
+        raise UsageError(f"--resume {exc}; the run's files are damaged, start a new run") from None
     saved = saved_config(run)
     started_with = run.meta.get("config")
     if isinstance(started_with, dict) and started_with != saved.to_dict():

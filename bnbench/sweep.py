@@ -164,16 +164,17 @@ def run_local(
     threads: int,
     on_result: Callable,
     on_progress: Callable[[Progress], None] | None = None,
-) -> list:
-    """Run `jobs` in `workers` spawned processes; `on_result(result)` as each finishes."""
-    from bnbench.runs import EXIT_FAILED, EXIT_INTERRUPTED, RunResult, stop_on_signals
+) -> tuple[list, bool]:
+    """Run `jobs` in `workers` spawned processes; `on_result(result)` as each finishes. Returns the
+    results and whether a signal stopped the sweep (the runs not started then have no result)."""
+    from bnbench.runs import EXIT_FAILED, RunResult, stop_on_signals
 
     # Spawned, not forked: forking a process whose OpenMP threads have run can deadlock the child, and
     # a spawned worker's parent is this process, which its parent-death signal needs.
     context = multiprocessing.get_context("spawn")
     manager = context.Manager() if on_progress else None
     queue = manager.Queue() if manager else None
-    results = []
+    results, stopped = [], False
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(run_in_worker, job, device_option, root, out_dir, queue): job for job in jobs}
@@ -202,18 +203,11 @@ def run_local(
                             for process in list(pool._processes.values()):  # no public API for the pids
                                 os.kill(process.pid, signal.SIGTERM)
                         pending = {f for f in pending if not f.cancelled()}
-                if stop():
-                    results.append(_interrupted_marker(EXIT_INTERRUPTED))
+                stopped = stop()
     finally:
         if manager is not None:
             manager.shutdown()
-    return results
-
-
-def _interrupted_marker(code: int):
-    from bnbench.runs import RunResult
-
-    return RunResult(Path("(sweep)"), "interrupted", 0, None, code, "the sweep was stopped; run it again to go on")
+    return results, stopped
 
 
 def run_ray(
@@ -307,14 +301,16 @@ def execute(
     root, out_dir = root.resolve(), out_dir.resolve()  # workers, and Ray nodes, get absolute paths
     workers = engine.jobs or default_jobs(engine.device)
     threads = engine.threads_per_job or max(1, (os.cpu_count() or 1) // workers)
+    stopped = False
     if not jobs:
         results = []
     elif engine.backend == "ray":
         results = run_ray(jobs, engine.device, root, out_dir, engine.address, engine.cpus_per_run,
                           engine.gpus_per_run, on_result)  # fmt: skip
     else:
-        results = run_local(jobs, engine.device, root, out_dir, min(workers, len(jobs)), threads, on_result,
-                            on_progress)  # fmt: skip
+        results, stopped = run_local(jobs, engine.device, root, out_dir, min(workers, len(jobs)), threads,
+                                     on_result, on_progress)  # fmt: skip
     codes = {r.exit_code for r in results}
-    code = EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else EXIT_FAILED if EXIT_FAILED in codes else 0
-    return [r for r in results if str(r.path) != "(sweep)"], code
+    if stopped or EXIT_INTERRUPTED in codes:
+        return results, EXIT_INTERRUPTED
+    return results, EXIT_FAILED if EXIT_FAILED in codes else 0

@@ -42,6 +42,17 @@ def _slow_config(tmp_path: Path, epochs: int = 40) -> Path:
     return write_config(tmp_path / "long.yaml", data={"train_subset": 1024}, train={"epochs": epochs})
 
 
+def _stopped_run(tmp_path: Path, sig: int = signal.SIGINT, epochs_first: int = 1, epochs: int = 40) -> Path:
+    """A real subprocess run, stopped by `sig` once `epochs_first` epochs are written; returns its directory."""
+    config, out = _slow_config(tmp_path, epochs=epochs), tmp_path / "runs"
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long", epochs_first, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    return out / "long"
+
+
 def test_sigint_keeps_completed_epochs_and_resume_matches_an_uninterrupted_run(tmp_path, cli):
     config, out = _slow_config(tmp_path), tmp_path / "runs"
     proc = _start(config, out)
@@ -206,26 +217,18 @@ def test_resume_reads_the_data_the_run_started_with(tmp_path, cli, mnist_dir, mo
 
 
 def test_resume_refuses_a_config_edited_after_the_start(tmp_path, cli):
-    config, out = _slow_config(tmp_path, epochs=30), tmp_path / "runs"
-    proc = _start(config, out)
-    _wait_for_epochs(out / "long", 1, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    saved = out / "long/config.yaml"
+    run = _stopped_run(tmp_path, epochs=30)
+    saved = run / "config.yaml"
     saved.write_text(saved.read_text().replace("lr: 0.1", "lr: 0.05"))
-    result = cli("run", "--resume", out / "long")
+    result = cli("run", "--resume", run)
     assert result.exit_code == 2
     assert "config.yaml was edited after the run started (train.lr)" in result.stderr
-    assert read_run(out / "long")[0]["status"] == "interrupted"
+    assert read_run(run)[0]["status"] == "interrupted"
 
 
-def test_sighup_stops_the_run_as_interrupted(tmp_path):
-    config, out = _slow_config(tmp_path), tmp_path / "runs"
-    proc = _start(config, out)
-    _wait_for_epochs(out / "long", 1, proc)
-    proc.send_signal(signal.SIGHUP)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130 and read_run(out / "long")[0]["status"] == "interrupted"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_the_run_as_interrupted(tmp_path, sig):
+    assert read_run(_stopped_run(tmp_path, sig))[0]["status"] == "interrupted"
 
 
 def test_a_stop_between_configs_creates_no_directory_for_the_next(tmp_path, cli, monkeypatch):
@@ -272,17 +275,8 @@ def test_resume_of_a_run_that_never_recorded_says_so(tmp_path, cli):
     assert result.exit_code == 2 and "started but never recorded anything; nothing to resume" in result.stderr
 
 
-def _interrupted_run(tmp_path: Path, cli) -> Path:
-    config, out = _slow_config(tmp_path, epochs=30), tmp_path / "runs"
-    proc = _start(config, out)
-    _wait_for_epochs(out / "long", 2, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    return out / "long"
-
-
 def test_a_duplicated_metrics_row_is_reported_by_resume_and_compare(tmp_path, cli):
-    run = _interrupted_run(tmp_path, cli)
+    run = _stopped_run(tmp_path, epochs_first=2, epochs=30)
     lines = (run / "metrics.csv").read_text().splitlines()
     (run / "metrics.csv").write_text("\n".join([*lines, lines[1]]) + "\n")  # epoch 1 again at the end
     before = (run / "metrics.csv").read_text()
@@ -298,7 +292,7 @@ def test_a_duplicated_metrics_row_is_reported_by_resume_and_compare(tmp_path, cl
 
 
 def test_a_garbage_number_is_named_with_its_file_and_line(tmp_path, cli):
-    run = _interrupted_run(tmp_path, cli)
+    run = _stopped_run(tmp_path, epochs_first=2, epochs=30)
     text = (run / "steps.csv").read_text().splitlines()
     text[2] = text[2].replace(text[2].split(",")[3], "abc", 1)
     (run / "steps.csv").write_text("\n".join(text) + "\n")
