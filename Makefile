@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint run bench clean
+.PHONY: install test lint run bench clean results studies report
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The evidence (docs/results): every study in configs/studies/, then the report generated from the runs.
+# Resumable: a second `make results` skips every run already done. Needs the real datasets.
+STUDIES := lenet_norms mlp_norms convnet_norms ioffe_mnist lr_sensitivity batch_size accumulation eval_statistics
+RESULTS_RUNS ?= runs
+export BNBENCH_DATA_DIR ?= ../shared/data
+
+results: studies report
+
+studies: install
+	@for s in $(STUDIES); do \
+		$(BIN)/bnbench sweep configs/studies/$$s.yaml --out-dir $(RESULTS_RUNS); code=$$?; \
+		if [ $$code -ge 2 ]; then exit $$code; fi; \
+	done
+
+report: install
+	$(BIN)/bnbench report $(addprefix $(RESULTS_RUNS)/,$(STUDIES)) --out docs/results

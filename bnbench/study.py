@@ -6,6 +6,7 @@ A study is data, validated at the edge like a config: every cell and seed is res
     name: mlp_lr
     base: ../mlp_bn.yaml          # a config path, relative to the study file, or a shipped config name
     matrix: {norm.kind: [none, torch], train.lr: [0.1, 1.0, 3.0]}
+    # keys joined by a comma vary together: {train.batch_size,train.lr: [[32, 0.0125], [256, 0.1]]}
     seeds: [0, 1, 2]              # or "0-4", or one integer
     set: {train.epochs: 5}        # fixed overrides for every run (optional)
 """
@@ -105,10 +106,11 @@ class Study:
         """Every cell x seed as a validated config; a bad value anywhere is one UsageError."""
         base = config_from_dict(self.base, f"{self.name}: base")
         fixed = [_override(k, v) for k, v in self.fixed]
-        keys = [k for k, _ in self.matrix]
         planned, seen = [], set()
         for combination in itertools.product(*(values for _, values in self.matrix)):
-            values = dict(zip(keys, combination, strict=True))
+            values = {}
+            for (key, _), value in zip(self.matrix, combination, strict=True):
+                values.update(zip(key.split(","), value, strict=True) if "," in key else {key: value})
             cell = cell_name(values) if values else base.name
             if cell in seen:
                 raise UsageError(f"study {self.name}: two cells are both named {cell!r}; make the values distinct")
@@ -162,8 +164,18 @@ def _matrix(raw: Any, source: str) -> tuple[tuple[str, tuple], ...]:
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
             raise UsageError(f"{source}: matrix.{key}: expected a non-empty list of values")
-        parse_override(f"{key}=0")  # the key exists in the config (the values are checked per cell)
-        out.append((str(key), tuple(values)))
+        keys = [k.strip() for k in str(key).split(",")]
+        for k in keys:
+            parse_override(f"{k}=0")  # the key exists in the config (the values are checked per cell)
+        if len(keys) > 1:  # keys that vary together: each value is a list with one item per key
+            bad = [v for v in values if not isinstance(v, list) or len(v) != len(keys)]
+            if bad or len(set(keys)) != len(keys):
+                raise UsageError(
+                    f"{source}: matrix.{key}: keys that vary together take lists of {len(keys)} distinct-key "
+                    f"values, e.g. [{', '.join('...' for _ in keys)}]; got {str(bad[0] if bad else keys)[:60]}"
+                )
+            values = [list(v) for v in values]
+        out.append((",".join(keys), tuple(values)))
     return tuple(out)
 
 
