@@ -425,6 +425,24 @@ def compare(
             _write_figure("--plot", plot, runs, diagnostics)
 
 
+@app.command()
+def report(
+    studies: Annotated[list[Path], typer.Argument(help="Study folders written by `bnbench sweep` (runs/<study>).")],
+    out: Annotated[Path, typer.Option(help="Folder for README.md and its figures.")] = Path("docs/results"),
+    published: Annotated[
+        Optional[Path], typer.Option(help="Published figures to set beside the runs (default: the shipped file).")
+    ] = None,
+) -> None:
+    """Write the evidence report: per study, tables over seeds, figures, published figures and verdicts."""
+    from bnbench import report as rep
+
+    with reported_errors():
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: exists and is not a folder")
+        path = rep.report(studies, out, published or rep.PUBLISHED)
+        console.print(f"report: {path}", highlight=False)
+
+
 def _check_figure_path(option: str, path: Optional[Path]) -> None:
     from bnbench.plots import SUFFIXES
 

@@ -43,7 +43,7 @@ def _mean_over_seeds(members: list[Run], layer: str, quantities: list[str]) -> p
     frames = [r.diagnostics for r in members]
     frame = pd.concat([f[(f["layer"] == layer) & f["quantity"].isin(quantities)] for f in frames])
     if frame.empty:
-        return pd.DataFrame(columns=quantities)
+        return pd.DataFrame(columns=quantities, dtype=float)
     return frame.pivot_table(index="step", columns="quantity", values="value", aggfunc="mean")
 
 
@@ -133,7 +133,7 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         model = _mean_over_seeds(groups[name], "model", ["loss", "landscape_loss_min", "landscape_loss_max",
                                                          "grad_change_max", "beta_smoothness"])  # fmt: skip
         style = _style(i)
-        if {"landscape_loss_min", "landscape_loss_max"} <= set(model.columns):
+        if {"landscape_loss_min", "landscape_loss_max"} <= set(model.columns) and model["landscape_loss_min"].notna().any():
             band = model.dropna(subset=["landscape_loss_min"])
             panels[0].fill_between(band.index, band["landscape_loss_min"], band["landscape_loss_max"],
                                    color=style["color"], alpha=0.25, linewidth=0)  # fmt: skip
@@ -154,8 +154,10 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         panel.set_xlabel("step")
         panel.grid(alpha=0.3)
     for panel in panels[:3]:
-        panel.set_yscale("log")
-    panels[0].legend(fontsize=7)
+        if panel.lines:  # an empty log axis cannot be laid out
+            panel.set_yscale("log")
+    if panels[0].lines:
+        panels[0].legend(fontsize=7)
     if not panels[3].lines:
         panels[3].text(0.5, 0.5, "no BN running statistics", ha="center", va="center", transform=panels[3].transAxes)
     grads = bottom.subplots(1, len(layers), squeeze=False)[0]
@@ -166,7 +168,8 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
                 grads[col].plot(stats.index, stats["grad_weight_norm"], label=name, **_style(i),
                                 markevery=_markevery(len(stats)))  # fmt: skip
         grads[col].set_title(f"|grad| of the weights feeding {layer}", fontsize=9)
-        grads[col].set_yscale("log")
+        if grads[col].lines:
+            grads[col].set_yscale("log")
         grads[col].set_xlabel("step")
         grads[col].grid(alpha=0.3)
     grads[0].legend(fontsize=7)

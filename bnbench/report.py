@@ -1,0 +1,701 @@
+"""`bnbench report STUDY_DIR... --out docs/results`: the evidence, generated from run directories only.
+
+Per study: the question, the command that ran it, tables over seeds (mean ± std, differences against no
+norm with Welch p-values, epochs to target), figures, the published figures beside (from
+`published.yaml`, the one hand-typed input, each with its source) and a verdict computed from the numbers.
+A study this module has no section for gets the generic one: seed groups and training curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bnbench.compare import Run, find_runs, flat, summarize, welch_p
+from bnbench.errors import UsageError
+from bnbench.records import atomic_write
+from bnbench.study import SHIPPED_CONFIGS, STUDY_FILE, Study, format_value, load_study
+
+PUBLISHED = Path(__file__).with_name("published.yaml")
+SIGNIFICANT = 0.05
+NORM_NAMES = {
+    "none": "no norm",
+    "scratch": "hand-written BN",
+    "torch": "nn.BatchNorm",
+    "layer": "LayerNorm",
+    "torch_layer": "nn.LayerNorm",
+    "group": "GroupNorm",
+    "torch_group": "nn.GroupNorm",
+    "ghost": "ghost BN",
+    "renorm": "batch renorm",
+}
+
+
+@dataclass
+class StudyRuns:
+    name: str
+    path: Path
+    study: Study
+    runs: list[Run]
+
+    def order(self, key: str) -> Callable[[object], tuple]:
+        """Sort values of `key` as the study's matrix lists them (numbers numerically otherwise)."""
+        listed: list = []
+        for keys, values in self.study.matrix:
+            if key in keys.split(","):
+                i = keys.split(",").index(key)
+                listed = [v[i] if "," in keys else v for v in values]
+        return lambda v: (listed.index(v), 0, "") if v in listed else (len(listed), 0 if _is_num(v) else 1, v)
+
+    def split(self, *keys: str) -> dict[tuple, list[Run]]:
+        """Runs by their values of `keys`, in the study's order."""
+        out: dict[tuple, list[Run]] = {}
+        for run in self.runs:
+            out.setdefault(tuple(value(run, k) for k in keys), []).append(run)
+        orders = [self.order(k) for k in keys]
+        return dict(sorted(out.items(), key=lambda item: [o(v) for o, v in zip(orders, item[0], strict=True)]))
+
+    def values(self, key: str) -> list:
+        return sorted({value(r, key) for r in self.runs}, key=self.order(key))
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def value(run: Run, key: str) -> object:
+    v = flat(run.config).get(key)
+    return tuple(v) if isinstance(v, list) else v
+
+
+def final(run: Run, column: str = "test_acc") -> float:
+    m = run.metrics
+    return float(m[column].iloc[-1]) if column in m and len(m) else math.nan
+
+
+def at_epoch(run: Run, epoch: int, column: str = "test_acc") -> float:
+    m = run.metrics[run.metrics["epoch"] == epoch] if len(run.metrics) else run.metrics
+    return float(m[column].iloc[0]) if column in m and len(m) else math.nan
+
+
+def stats(values: list[float]) -> tuple[float, float, int]:
+    s = pd.Series(values, dtype=float).dropna()
+    return (s.mean() if len(s) else math.nan, s.std(ddof=1) if len(s) > 1 else math.nan, len(s))
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    mean, std, n = stats(values)
+    if n == 0:
+        return "–"
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if not math.isnan(std) else "")
+    return text + (f" (n={n})" if n != len(values) else "")
+
+
+def p_text(a: list[float], b: list[float]) -> str:
+    a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
+    if len(a) < 2 or len(b) < 2:
+        return "–"
+    p = welch_p(a, b)
+    return "–" if math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def p_value(a: list[float], b: list[float]) -> float:
+    a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
+    return welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+
+
+def delta(a: list[float], b: list[float], digits: int = 3) -> str:
+    d = stats(a)[0] - stats(b)[0]
+    return "–" if math.isnan(d) else f"{d:+.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def norm_name(kind: object) -> str:
+    return NORM_NAMES.get(str(kind), str(kind))
+
+
+def statuses(runs: list[Run]) -> str:
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def diverged(runs: list[Run]) -> int:
+    return sum(r.status == "diverged" for r in runs)
+
+
+class Section:
+    """One study's part of the report: markdown lines, figures written next to the report, verdicts."""
+
+    def __init__(self, s: StudyRuns, out: Path, published: dict) -> None:
+        self.s, self.out, self.published = s, out, published
+        self.lines: list[str] = []
+        self.verdicts: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def verdict(self, text: str) -> None:
+        self.verdicts.append(text)
+
+    def figure(self, name: str, draw: Callable[[Path], None], caption: str) -> None:
+        path = self.out / f"{self.s.name}_{name}.png"
+        draw(path)
+        self.add(f"![{caption}]({path.name})", "")
+
+
+def _plt():
+    from bnbench.plots import _pyplot
+
+    return _pyplot()
+
+
+def curves_figure(groups: dict[str, list[Run]], path: Path, x: str = "epoch", xlabel: str = "epoch") -> None:
+    """Test accuracy per epoch, mean ± std over seeds, a line per group."""
+    from bnbench.plots import _style
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, members) in enumerate(groups.items()):
+        for ax, column in zip(axes, ("train_loss", "test_acc"), strict=True):
+            frames = [r.metrics for r in members if len(r.metrics) and column in r.metrics]
+            if not frames:
+                continue
+            if x == "step":  # each epoch's figures at the step that ended it
+                frames = [r.metrics.assign(step=r.metrics["epoch"] * (r.steps["step"].max() / r.metrics["epoch"].max()))
+                          for r in members if len(r.metrics) and len(r.steps)]  # fmt: skip
+            frame = pd.concat(frames)
+            g = frame.groupby(x)[column].agg(["mean", "std"])
+            ax.plot(g.index, g["mean"], label=f"{label} (n={len(members)})", **_style(i))
+            ax.fill_between(g.index, g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0),
+                            color=_style(i)["color"], alpha=0.2, linewidth=0)  # fmt: skip
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("train loss (epoch mean)", "test accuracy"), strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sweep_figure(panels: dict[str, dict[str, dict[float, list[float]]]], path: Path, xlabel: str, log2: bool) -> None:
+    """Accuracy against a swept number: a panel per model, a line per norm, error bars over seeds."""
+    from bnbench.plots import _style
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for i, (label, points) in enumerate(lines.items()):
+            xs = sorted(points)
+            means = [stats(points[x])[0] for x in xs]
+            stds = [0 if math.isnan(stats(points[x])[1]) else stats(points[x])[1] for x in xs]
+            ax.errorbar(xs, means, yerr=stds, label=label, capsize=3, **_style(i))
+        ax.set_xscale("log", base=2 if log2 else 10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# The sections --------------------------------------------------------------------------------------------
+
+
+def norms_table(sec: Section, by_norm: dict[tuple, list[Run]], extra: list[tuple[str, Callable[[Run], float]]]) -> None:
+    """Per norm: final train loss, train and test accuracy, and the test accuracy's difference to no norm."""
+    base = next((ms for (k,), ms in by_norm.items() if k == "none"), None)
+    rows = []
+    for (kind,), members in by_norm.items():
+        acc = [final(r) for r in members]
+        row = [norm_name(kind), len(members), mean_std([final(r, "train_loss") for r in members]),
+               mean_std([final(r, "train_acc") for r in members]), mean_std(acc),
+               f"{min(acc):.3f}–{max(acc):.3f}"]  # fmt: skip
+        row += [mean_std([f(r) for r in members]) for _, f in extra]
+        if base is not None and kind != "none":
+            row += [delta(acc, [final(r) for r in base]), p_text(acc, [final(r) for r in base])]
+        else:
+            row += ["", ""]
+        rows.append(row)
+    header = ["norm", "seeds", "final train loss", "final train acc", "final test acc", "test acc range"]
+    header += [name for name, _ in extra] + ["Δ test acc vs none", "p"]
+    sec.add(table(header, rows), "")
+
+
+def lenet_norms(sec: Section) -> None:
+    s, pub = sec.s, sec.published
+    by_norm = s.split("norm.kind")
+    norms_table(sec, by_norm, [("test acc, epoch 1", lambda r: at_epoch(r, 1))])
+    if pub.get("runs") or pub.get("ranges"):
+        sec.add("Published, beside bnbench's seeds (a single run each; the ranges span 12 builds):", "")
+        rows = []
+        for ref in pub.get("runs", []):
+            members = by_norm.get((ref["norm"],), [])
+            accs = [final(r) for r in members]
+            inside = "–" if not accs else ("yes" if min(accs) <= ref["test_acc"] <= max(accs) else "no")
+            rows.append([ref["source"], norm_name(ref["norm"]), ref["train_loss"], ref["train_acc"], ref["test_acc"],
+                         mean_std(accs), inside])  # fmt: skip
+        for ref in pub.get("ranges", []):
+            accs = [final(r) for r in by_norm.get((ref["norm"],), [])]
+            rows.append([ref["source"], norm_name(ref["norm"]), "", "", f"{ref['low']}–{ref['high']}", mean_std(accs),
+                         "–" if not accs else f"{sum(ref['low'] <= a <= ref['high'] for a in accs)}/{len(accs)} seeds"])  # fmt: skip
+        sec.add(table(["source", "norm", "train loss", "train acc", "test acc", "bnbench test acc",
+                       "published within bnbench's seed range"], rows), "")  # fmt: skip
+    sec.figure("curves", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
+               "LeNet on Fashion-MNIST: train loss and test accuracy per epoch, mean ± std over seeds")  # fmt: skip
+    none = [final(r) for r in by_norm.get(("none",), [])]
+    for kind in ("scratch", "torch"):
+        bn = [final(r) for r in by_norm.get((kind,), [])]
+        if not bn:
+            continue
+        p = p_value(bn, none)
+        mean, std, _ = stats(bn)
+        refs = [r for r in pub.get("runs", []) if r["norm"] == kind]
+        spread = f"; over seeds its final test accuracy spans {min(bn):.3f}–{max(bn):.3f}, "
+        spread += "so one run is a poor reference" if max(bn) - min(bn) > 0.02 else "a narrow spread"
+        if refs:
+            spread += f" (published single runs: {', '.join(str(r['test_acc']) for r in refs)})"
+        if none:
+            better = stats(bn)[0] > stats(none)[0]
+            holds = "holds" if better and p < SIGNIFICANT else "does not hold"
+            sec.verdict(f"{norm_name(kind)} beats no norm: {holds} ({mean:.3f} ± {std:.3f} vs "
+                        f"{stats(none)[0]:.3f} ± {stats(none)[1]:.3f}, p {p_text(bn, none)}){spread}.")  # fmt: skip
+    train_bn = [final(r, "train_acc") for r in by_norm.get(("torch",), []) + by_norm.get(("scratch",), [])]
+    test_bn = [final(r) for r in by_norm.get(("torch",), []) + by_norm.get(("scratch",), [])]
+    if train_bn:
+        gap = stats(train_bn)[0] - stats(test_bn)[0]
+        sec.verdict(f"With BN, train accuracy {stats(train_bn)[0]:.3f} vs test {stats(test_bn)[0]:.3f}: a gap of "
+                    f"{gap:.3f}; at lr 1.0 the running statistics lag the weights (see eval_statistics), which "
+                    "is the likely reason published test accuracies scatter while train accuracy stays near 0.90.")  # fmt: skip
+
+
+def convergence(sec: Section) -> None:
+    """mlp_norms / convnet_norms: epochs and examples to 97% and 98% test accuracy; epoch-1 accuracy."""
+    by_norm = sec.s.split("norm.kind")
+    rows = []
+    base = by_norm.get(("none",), [])
+    for (kind,), members in by_norm.items():
+        row = [norm_name(kind), len(members), mean_std([at_epoch(r, 1) for r in members]),
+               p_text([at_epoch(r, 1) for r in members], [at_epoch(r, 1) for r in base]) if kind != "none" else "",
+               mean_std([final(r) for r in members]),
+               p_text([final(r) for r in members], [final(r) for r in base]) if kind != "none" else ""]  # fmt: skip
+        for target in (0.97, 0.98):
+            got = [summarize(r, "test_acc", target) for r in members]
+            reached = [g for g in got if g["epochs_to_target"] is not None]
+            row += [f"{mean_std([g['epochs_to_target'] for g in reached], 1)} ({len(reached)}/{len(got)})",
+                    mean_std([g["examples_to_target"] for g in reached], 0) if reached else "–"]  # fmt: skip
+        rows.append(row)
+    sec.add(table(["norm", "seeds", "test acc, epoch 1", "p (vs none)", "final test acc", "p (vs none)",
+                   "epochs to 97% (reached)", "examples to 97%", "epochs to 98% (reached)", "examples to 98%"],
+                  rows), "", "Epochs to a target: the first epoch whose test accuracy reaches it, over the seeds "
+                  "that reached it; examples: training examples seen by the end of that epoch.", "")  # fmt: skip
+    sec.figure("curves", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
+               "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+    if not base:
+        return
+    first_none, final_none = [at_epoch(r, 1) for r in base], [final(r) for r in base]
+    for kind in ("scratch", "torch"):
+        members = by_norm.get((kind,), [])
+        if not members:
+            continue
+        first, last = [at_epoch(r, 1) for r in members], [final(r) for r in members]
+        faster = stats(first)[0] > stats(first_none)[0] and p_value(first, first_none) < SIGNIFICANT
+        similar = abs(stats(last)[0] - stats(final_none)[0]) < 0.005
+        sec.verdict(f"{norm_name(kind)}: faster in the first epoch {'holds' if faster else 'does not hold'} "
+                    f"({stats(first)[0]:.4f} vs {stats(first_none)[0]:.4f} after epoch 1, p {p_text(first, first_none)}); "
+                    f"final accuracy similar (within 0.5 points) {'holds' if similar else 'does not hold'} "
+                    f"({stats(last)[0]:.4f} vs {stats(final_none)[0]:.4f}, p {p_text(last, final_none)}).")  # fmt: skip
+
+
+def unit_percentiles(members: list[Run], layer: str, where: str) -> tuple[float, float, float]:
+    """Mean over seeds of a unit's 15/50/85th percentiles at the first or last diagnostic step."""
+    values = []
+    for r in members:
+        d = r.diagnostics
+        d = d[(d["layer"] == layer) & d["quantity"].isin(["unit_p15", "unit_p50", "unit_p85"])]
+        if d.empty:
+            continue
+        step = d["step"].min() if where == "first" else d["step"].max()
+        values.append(d[d["step"] == step].set_index("quantity")["value"])
+    if not values:
+        return (math.nan,) * 3
+    mean = pd.concat(values, axis=1).mean(axis=1)
+    return (mean.get("unit_p15", math.nan), mean.get("unit_p50", math.nan), mean.get("unit_p85", math.nan))
+
+
+def ioffe(sec: Section) -> None:
+    s = sec.s
+    by_norm = s.split("norm.kind")
+    some = s.runs[0].config.get("train", {})
+    epochs = max((len(r.metrics) for r in s.runs), default=0)
+    steps = max((int(r.steps["step"].max()) for r in s.runs if len(r.steps)), default=0)
+    sec.add(f"Optimizer: {some.get('optimizer')} at lr {some.get('lr')}, momentum {some.get('momentum')}, "
+            f"{some.get('init')} init, batch {some.get('batch_size')}: {steps:,} steps ({epochs} epochs). "
+            "The paper names no optimizer or learning rate.", "")  # fmt: skip
+    layers = sorted({lay for r in s.runs for lay in r.diagnostics["layer"].unique()} - {"model"})
+    last = layers[-1] if layers else None
+    checkpoints = [e for e in (1, 5, 10, 20, epochs) if 1 <= e <= epochs]
+    checkpoints = list(dict.fromkeys(checkpoints))
+    per_epoch = steps // epochs if epochs else 0
+    rows = []
+    base = by_norm.get(("none",), [])
+    for (kind,), members in by_norm.items():
+        row = [norm_name(kind), len(members)]
+        row += [mean_std([at_epoch(r, e) for r in members], 4) for e in checkpoints]
+        if last:
+            for where in ("first", "last"):
+                row.append(" / ".join(f"{v:+.2f}" for v in unit_percentiles(members, last, where)))
+        rows.append(row)
+    header = ["norm", "seeds"] + [f"test acc, step {e * per_epoch:,}" for e in checkpoints]
+    if last:
+        header += [f"{last} unit 0 p15/p50/p85, first step", "last step"]
+    sec.add(table(header, rows), "")
+    sec.figure("accuracy", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p, "step", "step"),
+               "test accuracy over training steps (Fig. 1a), mean ± std over seeds")  # fmt: skip
+    if last:
+        from bnbench.plots import diagnostics_figure
+
+        runs = [r for ms in by_norm.values() for r in ms]
+        sec.figure("activations", lambda p: diagnostics_figure(runs, p, [last], dpi=80),
+                   f"the input of a sigmoid unit in {last} (15/50/85th percentiles, Fig. 1b/c) and the other diagnostics")  # fmt: skip
+    bn = by_norm.get(("torch",), [])
+    if base and bn:
+        one, one_none = [at_epoch(r, 1) for r in bn], [at_epoch(r, 1) for r in base]
+        end, end_none = [final(r) for r in bn], [final(r) for r in base]
+        faster = stats(one)[0] > stats(one_none)[0] and p_value(one, one_none) < SIGNIFICANT
+        higher = stats(end)[0] > stats(end_none)[0] and p_value(end, end_none) < SIGNIFICANT
+        sec.verdict(f"Faster with BN: {'holds' if faster else 'does not hold'} (test acc after {per_epoch:,} steps "
+                    f"{stats(one)[0]:.4f} vs {stats(one_none)[0]:.4f}, p {p_text(one, one_none)}). Higher at the end: "
+                    f"{'holds' if higher else 'does not hold'} ({stats(end)[0]:.4f} vs {stats(end_none)[0]:.4f}, "
+                    f"p {p_text(end, end_none)}).")  # fmt: skip
+        if last:
+            shift = {}
+            for kind, members in (("none", base), ("torch", bn)):
+                first, lastv = unit_percentiles(members, last, "first"), unit_percentiles(members, last, "last")
+                shift[kind] = (lastv[1] - first[1], (lastv[2] - lastv[0]) - (first[2] - first[0]))
+            sec.verdict(f"Stable distribution with BN: the median of {last}'s unit 0 moved {shift['torch'][0]:+.2f} "
+                        f"with BN vs {shift['none'][0]:+.2f} without, its 15–85 spread changed "
+                        f"{shift['torch'][1]:+.2f} vs {shift['none'][1]:+.2f}; the claim "
+                        f"{'holds' if abs(shift['torch'][0]) < abs(shift['none'][0]) else 'does not hold'} for the "
+                        "median. BN fixes each unit's input to zero mean and unit variance only up to its learned "
+                        "gamma and beta, so the spread can still grow.")  # fmt: skip
+
+
+def lr_sensitivity(sec: Section) -> None:
+    s = sec.s
+    panels: dict[str, dict[str, dict[float, list[float]]]] = {}
+    for (model,), model_runs in s.split("model.name").items():
+        sub = StudyRuns(s.name, s.path, s.study, model_runs)
+        lrs, kinds = sub.values("train.lr"), sub.values("norm.kind")
+        cells = sub.split("train.lr", "norm.kind")
+        rows = []
+        for lr in lrs:
+            row: list[object] = [format_value(lr)]
+            for kind in kinds:
+                members = cells.get((lr, kind), [])
+                text = mean_std([final(r) for r in members])
+                row.append(text + (f", {diverged(members)} diverged" if diverged(members) else ""))
+            none, bn = cells.get((lr, "none"), []), cells.get((lr, "torch"), [])
+            row += [delta([final(r) for r in bn], [final(r) for r in none]),
+                    p_text([final(r) for r in bn], [final(r) for r in none])]  # fmt: skip
+            rows.append(row)
+        sec.add(f"**{model}** (final test accuracy, mean ± std over seeds; a diverged run counts with its last "
+                "recorded accuracy):", "", table(["lr", *(norm_name(k) for k in kinds), "Δ BN − none", "p"], rows), "")  # fmt: skip
+        panels[str(model)] = {norm_name(k): {lr: [final(r) for r in cells.get((lr, k), [])] for lr in lrs}
+                              for k in kinds}  # fmt: skip
+        usable = {}
+        for kind in kinds:
+            means = {lr: stats([final(r) for r in cells.get((lr, kind), [])])[0] for lr in lrs}
+            best = max((m for m in means.values() if not math.isnan(m)), default=math.nan)
+            ok = [lr for lr, m in means.items() if m >= best - 0.02]
+            usable[kind] = (best, min(ok) if ok else math.nan, max(ok) if ok else math.nan,
+                            max(means, key=lambda lr: -1 if math.isnan(means[lr]) else means[lr]))  # fmt: skip
+        if "none" in usable and "torch" in usable:
+            n, b = usable["none"], usable["torch"]
+            holds = b[2] > n[2]
+            sec.verdict(f"{model}: higher learning rates with BN {'holds' if holds else 'does not hold'}: within 2 "
+                        f"points of its best, no norm trains at lr {format_value(n[1])}–{format_value(n[2])} (best "
+                        f"{n[0]:.3f} at {format_value(n[3])}), nn.BatchNorm at {format_value(b[1])}–"
+                        f"{format_value(b[2])} (best {b[0]:.3f} at {format_value(b[3])}).")  # fmt: skip
+    sec.figure("accuracy_vs_lr", lambda p: sweep_figure(panels, p, "learning rate", log2=False),
+               "final test accuracy against the learning rate, mean ± std over seeds")  # fmt: skip
+
+
+def batch_size(sec: Section) -> None:
+    s = sec.s
+    panels: dict[str, dict[str, dict[float, list[float]]]] = {}
+    for (model,), model_runs in s.split("model.name").items():
+        sub = StudyRuns(s.name, s.path, s.study, model_runs)
+        sizes, kinds = sub.values("train.batch_size"), sub.values("norm.kind")
+        cells = sub.split("train.batch_size", "norm.kind")
+        rows = []
+        for size in sizes:
+            lr = value(cells[next(k for k in cells if k[0] == size)][0], "train.lr")
+            row: list[object] = [size, format_value(lr)]
+            for kind in kinds:
+                members = cells.get((size, kind), [])
+                text = mean_std([final(r) for r in members])
+                batch = [final(r, "test_acc_batch_stats") for r in members]
+                if any(not math.isnan(b) for b in batch):
+                    text += f" / {mean_std(batch)}"
+                row.append(text)
+            rows.append(row)
+        sec.add(f"**{model}** (final test accuracy; for BN kinds, running statistics / the test batch's own "
+                "statistics):", "", table(["batch", "lr", *(norm_name(k) for k in kinds)], rows), "")  # fmt: skip
+        panels[str(model)] = {norm_name(k): {sz: [final(r) for r in cells.get((sz, k), [])] for sz in sizes}
+                              for k in kinds}  # fmt: skip
+        small, large = sizes[0], sizes[-1]
+
+        def mean_at(size: object, kind: str) -> float:
+            return stats([final(r) for r in cells.get((size, kind), [])])[0]
+
+        if "torch" in kinds:
+            loss = mean_at(large, "torch") - mean_at(small, "torch")
+            others = {k: mean_at(large, k) - mean_at(small, k) for k in kinds if k not in ("torch", "none")}
+            best = max(kinds, key=lambda k: -1 if math.isnan(mean_at(small, k)) else mean_at(small, k))
+            sec.verdict(f"{model}: from batch {large} to {small}, nn.BatchNorm loses {loss:+.3f} test accuracy"
+                        + "".join(f", {norm_name(k)} {v:+.3f}" for k, v in others.items())
+                        + f"; best at batch {small}: {norm_name(best)} ({mean_at(small, best):.3f}). BN degrading "
+                        f"more than the batch-independent norms: {'holds' if others and loss > max(others.values()) else 'does not hold'}.")  # fmt: skip
+    sec.figure("accuracy_vs_batch", lambda p: sweep_figure(panels, p, "batch size", log2=True),
+               "final test accuracy against the batch size, mean ± std over seeds")  # fmt: skip
+
+
+def accumulation(sec: Section) -> None:
+    s = sec.s
+    kinds, splits = s.values("norm.kind"), s.values("train.accumulate")
+    cells = s.split("train.accumulate", "norm.kind")
+    batch = value(s.runs[0], "train.batch_size")
+    rows = []
+    for acc in splits:
+        row: list[object] = [f"{acc} × {batch // acc}"]
+        for kind in kinds:
+            members = cells.get((acc, kind), [])
+            row.append(f"{mean_std([final(r) for r in members])} / {mean_std([final(r, 'train_loss') for r in members])}")
+        rows.append(row)
+    sec.add("Final test accuracy / final train loss, mean ± std over seeds:", "",
+            table(["micro-batches", *(norm_name(k) for k in kinds)], rows), "")  # fmt: skip
+    for kind in kinds:
+        one = [final(r) for r in cells.get((splits[0], kind), [])]
+        many = [final(r) for r in cells.get((splits[-1], kind), [])]
+        same = all(
+            cells.get((a, kind)) and [final(r) for r in cells[(a, kind)]] == one for a in splits
+        )
+        sec.verdict(f"{norm_name(kind)}: {splits[-1]} × {batch // splits[-1]} vs 1 × {batch}: "
+                    f"{delta(many, one)} test accuracy (p {p_text(many, one)})"
+                    + ("; every seed's final accuracy identical across the splits" if same else "") + ".")  # fmt: skip
+    sec.figure("curves", lambda p: curves_figure(
+        {f"{norm_name(k)}, {a} × {batch // a}": v for (a, k), v in cells.items()}, p),
+        "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+
+
+def lag(members: list[Run]) -> float:
+    """The running statistics' lag at the last norm position, at each run's last diagnostic step."""
+    values = []
+    for r in members:
+        d = r.diagnostics
+        d = d[d["quantity"] == "lag_mean"]
+        if d.empty:
+            continue
+        d = d[d["layer"] == sorted(d["layer"].unique())[-1]]
+        values.append(float(d[d["step"] == d["step"].max()]["value"].mean()))
+    return stats(values)[0] if values else math.nan
+
+
+def eval_statistics(sec: Section) -> None:
+    s = sec.s
+    cells = s.split("train.lr", "norm.momentum", "train.precise_bn")
+    lrs = s.values("train.lr")
+    rows, best = [], []
+    for lr in lrs:
+        m1 = cells.get((lr, 0.1, None), [])
+        m01 = cells.get((lr, 0.01, None), [])
+        precise = [r for (l_, _, p), ms in cells.items() if l_ == lr and p is not None for r in ms]
+        figures = {
+            "running, momentum 0.1": [final(r) for r in m1],
+            "running, momentum 0.01": [final(r) for r in m01],
+            "precise": [final(r) for r in precise],
+            "batch statistics": [final(r, "test_acc_batch_stats") for r in m1 + m01 + precise],
+        }
+        rows.append([format_value(lr), *(mean_std(v) for v in figures.values()),
+                     f"{lag(m1):.3f}" if m1 else "–", f"{lag(m01):.3f}" if m01 else "–"])  # fmt: skip
+        ranked = sorted(((stats(v)[0], k) for k, v in figures.items() if v), reverse=True)
+        if ranked:
+            best.append((lr, ranked[0][1], ranked[0][0], stats(figures["running, momentum 0.1"])[0], figures))
+    sec.add("Final test accuracy over seeds by the statistics the evaluation used, and the running statistics' "
+            "lag at the last norm position at the end (mean |μ_batch − μ_running| / σ_running on the probe batch):",
+            "", table(["lr", "running (m 0.1)", "running (m 0.01)", "precise", "batch statistics",
+                       "lag (m 0.1)", "lag (m 0.01)"], rows), "")  # fmt: skip
+    for lr, name, top, running, figures in best:
+        precise_vs = figures["precise"] and figures["running, momentum 0.1"]
+        extra = (f"; precise vs running (m 0.1): {delta(figures['precise'], figures['running, momentum 0.1'])}, "
+                 f"p {p_text(figures['precise'], figures['running, momentum 0.1'])}") if precise_vs else ""  # fmt: skip
+        sec.verdict(f"lr {format_value(lr)}: best with {name} ({top:.3f}; running m 0.1: {running:.3f}){extra}.")
+
+
+SECTIONS: dict[str, Callable[[Section], None]] = {
+    "lenet_norms": lenet_norms,
+    "mlp_norms": convergence,
+    "convnet_norms": convergence,
+    "ioffe_mnist": ioffe,
+    "lr_sensitivity": lr_sensitivity,
+    "batch_size": batch_size,
+    "accumulation": accumulation,
+    "eval_statistics": eval_statistics,
+}
+
+
+def generic(sec: Section) -> None:
+    """Any other study: a seed group per cell (the matrix keys' values), final accuracy and curves."""
+    keys = [k for ks, _ in sec.s.study.matrix for k in ks.split(",")]
+    cells = sec.s.split(*keys) if keys else {(): sec.s.runs}
+    rows = [[", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, cell, strict=True)) or sec.s.name, len(ms),
+             mean_std([final(r) for r in ms]), mean_std([final(r, "train_loss") for r in ms])]
+            for cell, ms in cells.items()]  # fmt: skip
+    sec.add(table(["cell", "seeds", "final test acc", "final train loss"], rows), "")
+    sec.figure("curves", lambda p: curves_figure({r[0]: ms for r, ms in zip(rows, cells.values(), strict=True)}, p),
+               "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+
+
+# Assembly ------------------------------------------------------------------------------------------------
+
+
+def load_published(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable published-figures file ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"{path}: expected a mapping of study names to published figures")
+    return data
+
+
+def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
+    if not (folder / STUDY_FILE).is_file():
+        raise UsageError(f"{folder}: not a study folder (no {STUDY_FILE}; run `bnbench sweep` first)")
+    study = load_study(folder)
+    runs, warnings = find_runs([folder])
+    runs = [r for r in runs if len(r.metrics)]
+    if not runs:
+        raise UsageError(f"{folder}: no run in this study has recorded an epoch yet")
+    return StudyRuns(study.name, folder, study, runs), warnings
+
+
+def _time(text: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def wall_minutes(runs: list[Run]) -> float:
+    """From the first run's start to the last run's end (a sweep's wall time when it ran in one go)."""
+    starts = [t for r in runs if (t := _time(r.meta.get("started_at")))]
+    ends = [t for r in runs if (t := _time(r.meta.get("ended_at") or r.meta.get("updated_at")))]
+    return (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else math.nan
+
+
+def shown(path: Path) -> str:
+    """A path as the report prints it: relative to the working folder where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def command_of(s: StudyRuns) -> str:
+    shipped = SHIPPED_CONFIGS / "studies" / f"{s.name}.yaml"
+    target = f"configs/studies/{s.name}.yaml" if shipped.is_file() else shown(s.path)
+    return f"BNBENCH_DATA_DIR=../shared/data bnbench sweep {target}"
+
+
+def settings(s: StudyRuns, published: dict) -> str:
+    """What every run shares that a reader needs, and where a study was cut from the published length."""
+    fixed = ", ".join(f"{k}={format_value(v)}" for k, v in s.study.fixed) or "none"
+    seeds = ", ".join(str(x) for x in s.study.seeds)
+    text = f"Seeds {seeds}; overrides of the base config for every run: {fixed}."
+    epochs = max(len(r.metrics) for r in s.runs)
+    if published.get("epochs") and epochs < published["epochs"]:
+        text += f" **Cut to fit `make results`:** {epochs} epochs where the published setting trains {published['epochs']}."
+    return text
+
+
+def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> Path:
+    """Write `out/README.md` and its figures from the study folders; returns the README's path."""
+    published = load_published(published_path)
+    loaded, warnings = [], []
+    for folder in folders:
+        s, w = load_study_runs(folder)
+        loaded.append(s)
+        warnings += w
+    names = [s.name for s in loaded]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two study folders hold the same study: {', '.join(n for n in names if names.count(n) > 1)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # a figure no study draws any more must not stay linked from nowhere
+        old.unlink()
+    sections = []
+    for s in loaded:
+        sec = Section(s, out, published.get(s.name, {}))
+        SECTIONS.get(s.name, generic)(sec)
+        sections.append(sec)
+    all_runs = [r for s in loaded for r in s.runs]
+    machines = sorted({str(r.meta.get("device_name", "?")) for r in all_runs})
+    versions = sorted({f"torch {r.meta.get('versions', {}).get('torch', '?')}" for r in all_runs})
+    commits = sorted({str(r.meta.get("git_commit") or "?")[:10] for r in all_runs})
+    total = sum(m for s in loaded if not math.isnan(m := wall_minutes(s.runs)))
+    lines = [
+        "# Results: what Batch Normalization did on this data",
+        "",
+        "Generated by `bnbench report` from run directories only (regenerate: `make results`); the only typed "
+        "figures are the published ones, from [bnbench/published.yaml](../../bnbench/published.yaml) with "
+        "their sources. A claim *holds* when the difference has the claimed sign and Welch's two-sided "
+        f"t-test over seeds gives p < {SIGNIFICANT}.",
+        "",
+        f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
+        f"Studies' wall time (first start to last end, summed): {total:.0f} min.",
+        "",
+        table(["study", "question", "runs", "status", "wall time"],
+              [[f"[{s.name}](#{s.name})", published.get(s.name, {}).get("question", ""), len(s.runs),
+                statuses(s.runs), f"{wall_minutes(s.runs):.1f} min"] for s in loaded]),  # fmt: skip
+        "",
+        "## Verdicts",
+        "",
+    ]
+    for sec in sections:
+        lines += [f"- **{sec.s.name}**: " + " ".join(sec.verdicts)] if sec.verdicts else []
+    for sec in sections:
+        pub = sec.published
+        lines += ["", f"## {sec.s.name}", ""]
+        if pub.get("question"):
+            lines += [f"*{pub['question']}*", ""]
+        lines += ["```", command_of(sec.s), "```", "", settings(sec.s, pub), ""]
+        if pub.get("claims"):
+            lines += ["Published claims:", ""] + [f"- {c['claim']} ({c['source']})" for c in pub["claims"]] + [""]
+        lines += sec.lines
+        if sec.verdicts:
+            lines += ["**Verdict.** " + " ".join(sec.verdicts), ""]
+    if warnings:
+        lines += ["", "## Skipped", ""] + [f"- {w}" for w in warnings]
+    path = out / "README.md"
+    atomic_write(path, "\n".join(lines).rstrip() + "\n")
+    return path

@@ -1,0 +1,179 @@
+"""`bnbench report`: every shipped study, expanded from its real study file into small hand-made run
+directories with known numbers, and one real tiny sweep through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bnbench.config import BATCH_STATISTICS_KINDS
+from bnbench.records import METRIC_COLUMNS, metrics_schema
+from bnbench.report import SECTIONS
+from bnbench.study import SHIPPED_CONFIGS, dump_study, load_study
+
+from conftest import write_config
+
+STUDIES = sorted(p.stem for p in (SHIPPED_CONFIGS / "studies").glob("*.yaml"))
+REPORTED = list(SECTIONS)  # the studies `make results` runs and the report has a section for
+BN_GAIN = 0.05  # the fabricated runs: BN adds this to the test accuracy
+
+
+def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 3) -> Path:
+    """The shipped study's runs (two or three seeds, a few epochs) with known numbers: accuracy 0.8 + BN_GAIN
+    for BN kinds, plus 0.001 * seed; diagnostics where the study records them."""
+    study = dataclasses.replace(load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml"), seeds=seeds)
+    folder = root / study.name
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(dump_study(study))
+    for planned in study.runs():
+        cfg = planned.config
+        path = folder / planned.name
+        path.mkdir()
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        meta = {"status": "completed", "hostname": "elsewhere", "pid": 1, "device_name": "test CPU",
+                "started_at": "2026-01-01T00:00:00+00:00", "ended_at": "2026-01-01T00:01:00+00:00"}  # fmt: skip
+        (path / "meta.json").write_text(json.dumps(meta))
+        bn = cfg.norm.kind in BATCH_STATISTICS_KINDS
+        schema = metrics_schema(bn, "running")
+        acc = 0.8 + (BN_GAIN if bn else 0.0) + 0.001 * cfg.train.seed
+        rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": acc, "test_loss": 0.5, "test_acc": acc - 0.1 / e,
+                 "lr": cfg.train.lr, "epoch_seconds": 1.0, "examples_per_second": 100.0,
+                 "test_acc_batch_stats": acc + 0.01} for e in range(1, epochs + 1)]  # fmt: skip
+        pd.DataFrame(rows)[list(schema.columns)].to_csv(path / "metrics.csv", index=False)
+        steps = [{"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": acc}
+                 for e in range(1, epochs + 1)]  # fmt: skip
+        pd.DataFrame(steps).to_csv(path / "steps.csv", index=False)
+        if cfg.train.diagnostics:
+            diag = [{"step": 10 * e, "epoch": e, "layer": layer, "quantity": q, "value": v * (e + 1)}
+                    for e in range(0, epochs + 1) for layer in ("norm1", "norm2")
+                    for q, v in (("unit_p15", -1.0), ("unit_p50", 0.1), ("unit_p85", 1.0), ("lag_mean", 0.2),
+                                 ("grad_weight_norm", 0.5))]  # fmt: skip
+            pd.DataFrame(diag).to_csv(path / "diagnostics.csv", index=False)
+    return folder
+
+
+def test_make_results_runs_every_study_the_report_knows():
+    makefile = (SHIPPED_CONFIGS.parent / "Makefile").read_text()
+    assert re.search(r"^STUDIES := (.*)$", makefile, flags=re.M).group(1).split() == REPORTED
+    assert set(REPORTED) <= set(STUDIES)
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_shipped_study_expands_and_validates_in_a_dry_run(name, tmp_path, cli, mnist_dir):
+    result = cli("sweep", SHIPPED_CONFIGS / "studies" / f"{name}.yaml", "--dry-run", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    runs = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").runs()
+    assert f"{name}: {len(runs)} runs; {len(runs)} to run, 0 to skip" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_study_one_keeps_five_seeds():
+    assert load_study(SHIPPED_CONFIGS / "studies" / "lenet_norms.yaml").seeds == (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("studies")
+    folders = [fake_study(root, name) for name in REPORTED]
+    out = root / "results"
+    from typer.testing import CliRunner
+
+    from bnbench.cli import app
+
+    result = CliRunner().invoke(app, ["report", *map(str, folders), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, (out / "README.md").read_text()
+
+
+def test_report_has_a_section_per_study_with_command_and_verdict(full_report):
+    _, text = full_report
+    for name in REPORTED:
+        section = text.split(f"\n## {name}\n")[1].split("\n## ")[0]
+        assert f"bnbench sweep configs/studies/{name}.yaml" in section
+        assert "**Verdict.**" in section, name
+
+
+def test_every_linked_figure_exists_and_is_a_png(full_report):
+    out, text = full_report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= len(REPORTED)
+    for link in links:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.glob("*.png")} == set(links)  # nothing stale, nothing unlinked
+
+
+def test_tables_parse_with_a_constant_column_count(full_report):
+    _, text = full_report
+    tables = re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M)
+    assert len(tables) >= len(REPORTED)
+    for block in tables:
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_numbers_come_from_the_runs(full_report):
+    _, text = full_report
+    lenet = text.split("\n## lenet_norms\n")[1].split("\n## ")[0]
+    # no norm: 0.8 + 0.001 * seed over seeds 0-2 -> 0.801 ± 0.001; BN: +0.05, Welch p tiny
+    assert "| no norm | 3 | 0.333 ± 0.000 | 0.801 ± 0.001 | 0.768 ± 0.001 |" in lenet
+    assert "| nn.BatchNorm | 3 |" in lenet and "+0.050" in lenet
+    assert "nn.BatchNorm beats no norm: holds" in lenet
+
+
+def test_published_figures_are_read_from_the_data_file(tmp_path, full_report):
+    _, text = full_report
+    published = yaml.safe_load((SHIPPED_CONFIGS.parent / "bnbench" / "published.yaml").read_text())
+    for ref in published["lenet_norms"]["runs"]:
+        assert f"| {ref['source']} |" in text and str(ref["test_acc"]) in text
+    folder = fake_study(tmp_path, "mlp_norms", seeds=(0, 1))
+    mine = tmp_path / "published.yaml"
+    mine.write_text(yaml.safe_dump({"mlp_norms": {"question": "Is this my question?", "epochs": 10,
+                                                  "claims": [{"source": "me", "claim": "it works"}]}}))  # fmt: skip
+    from typer.testing import CliRunner
+
+    from bnbench.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r"), "--published", str(mine)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r" / "README.md").read_text()
+    assert "*Is this my question?*" in text and "- it works (me)" in text
+    assert "Cut to fit `make results`:** 3 epochs where the published setting trains 10" in text
+
+
+def test_report_from_a_real_tiny_sweep(tmp_path, cli, mnist_dir):
+    base = write_config(tmp_path / "tiny.yaml", data={"dataset": "mnist"}, train={"epochs": 2})
+    result = cli("sweep", base, "--grid", "norm.kind=none,torch", "--seeds", "0-1", "--name", "tiny",
+                 "--data-dir", mnist_dir, "--out-dir", tmp_path / "runs", "--jobs", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = cli("report", tmp_path / "runs" / "tiny", "--out", tmp_path / "results")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "results" / "README.md").read_text()
+    assert "## tiny" in text and "| norm.kind=none | 2 |" in text and "| norm.kind=torch | 2 |" in text
+    assert (tmp_path / "results" / "tiny_curves.png").is_file()
+
+
+def test_bad_report_inputs_are_one_line_exit_2(tmp_path, cli):
+    result = cli("report", tmp_path / "nothing")
+    assert result.exit_code == 2 and "not a study folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "study.yaml").write_text((SHIPPED_CONFIGS / "studies" / "mlp_norms.yaml").read_text())
+    assert cli("report", empty).exit_code == 2
+    folder = fake_study(tmp_path, "mlp_norms", seeds=(0,))
+    (tmp_path / "file").write_text("")
+    result = cli("report", folder, "--out", tmp_path / "file")
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = cli("report", folder, folder, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "same study" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_metric_columns_fabricated_match_the_schema():
+    assert set(METRIC_COLUMNS) <= set(metrics_schema(True, "running").columns)
