@@ -133,7 +133,9 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         model = _mean_over_seeds(groups[name], "model", ["loss", "landscape_loss_min", "landscape_loss_max",
                                                          "grad_change_max", "beta_smoothness"])  # fmt: skip
         style = _style(i)
-        if {"landscape_loss_min", "landscape_loss_max"} <= set(model.columns) and model["landscape_loss_min"].notna().any():
+        if {"landscape_loss_min", "landscape_loss_max"} <= set(model.columns) and model[
+            "landscape_loss_min"
+        ].notna().any():
             band = model.dropna(subset=["landscape_loss_min"])
             panels[0].fill_between(band.index, band["landscape_loss_min"], band["landscape_loss_max"],
                                    color=style["color"], alpha=0.25, linewidth=0)  # fmt: skip

@@ -119,7 +119,10 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -177,13 +180,22 @@ def curves_figure(groups: dict[str, list[Run]], path: Path, x: str = "epoch", xl
             if not frames:
                 continue
             if x == "step":  # each epoch's figures at the step that ended it
-                frames = [r.metrics.assign(step=r.metrics["epoch"] * (r.steps["step"].max() / r.metrics["epoch"].max()))
-                          for r in members if len(r.metrics) and len(r.steps)]  # fmt: skip
+                frames = [
+                    r.metrics.assign(step=r.metrics["epoch"] * (r.steps["step"].max() / r.metrics["epoch"].max()))
+                    for r in members
+                    if len(r.metrics) and len(r.steps)
+                ]
             frame = pd.concat(frames)
             g = frame.groupby(x)[column].agg(["mean", "std"])
             ax.plot(g.index, g["mean"], label=f"{label} (n={len(members)})", **_style(i))
-            ax.fill_between(g.index, g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0),
-                            color=_style(i)["color"], alpha=0.2, linewidth=0)  # fmt: skip
+            ax.fill_between(
+                g.index,
+                g["mean"] - g["std"].fillna(0),
+                g["mean"] + g["std"].fillna(0),
+                color=_style(i)["color"],
+                alpha=0.2,
+                linewidth=0,
+            )
     axes[0].set_yscale("log")
     for ax, title in zip(axes, ("train loss (epoch mean)", "test accuracy"), strict=True):
         ax.set_xlabel(xlabel)
@@ -227,9 +239,14 @@ def norms_table(sec: Section, by_norm: dict[tuple, list[Run]], extra: list[tuple
     rows = []
     for (kind,), members in by_norm.items():
         acc = [final(r) for r in members]
-        row = [norm_name(kind), len(members), mean_std([final(r, "train_loss") for r in members]),
-               mean_std([final(r, "train_acc") for r in members]), mean_std(acc),
-               f"{min(acc):.3f}–{max(acc):.3f}"]  # fmt: skip
+        row = [
+            norm_name(kind),
+            len(members),
+            mean_std([final(r, "train_loss") for r in members]),
+            mean_std([final(r, "train_acc") for r in members]),
+            mean_std(acc),
+            f"{min(acc):.3f}–{max(acc):.3f}",
+        ]
         row += [mean_std([f(r) for r in members]) for _, f in extra]
         if base is not None and kind != "none":
             row += [delta(acc, [final(r) for r in base]), p_text(acc, [final(r) for r in base])]
@@ -252,16 +269,50 @@ def lenet_norms(sec: Section) -> None:
             members = by_norm.get((ref["norm"],), [])
             accs = [final(r) for r in members]
             inside = "–" if not accs else ("yes" if min(accs) <= ref["test_acc"] <= max(accs) else "no")
-            rows.append([ref["source"], norm_name(ref["norm"]), ref["train_loss"], ref["train_acc"], ref["test_acc"],
-                         mean_std(accs), inside])  # fmt: skip
+            rows.append(
+                [
+                    ref["source"],
+                    norm_name(ref["norm"]),
+                    ref["train_loss"],
+                    ref["train_acc"],
+                    ref["test_acc"],
+                    mean_std(accs),
+                    inside,
+                ]
+            )
         for ref in pub.get("ranges", []):
             accs = [final(r) for r in by_norm.get((ref["norm"],), [])]
-            rows.append([ref["source"], norm_name(ref["norm"]), "", "", f"{ref['low']}–{ref['high']}", mean_std(accs),
-                         "–" if not accs else f"{sum(ref['low'] <= a <= ref['high'] for a in accs)}/{len(accs)} seeds"])  # fmt: skip
-        sec.add(table(["source", "norm", "train loss", "train acc", "test acc", "bnbench test acc",
-                       "published within bnbench's seed range"], rows), "")  # fmt: skip
-    sec.figure("curves", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
-               "LeNet on Fashion-MNIST: train loss and test accuracy per epoch, mean ± std over seeds")  # fmt: skip
+            rows.append(
+                [
+                    ref["source"],
+                    norm_name(ref["norm"]),
+                    "",
+                    "",
+                    f"{ref['low']}–{ref['high']}",
+                    mean_std(accs),
+                    "–" if not accs else f"{sum(ref['low'] <= a <= ref['high'] for a in accs)}/{len(accs)} seeds",
+                ]
+            )
+        sec.add(
+            table(
+                [
+                    "source",
+                    "norm",
+                    "train loss",
+                    "train acc",
+                    "test acc",
+                    "bnbench test acc",
+                    "published within bnbench's seed range",
+                ],
+                rows,
+            ),
+            "",
+        )
+    sec.figure(
+        "curves",
+        lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
+        "LeNet on Fashion-MNIST: train loss and test accuracy per epoch, mean ± std over seeds",
+    )
     none = [final(r) for r in by_norm.get(("none",), [])]
     for kind in ("scratch", "torch"):
         bn = [final(r) for r in by_norm.get((kind,), [])]
@@ -277,15 +328,19 @@ def lenet_norms(sec: Section) -> None:
         if none:
             better = stats(bn)[0] > stats(none)[0]
             holds = "holds" if better and p < SIGNIFICANT else "does not hold"
-            sec.verdict(f"{norm_name(kind)} beats no norm: {holds} ({mean:.3f} ± {std:.3f} vs "
-                        f"{stats(none)[0]:.3f} ± {stats(none)[1]:.3f}, p {p_text(bn, none)}){spread}.")  # fmt: skip
+            sec.verdict(
+                f"{norm_name(kind)} beats no norm: {holds} ({mean:.3f} ± {std:.3f} vs "
+                f"{stats(none)[0]:.3f} ± {stats(none)[1]:.3f}, p {p_text(bn, none)}){spread}."
+            )
     train_bn = [final(r, "train_acc") for r in by_norm.get(("torch",), []) + by_norm.get(("scratch",), [])]
     test_bn = [final(r) for r in by_norm.get(("torch",), []) + by_norm.get(("scratch",), [])]
     if train_bn:
         gap = stats(train_bn)[0] - stats(test_bn)[0]
-        sec.verdict(f"With BN, train accuracy {stats(train_bn)[0]:.3f} vs test {stats(test_bn)[0]:.3f}: a gap of "
-                    f"{gap:.3f}; at lr 1.0 the running statistics lag the weights (see eval_statistics), which "
-                    "is the likely reason published test accuracies scatter while train accuracy stays near 0.90.")  # fmt: skip
+        sec.verdict(
+            f"With BN, train accuracy {stats(train_bn)[0]:.3f} vs test {stats(test_bn)[0]:.3f}: a gap of "
+            f"{gap:.3f}; at lr 1.0 the running statistics lag the weights (see eval_statistics), which "
+            "is the likely reason published test accuracies scatter while train accuracy stays near 0.90."
+        )
 
 
 def convergence(sec: Section) -> None:
@@ -294,22 +349,48 @@ def convergence(sec: Section) -> None:
     rows = []
     base = by_norm.get(("none",), [])
     for (kind,), members in by_norm.items():
-        row = [norm_name(kind), len(members), mean_std([at_epoch(r, 1) for r in members]),
-               p_text([at_epoch(r, 1) for r in members], [at_epoch(r, 1) for r in base]) if kind != "none" else "",
-               mean_std([final(r) for r in members]),
-               p_text([final(r) for r in members], [final(r) for r in base]) if kind != "none" else ""]  # fmt: skip
+        row = [
+            norm_name(kind),
+            len(members),
+            mean_std([at_epoch(r, 1) for r in members]),
+            p_text([at_epoch(r, 1) for r in members], [at_epoch(r, 1) for r in base]) if kind != "none" else "",
+            mean_std([final(r) for r in members]),
+            p_text([final(r) for r in members], [final(r) for r in base]) if kind != "none" else "",
+        ]
         for target in (0.97, 0.98):
             got = [summarize(r, "test_acc", target) for r in members]
             reached = [g for g in got if g["epochs_to_target"] is not None]
-            row += [f"{mean_std([g['epochs_to_target'] for g in reached], 1)} ({len(reached)}/{len(got)})",
-                    mean_std([g["examples_to_target"] for g in reached], 0) if reached else "–"]  # fmt: skip
+            row += [
+                f"{mean_std([g['epochs_to_target'] for g in reached], 1)} ({len(reached)}/{len(got)})",
+                mean_std([g["examples_to_target"] for g in reached], 0) if reached else "–",
+            ]
         rows.append(row)
-    sec.add(table(["norm", "seeds", "test acc, epoch 1", "p (vs none)", "final test acc", "p (vs none)",
-                   "epochs to 97% (reached)", "examples to 97%", "epochs to 98% (reached)", "examples to 98%"],
-                  rows), "", "Epochs to a target: the first epoch whose test accuracy reaches it, over the seeds "
-                  "that reached it; examples: training examples seen by the end of that epoch.", "")  # fmt: skip
-    sec.figure("curves", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
-               "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+    sec.add(
+        table(
+            [
+                "norm",
+                "seeds",
+                "test acc, epoch 1",
+                "p (vs none)",
+                "final test acc",
+                "p (vs none)",
+                "epochs to 97% (reached)",
+                "examples to 97%",
+                "epochs to 98% (reached)",
+                "examples to 98%",
+            ],
+            rows,
+        ),
+        "",
+        "Epochs to a target: the first epoch whose test accuracy reaches it, over the seeds "
+        "that reached it; examples: training examples seen by the end of that epoch.",
+        "",
+    )
+    sec.figure(
+        "curves",
+        lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p),
+        "test accuracy and train loss per epoch, mean ± std over seeds",
+    )
     if not base:
         return
     first_none, final_none = [at_epoch(r, 1) for r in base], [final(r) for r in base]
@@ -320,10 +401,12 @@ def convergence(sec: Section) -> None:
         first, last = [at_epoch(r, 1) for r in members], [final(r) for r in members]
         faster = stats(first)[0] > stats(first_none)[0] and p_value(first, first_none) < SIGNIFICANT
         similar = abs(stats(last)[0] - stats(final_none)[0]) < 0.005
-        sec.verdict(f"{norm_name(kind)}: faster in the first epoch {'holds' if faster else 'does not hold'} "
-                    f"({stats(first)[0]:.4f} vs {stats(first_none)[0]:.4f} after epoch 1, p {p_text(first, first_none)}); "
-                    f"final accuracy similar (within 0.5 points) {'holds' if similar else 'does not hold'} "
-                    f"({stats(last)[0]:.4f} vs {stats(final_none)[0]:.4f}, p {p_text(last, final_none)}).")  # fmt: skip
+        sec.verdict(
+            f"{norm_name(kind)}: faster in the first epoch {'holds' if faster else 'does not hold'} "
+            f"({stats(first)[0]:.4f} vs {stats(first_none)[0]:.4f} after epoch 1, p {p_text(first, first_none)}); "
+            f"final accuracy similar (within 0.5 points) {'holds' if similar else 'does not hold'} "
+            f"({stats(last)[0]:.4f} vs {stats(final_none)[0]:.4f}, p {p_text(last, final_none)})."
+        )
 
 
 def unit_percentiles(members: list[Run], layer: str, where: str) -> tuple[float, float, float]:
@@ -348,9 +431,12 @@ def ioffe(sec: Section) -> None:
     some = s.runs[0].config.get("train", {})
     epochs = max((len(r.metrics) for r in s.runs), default=0)
     steps = max((int(r.steps["step"].max()) for r in s.runs if len(r.steps)), default=0)
-    sec.add(f"Optimizer: {some.get('optimizer')} at lr {some.get('lr')}, momentum {some.get('momentum')}, "
-            f"{some.get('init')} init, batch {some.get('batch_size')}: {steps:,} steps ({epochs} epochs). "
-            "The paper names no optimizer or learning rate.", "")  # fmt: skip
+    sec.add(
+        f"Optimizer: {some.get('optimizer')} at lr {some.get('lr')}, momentum {some.get('momentum')}, "
+        f"{some.get('init')} init, batch {some.get('batch_size')}: {steps:,} steps ({epochs} epochs). "
+        "The paper names no optimizer or learning rate.",
+        "",
+    )
     layers = sorted({lay for r in s.runs for lay in r.diagnostics["layer"].unique()} - {"model"})
     last = layers[-1] if layers else None
     checkpoints = [e for e in (1, 5, 10, 20, epochs) if 1 <= e <= epochs]
@@ -369,35 +455,45 @@ def ioffe(sec: Section) -> None:
     if last:
         header += [f"{last} unit 0 p15/p50/p85, first step", "last step"]
     sec.add(table(header, rows), "")
-    sec.figure("accuracy", lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p, "step", "step"),
-               "test accuracy over training steps (Fig. 1a), mean ± std over seeds")  # fmt: skip
+    sec.figure(
+        "accuracy",
+        lambda p: curves_figure({norm_name(k[0]): v for k, v in by_norm.items()}, p, "step", "step"),
+        "test accuracy over training steps (Fig. 1a), mean ± std over seeds",
+    )
     if last:
         from bnbench.plots import diagnostics_figure
 
         runs = [r for ms in by_norm.values() for r in ms]
-        sec.figure("activations", lambda p: diagnostics_figure(runs, p, [last], dpi=80),
-                   f"the input of a sigmoid unit in {last} (15/50/85th percentiles, Fig. 1b/c) and the other diagnostics")  # fmt: skip
+        sec.figure(
+            "activations",
+            lambda p: diagnostics_figure(runs, p, [last], dpi=80),
+            f"the input of a sigmoid unit in {last} (15/50/85th percentiles, Fig. 1b/c) and the other diagnostics",
+        )
     bn = by_norm.get(("torch",), [])
     if base and bn:
         one, one_none = [at_epoch(r, 1) for r in bn], [at_epoch(r, 1) for r in base]
         end, end_none = [final(r) for r in bn], [final(r) for r in base]
         faster = stats(one)[0] > stats(one_none)[0] and p_value(one, one_none) < SIGNIFICANT
         higher = stats(end)[0] > stats(end_none)[0] and p_value(end, end_none) < SIGNIFICANT
-        sec.verdict(f"Faster with BN: {'holds' if faster else 'does not hold'} (test acc after {per_epoch:,} steps "
-                    f"{stats(one)[0]:.4f} vs {stats(one_none)[0]:.4f}, p {p_text(one, one_none)}). Higher at the end: "
-                    f"{'holds' if higher else 'does not hold'} ({stats(end)[0]:.4f} vs {stats(end_none)[0]:.4f}, "
-                    f"p {p_text(end, end_none)}).")  # fmt: skip
+        sec.verdict(
+            f"Faster with BN: {'holds' if faster else 'does not hold'} (test acc after {per_epoch:,} steps "
+            f"{stats(one)[0]:.4f} vs {stats(one_none)[0]:.4f}, p {p_text(one, one_none)}). Higher at the end: "
+            f"{'holds' if higher else 'does not hold'} ({stats(end)[0]:.4f} vs {stats(end_none)[0]:.4f}, "
+            f"p {p_text(end, end_none)})."
+        )
         if last:
             shift = {}
             for kind, members in (("none", base), ("torch", bn)):
                 first, lastv = unit_percentiles(members, last, "first"), unit_percentiles(members, last, "last")
                 shift[kind] = (lastv[1] - first[1], (lastv[2] - lastv[0]) - (first[2] - first[0]))
-            sec.verdict(f"Stable distribution with BN: the median of {last}'s unit 0 moved {shift['torch'][0]:+.2f} "
-                        f"with BN vs {shift['none'][0]:+.2f} without, its 15–85 spread changed "
-                        f"{shift['torch'][1]:+.2f} vs {shift['none'][1]:+.2f}; the claim "
-                        f"{'holds' if abs(shift['torch'][0]) < abs(shift['none'][0]) else 'does not hold'} for the "
-                        "median. BN fixes each unit's input to zero mean and unit variance only up to its learned "
-                        "gamma and beta, so the spread can still grow.")  # fmt: skip
+            sec.verdict(
+                f"Stable distribution with BN: the median of {last}'s unit 0 moved {shift['torch'][0]:+.2f} "
+                f"with BN vs {shift['none'][0]:+.2f} without, its 15–85 spread changed "
+                f"{shift['torch'][1]:+.2f} vs {shift['none'][1]:+.2f}; the claim "
+                f"{'holds' if abs(shift['torch'][0]) < abs(shift['none'][0]) else 'does not hold'} for the "
+                "median. BN fixes each unit's input to zero mean and unit variance only up to its learned "
+                "gamma and beta, so the spread can still grow."
+            )
 
 
 def lr_sensitivity(sec: Section) -> None:
@@ -415,29 +511,46 @@ def lr_sensitivity(sec: Section) -> None:
                 text = mean_std([final(r) for r in members])
                 row.append(text + (f", {diverged(members)} diverged" if diverged(members) else ""))
             none, bn = cells.get((lr, "none"), []), cells.get((lr, "torch"), [])
-            row += [delta([final(r) for r in bn], [final(r) for r in none]),
-                    p_text([final(r) for r in bn], [final(r) for r in none])]  # fmt: skip
+            row += [
+                delta([final(r) for r in bn], [final(r) for r in none]),
+                p_text([final(r) for r in bn], [final(r) for r in none]),
+            ]
             rows.append(row)
-        sec.add(f"**{model}** (final test accuracy, mean ± std over seeds; a diverged run counts with its last "
-                "recorded accuracy):", "", table(["lr", *(norm_name(k) for k in kinds), "Δ BN − none", "p"], rows), "")  # fmt: skip
-        panels[str(model)] = {norm_name(k): {lr: [final(r) for r in cells.get((lr, k), [])] for lr in lrs}
-                              for k in kinds}  # fmt: skip
+        sec.add(
+            f"**{model}** (final test accuracy, mean ± std over seeds; a diverged run counts with its last "
+            "recorded accuracy):",
+            "",
+            table(["lr", *(norm_name(k) for k in kinds), "Δ BN − none", "p"], rows),
+            "",
+        )
+        panels[str(model)] = {
+            norm_name(k): {lr: [final(r) for r in cells.get((lr, k), [])] for lr in lrs} for k in kinds
+        }
         usable = {}
         for kind in kinds:
             means = {lr: stats([final(r) for r in cells.get((lr, kind), [])])[0] for lr in lrs}
             best = max((m for m in means.values() if not math.isnan(m)), default=math.nan)
             ok = [lr for lr, m in means.items() if m >= best - 0.02]
-            usable[kind] = (best, min(ok) if ok else math.nan, max(ok) if ok else math.nan,
-                            max(means, key=lambda lr: -1 if math.isnan(means[lr]) else means[lr]))  # fmt: skip
+            usable[kind] = (
+                best,
+                min(ok) if ok else math.nan,
+                max(ok) if ok else math.nan,
+                max(means, key=lambda lr: -1 if math.isnan(means[lr]) else means[lr]),
+            )
         if "none" in usable and "torch" in usable:
             n, b = usable["none"], usable["torch"]
             holds = b[2] > n[2]
-            sec.verdict(f"{model}: higher learning rates with BN {'holds' if holds else 'does not hold'}: within 2 "
-                        f"points of its best, no norm trains at lr {format_value(n[1])}–{format_value(n[2])} (best "
-                        f"{n[0]:.3f} at {format_value(n[3])}), nn.BatchNorm at {format_value(b[1])}–"
-                        f"{format_value(b[2])} (best {b[0]:.3f} at {format_value(b[3])}).")  # fmt: skip
-    sec.figure("accuracy_vs_lr", lambda p: sweep_figure(panels, p, "learning rate", log2=False),
-               "final test accuracy against the learning rate, mean ± std over seeds")  # fmt: skip
+            sec.verdict(
+                f"{model}: higher learning rates with BN {'holds' if holds else 'does not hold'}: within 2 "
+                f"points of its best, no norm trains at lr {format_value(n[1])}–{format_value(n[2])} (best "
+                f"{n[0]:.3f} at {format_value(n[3])}), nn.BatchNorm at {format_value(b[1])}–"
+                f"{format_value(b[2])} (best {b[0]:.3f} at {format_value(b[3])})."
+            )
+    sec.figure(
+        "accuracy_vs_lr",
+        lambda p: sweep_figure(panels, p, "learning rate", log2=False),
+        "final test accuracy against the learning rate, mean ± std over seeds",
+    )
 
 
 def batch_size(sec: Section) -> None:
@@ -459,25 +572,33 @@ def batch_size(sec: Section) -> None:
                     text += f" / {mean_std(batch)}"
                 row.append(text)
             rows.append(row)
-        sec.add(f"**{model}** (final test accuracy; for BN kinds, running statistics / the test batch's own "
-                "statistics):", "", table(["batch", "lr", *(norm_name(k) for k in kinds)], rows), "")  # fmt: skip
-        panels[str(model)] = {norm_name(k): {sz: [final(r) for r in cells.get((sz, k), [])] for sz in sizes}
-                              for k in kinds}  # fmt: skip
+        sec.add(
+            f"**{model}** (final test accuracy; for BN kinds, running statistics / the test batch's own statistics):",
+            "",
+            table(["batch", "lr", *(norm_name(k) for k in kinds)], rows),
+            "",
+        )
+        panels[str(model)] = {
+            norm_name(k): {sz: [final(r) for r in cells.get((sz, k), [])] for sz in sizes} for k in kinds
+        }
         small, large = sizes[0], sizes[-1]
-
-        def mean_at(size: object, kind: str) -> float:
-            return stats([final(r) for r in cells.get((size, kind), [])])[0]
-
-        if "torch" in kinds:
-            loss = mean_at(large, "torch") - mean_at(small, "torch")
-            others = {k: mean_at(large, k) - mean_at(small, k) for k in kinds if k not in ("torch", "none")}
-            best = max(kinds, key=lambda k: -1 if math.isnan(mean_at(small, k)) else mean_at(small, k))
-            sec.verdict(f"{model}: from batch {large} to {small}, nn.BatchNorm loses {loss:+.3f} test accuracy"
-                        + "".join(f", {norm_name(k)} {v:+.3f}" for k, v in others.items())
-                        + f"; best at batch {small}: {norm_name(best)} ({mean_at(small, best):.3f}). BN degrading "
-                        f"more than the batch-independent norms: {'holds' if others and loss > max(others.values()) else 'does not hold'}.")  # fmt: skip
-    sec.figure("accuracy_vs_batch", lambda p: sweep_figure(panels, p, "batch size", log2=True),
-               "final test accuracy against the batch size, mean ± std over seeds")  # fmt: skip
+        at = {key: stats([final(r) for r in ms])[0] for key, ms in cells.items()}
+        drop = {k: at.get((large, k), math.nan) - at.get((small, k), math.nan) for k in kinds}
+        independent = [k for k in kinds if k in ("group", "layer", "torch_group", "torch_layer")]
+        if "torch" in kinds and independent:
+            worse = drop["torch"] > max(drop[k] for k in independent)
+            best = max(kinds, key=lambda k: -1 if math.isnan(at.get((small, k), math.nan)) else at[(small, k)])
+            sec.verdict(
+                f"{model}: test accuracy lost from batch {large} to {small}: "
+                + ", ".join(f"{norm_name(k)} {drop[k]:+.3f}" for k in kinds)
+                + f"; best at batch {small}: {norm_name(best)} ({at[(small, best)]:.3f}). BN losing more than the "
+                f"batch-independent norms: {'holds' if worse else 'does not hold'}."
+            )
+    sec.figure(
+        "accuracy_vs_batch",
+        lambda p: sweep_figure(panels, p, "batch size", log2=True),
+        "final test accuracy against the batch size, mean ± std over seeds",
+    )
 
 
 def accumulation(sec: Section) -> None:
@@ -490,22 +611,31 @@ def accumulation(sec: Section) -> None:
         row: list[object] = [f"{acc} × {batch // acc}"]
         for kind in kinds:
             members = cells.get((acc, kind), [])
-            row.append(f"{mean_std([final(r) for r in members])} / {mean_std([final(r, 'train_loss') for r in members])}")
+            row.append(
+                f"{mean_std([final(r) for r in members])} / {mean_std([final(r, 'train_loss') for r in members])}"
+            )
         rows.append(row)
-    sec.add("Final test accuracy / final train loss, mean ± std over seeds:", "",
-            table(["micro-batches", *(norm_name(k) for k in kinds)], rows), "")  # fmt: skip
+    sec.add(
+        "Final test accuracy / final train loss, mean ± std over seeds:",
+        "",
+        table(["micro-batches", *(norm_name(k) for k in kinds)], rows),
+        "",
+    )
     for kind in kinds:
         one = [final(r) for r in cells.get((splits[0], kind), [])]
         many = [final(r) for r in cells.get((splits[-1], kind), [])]
-        same = all(
-            cells.get((a, kind)) and [final(r) for r in cells[(a, kind)]] == one for a in splits
+        same = all(cells.get((a, kind)) and [final(r) for r in cells[(a, kind)]] == one for a in splits)
+        sec.verdict(
+            f"{norm_name(kind)}: {splits[-1]} × {batch // splits[-1]} vs 1 × {batch}: "
+            f"{delta(many, one)} test accuracy (p {p_text(many, one)})"
+            + ("; every seed's final accuracy identical across the splits" if same else "")
+            + "."
         )
-        sec.verdict(f"{norm_name(kind)}: {splits[-1]} × {batch // splits[-1]} vs 1 × {batch}: "
-                    f"{delta(many, one)} test accuracy (p {p_text(many, one)})"
-                    + ("; every seed's final accuracy identical across the splits" if same else "") + ".")  # fmt: skip
-    sec.figure("curves", lambda p: curves_figure(
-        {f"{norm_name(k)}, {a} × {batch // a}": v for (a, k), v in cells.items()}, p),
-        "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+    sec.figure(
+        "curves",
+        lambda p: curves_figure({f"{norm_name(k)}, {a} × {batch // a}": v for (a, k), v in cells.items()}, p),
+        "test accuracy and train loss per epoch, mean ± std over seeds",
+    )
 
 
 def lag(members: list[Run]) -> float:
@@ -536,19 +666,37 @@ def eval_statistics(sec: Section) -> None:
             "precise": [final(r) for r in precise],
             "batch statistics": [final(r, "test_acc_batch_stats") for r in m1 + m01 + precise],
         }
-        rows.append([format_value(lr), *(mean_std(v) for v in figures.values()),
-                     f"{lag(m1):.3f}" if m1 else "–", f"{lag(m01):.3f}" if m01 else "–"])  # fmt: skip
+        rows.append(
+            [
+                format_value(lr),
+                *(mean_std(v) for v in figures.values()),
+                f"{lag(m1):.3f}" if m1 else "–",
+                f"{lag(m01):.3f}" if m01 else "–",
+            ]
+        )
         ranked = sorted(((stats(v)[0], k) for k, v in figures.items() if v), reverse=True)
         if ranked:
             best.append((lr, ranked[0][1], ranked[0][0], stats(figures["running, momentum 0.1"])[0], figures))
-    sec.add("Final test accuracy over seeds by the statistics the evaluation used, and the running statistics' "
-            "lag at the last norm position at the end (mean |μ_batch − μ_running| / σ_running on the probe batch):",
-            "", table(["lr", "running (m 0.1)", "running (m 0.01)", "precise", "batch statistics",
-                       "lag (m 0.1)", "lag (m 0.01)"], rows), "")  # fmt: skip
+    sec.add(
+        "Final test accuracy over seeds by the statistics the evaluation used, and the running statistics' "
+        "lag at the last norm position at the end (mean |μ_batch − μ_running| / σ_running on the probe batch):",
+        "",
+        table(
+            ["lr", "running (m 0.1)", "running (m 0.01)", "precise", "batch statistics", "lag (m 0.1)", "lag (m 0.01)"],
+            rows,
+        ),
+        "",
+    )
     for lr, name, top, running, figures in best:
         precise_vs = figures["precise"] and figures["running, momentum 0.1"]
-        extra = (f"; precise vs running (m 0.1): {delta(figures['precise'], figures['running, momentum 0.1'])}, "
-                 f"p {p_text(figures['precise'], figures['running, momentum 0.1'])}") if precise_vs else ""  # fmt: skip
+        extra = (
+            (
+                f"; precise vs running (m 0.1): {delta(figures['precise'], figures['running, momentum 0.1'])}, "
+                f"p {p_text(figures['precise'], figures['running, momentum 0.1'])}"
+            )
+            if precise_vs
+            else ""
+        )
         sec.verdict(f"lr {format_value(lr)}: best with {name} ({top:.3f}; running m 0.1: {running:.3f}){extra}.")
 
 
@@ -568,12 +716,21 @@ def generic(sec: Section) -> None:
     """Any other study: a seed group per cell (the matrix keys' values), final accuracy and curves."""
     keys = [k for ks, _ in sec.s.study.matrix for k in ks.split(",")]
     cells = sec.s.split(*keys) if keys else {(): sec.s.runs}
-    rows = [[", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, cell, strict=True)) or sec.s.name, len(ms),
-             mean_std([final(r) for r in ms]), mean_std([final(r, "train_loss") for r in ms])]
-            for cell, ms in cells.items()]  # fmt: skip
+    rows = [
+        [
+            ", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, cell, strict=True)) or sec.s.name,
+            len(ms),
+            mean_std([final(r) for r in ms]),
+            mean_std([final(r, "train_loss") for r in ms]),
+        ]
+        for cell, ms in cells.items()
+    ]
     sec.add(table(["cell", "seeds", "final test acc", "final train loss"], rows), "")
-    sec.figure("curves", lambda p: curves_figure({r[0]: ms for r, ms in zip(rows, cells.values(), strict=True)}, p),
-               "test accuracy and train loss per epoch, mean ± std over seeds")  # fmt: skip
+    sec.figure(
+        "curves",
+        lambda p: curves_figure({r[0]: ms for r, ms in zip(rows, cells.values(), strict=True)}, p),
+        "test accuracy and train loss per epoch, mean ± std over seeds",
+    )
 
 
 # Assembly ------------------------------------------------------------------------------------------------
@@ -635,7 +792,9 @@ def settings(s: StudyRuns, published: dict) -> str:
     text = f"Seeds {seeds}; overrides of the base config for every run: {fixed}."
     epochs = max(len(r.metrics) for r in s.runs)
     if published.get("epochs") and epochs < published["epochs"]:
-        text += f" **Cut to fit `make results`:** {epochs} epochs where the published setting trains {published['epochs']}."
+        text += (
+            f" **Cut to fit `make results`:** {epochs} epochs where the published setting trains {published['epochs']}."
+        )
     return text
 
 
@@ -674,9 +833,19 @@ def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> 
         f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
         f"Studies' wall time (first start to last end, summed): {total:.0f} min.",
         "",
-        table(["study", "question", "runs", "status", "wall time"],
-              [[f"[{s.name}](#{s.name})", published.get(s.name, {}).get("question", ""), len(s.runs),
-                statuses(s.runs), f"{wall_minutes(s.runs):.1f} min"] for s in loaded]),  # fmt: skip
+        table(
+            ["study", "question", "runs", "status", "wall time"],
+            [
+                [
+                    f"[{s.name}](#{s.name})",
+                    published.get(s.name, {}).get("question", ""),
+                    len(s.runs),
+                    statuses(s.runs),
+                    f"{wall_minutes(s.runs):.1f} min",
+                ]
+                for s in loaded
+            ],
+        ),
         "",
         "## Verdicts",
         "",

@@ -36,24 +36,51 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
         path = folder / planned.name
         path.mkdir()
         (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-        meta = {"status": "completed", "hostname": "elsewhere", "pid": 1, "device_name": "test CPU",
-                "started_at": "2026-01-01T00:00:00+00:00", "ended_at": "2026-01-01T00:01:00+00:00"}  # fmt: skip
+        meta = {
+            "status": "completed",
+            "hostname": "elsewhere",
+            "pid": 1,
+            "device_name": "test CPU",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "ended_at": "2026-01-01T00:01:00+00:00",
+        }
         (path / "meta.json").write_text(json.dumps(meta))
         bn = cfg.norm.kind in BATCH_STATISTICS_KINDS
         schema = metrics_schema(bn, "running")
         acc = 0.8 + (BN_GAIN if bn else 0.0) + 0.001 * cfg.train.seed
-        rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": acc, "test_loss": 0.5, "test_acc": acc - 0.1 / e,
-                 "lr": cfg.train.lr, "epoch_seconds": 1.0, "examples_per_second": 100.0,
-                 "test_acc_batch_stats": acc + 0.01} for e in range(1, epochs + 1)]  # fmt: skip
+        rows = [
+            {
+                "epoch": e,
+                "train_loss": 1 / e,
+                "train_acc": acc,
+                "test_loss": 0.5,
+                "test_acc": acc - 0.1 / e,
+                "lr": cfg.train.lr,
+                "epoch_seconds": 1.0,
+                "examples_per_second": 100.0,
+                "test_acc_batch_stats": acc + 0.01,
+            }
+            for e in range(1, epochs + 1)
+        ]
         pd.DataFrame(rows)[list(schema.columns)].to_csv(path / "metrics.csv", index=False)
-        steps = [{"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": acc}
-                 for e in range(1, epochs + 1)]  # fmt: skip
+        steps = [
+            {"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": acc}
+            for e in range(1, epochs + 1)
+        ]
         pd.DataFrame(steps).to_csv(path / "steps.csv", index=False)
         if cfg.train.diagnostics:
-            diag = [{"step": 10 * e, "epoch": e, "layer": layer, "quantity": q, "value": v * (e + 1)}
-                    for e in range(0, epochs + 1) for layer in ("norm1", "norm2")
-                    for q, v in (("unit_p15", -1.0), ("unit_p50", 0.1), ("unit_p85", 1.0), ("lag_mean", 0.2),
-                                 ("grad_weight_norm", 0.5))]  # fmt: skip
+            diag = [
+                {"step": 10 * e, "epoch": e, "layer": layer, "quantity": q, "value": v * (e + 1)}
+                for e in range(0, epochs + 1)
+                for layer in ("norm1", "norm2")
+                for q, v in (
+                    ("unit_p15", -1.0),
+                    ("unit_p50", 0.1),
+                    ("unit_p85", 1.0),
+                    ("lag_mean", 0.2),
+                    ("grad_weight_norm", 0.5),
+                )
+            ]
             pd.DataFrame(diag).to_csv(path / "diagnostics.csv", index=False)
     return folder
 
@@ -133,8 +160,17 @@ def test_published_figures_are_read_from_the_data_file(tmp_path, full_report):
         assert f"| {ref['source']} |" in text and str(ref["test_acc"]) in text
     folder = fake_study(tmp_path, "mlp_norms", seeds=(0, 1))
     mine = tmp_path / "published.yaml"
-    mine.write_text(yaml.safe_dump({"mlp_norms": {"question": "Is this my question?", "epochs": 10,
-                                                  "claims": [{"source": "me", "claim": "it works"}]}}))  # fmt: skip
+    mine.write_text(
+        yaml.safe_dump(
+            {
+                "mlp_norms": {
+                    "question": "Is this my question?",
+                    "epochs": 10,
+                    "claims": [{"source": "me", "claim": "it works"}],
+                }
+            }
+        )
+    )
     from typer.testing import CliRunner
 
     from bnbench.cli import app
@@ -148,8 +184,22 @@ def test_published_figures_are_read_from_the_data_file(tmp_path, full_report):
 
 def test_report_from_a_real_tiny_sweep(tmp_path, cli, mnist_dir):
     base = write_config(tmp_path / "tiny.yaml", data={"dataset": "mnist"}, train={"epochs": 2})
-    result = cli("sweep", base, "--grid", "norm.kind=none,torch", "--seeds", "0-1", "--name", "tiny",
-                 "--data-dir", mnist_dir, "--out-dir", tmp_path / "runs", "--jobs", "1")  # fmt: skip
+    result = cli(
+        "sweep",
+        base,
+        "--grid",
+        "norm.kind=none,torch",
+        "--seeds",
+        "0-1",
+        "--name",
+        "tiny",
+        "--data-dir",
+        mnist_dir,
+        "--out-dir",
+        tmp_path / "runs",
+        "--jobs",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     result = cli("report", tmp_path / "runs" / "tiny", "--out", tmp_path / "results")
     assert result.exit_code == 0, result.output
