@@ -128,8 +128,13 @@ class ConfigError(UsageError):
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """Never a value longer than a line in a message: the start, then its length."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{shorten(repr(value))} ({type(value).__name__})"
 
 
 def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> Any:
@@ -143,7 +148,7 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> An
         return _check_value(value, inner, meta, key, source)
     if origin is Literal:
         if value not in args:
-            raise fail(f"{value!r} is not one of {', '.join(args)}")
+            raise fail(f"{shorten(repr(value))} is not one of {', '.join(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not value:
@@ -223,9 +228,30 @@ def _not_a_file(path: Path) -> str:
     return "not a regular file, so not a config file"
 
 
+MAX_NAME_BYTES = 200
+MAX_YAML_NODES = 10_000  # a config has ~50; an alias bomb expands to billions
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded (shared nodes counted each time they are used)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a node that refers to itself counts once, not forever
+        children = node.value if isinstance(node.value, list) else []
+        items = [c for pair in children for c in pair] if isinstance(node, yaml.MappingNode) else children
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in items)
+    return memo[id(node)]
+
+
 class StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
-    value silently, so `train:` twice would drop the first section's settings)."""
+    value silently, so `train:` twice would drop the first section's settings), and a document that
+    expands, through aliases, beyond MAX_YAML_NODES is refused before it is built."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"expands beyond {MAX_YAML_NODES:,} values (aliases that multiply); not a config")
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -239,19 +265,28 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text through StrictLoader; any problem is one UsageError naming `source` and the place."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or (str(exc) if type(exc) is yaml.YAMLError else "invalid YAML")
+        raise UsageError(f"{source}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise UsageError(f"{source}: nested too deeply to be a config") from None
+
+
 def _read_yaml(path: Path) -> dict:
     source = str(path)
     if not path.is_file():
         raise UsageError(f"{source}: {_not_a_file(path)}")
     try:
-        raw = yaml.load(path.read_text(), Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UsageError(f"{source}: malformed YAML{where}: {problem}") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{source}: cannot read: {exc}") from None
+    raw = parse_yaml(text, source)
     if raw is None:
         raise UsageError(f"{source}: the file is empty; a config is a YAML mapping (see configs/)")
     if not isinstance(raw, dict):
@@ -264,10 +299,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value_text = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--set {text}: expected dotted.key=value, e.g. --set train.lr=0.5")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        raise UsageError(f"--set {text}: the value is not valid YAML") from None
+    value = parse_yaml(value_text, f"--set {shorten(text)}") if value_text.strip() else None
     path = key.strip().split(".")
     cls: Any = RunConfig
     for depth, part in enumerate(path):
@@ -308,8 +340,10 @@ def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | 
     if cfg.model.activation is None:
         model = dataclasses.replace(cfg.model, activation=DEFAULT_ACTIVATION[cfg.model.name])
         cfg = dataclasses.replace(cfg, model=model)
-    if "/" in cfg.name or cfg.name.startswith("."):
-        raise ConfigError(source_of("name"), "name", f"{cfg.name!r} cannot be a directory name")
+    if "/" in cfg.name or "\0" in cfg.name or cfg.name.startswith("."):
+        raise ConfigError(source_of("name"), "name", f"{shorten(repr(cfg.name))} cannot be a directory name")
+    if len(cfg.name.encode()) > MAX_NAME_BYTES:  # file systems allow 255; leave room for -2, -s4, ...
+        raise ConfigError(source_of("name"), "name", f"{shorten(repr(cfg.name))}: longer than {MAX_NAME_BYTES} bytes")
     _check_combinations(cfg, source_of)
     return cfg
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bnbench.config import RunConfig, config_from_dict, load_config, parse_override
+from bnbench.config import RunConfig, config_from_dict, load_config, parse_override, parse_yaml
 from bnbench.errors import UsageError
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -135,9 +135,10 @@ def _read(path: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path}: no such study file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable YAML study file ({type(exc).__name__})") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable study file ({type(exc).__name__})") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: a study must be a YAML mapping with {', '.join(STUDY_KEYS)}")
     unknown = [k for k in raw if k not in STUDY_KEYS]

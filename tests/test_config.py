@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,20 @@ def test_bad_values_name_file_key_and_problem(tmp_path, cli, sections, message):
     assert not (tmp_path / "runs").exists()
 
 
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        (BOMB, "malformed YAML: expands beyond 10,000 values (aliases that multiply); not a config"),
+        ("train: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to be a config"),
+        ("train: {lr: 1}\ntrain: {epochs: 2}\n", "malformed YAML at line 2, column 1: duplicate key 'train'"),
+        ("norm: {kind: " + "x" * 5000 + "}\n", "norm.kind: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (5,002 characters) is not one of"),
+        ("name: " + "n" * 300 + "\n", "name: 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn... (302 characters): longer than 200 bytes"),
+        ('name: "a\\0b"\n', "name: 'a\\x00b' cannot be a directory name"),
         ("model: {name: mlp\n", "malformed YAML at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
         ("train:\n  lr: 0.1\n bad: 1\n", "malformed YAML at line 3, column 2"),
         ("- 1\n- 2\n", "a config must be a YAML mapping of keys, got a list"),
@@ -110,8 +122,10 @@ def test_unreadable_files(tmp_path, cli, text, message):
     path = tmp_path / "c.yaml"
     if text is not None:
         path.write_text(text)
+    started = time.perf_counter()
     with pytest.raises(UsageError, match=re.escape(message)):
         load_config(path)
+    assert time.perf_counter() - started < 5  # the alias bomb took 31 s and 2.7 GB before
     result = cli("run", path, "--out-dir", tmp_path / "runs")
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {path}: {message}")
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "runs").exists()

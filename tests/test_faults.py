@@ -170,7 +170,7 @@ def _corrupt(path: Path, how: str) -> None:
         ("none", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
         ("none", ["--set", "trian.lr=1"], "--set trian.lr=1: 'trian': unknown key (did you mean 'train'?)"),
         ("none", ["--set", "train.lr=-2"], "--set train.lr=-2: train.lr: must be > 0, got -2.0"),
-        ("none", ["--set", "train.lr=[1"], "--set train.lr=[1: the value is not valid YAML"),
+        ("none", ["--set", "train.lr=[1"], "--set train.lr=[1: malformed YAML at line 1"),
         ("none", ["--set", "train.batch_size=5000"], "train.batch_size: 5000 is larger than the training set (256"),
         ("none", ["--seeds", "0,x"], "--seeds: expected seeds like 0-4, 0,1,2 or [0, 1, 2], got '0,x'"),
         ("none", ["--out-dir", "{tmp}/c.yaml/runs"], "cannot create it"),
