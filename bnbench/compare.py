@@ -17,7 +17,7 @@ import yaml
 
 from bnbench.errors import UsageError
 from bnbench.records import DamagedFile, check_run_files
-from bnbench.rundir import is_alive, is_run_dir
+from bnbench.rundir import is_alive, is_run_dir, read_meta
 from bnbench.study import cell_name, format_value, short_keys
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
@@ -77,7 +77,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
 
 
 def load_run(path: Path) -> Run:
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path)
     config = yaml.safe_load((path / "config.yaml").read_text())
     check_run_files(path)
     metrics = pd.read_csv(path / "metrics.csv")

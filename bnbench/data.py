@@ -18,6 +18,7 @@ from bnbench.errors import UsageError
 FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 SYNTHETIC_SIZES = {"train": 2048, "test": 512}
 IDX_MAGIC = {"images": 2051, "labels": 2049}
+NUM_CLASSES = 10
 
 
 class DataError(UsageError):
@@ -68,6 +69,14 @@ def _check_idx(path: Path, kind: str) -> int:
         raise DataError(
             f"{path}: {size} bytes, expected {expected} for {count} {kind}; the file is truncated or corrupt"
         )
+    if kind == "labels":  # 60 KB at most: cheap to read whole, and a label of 10 or more fails only mid-epoch
+        labels = path.read_bytes()[8:]
+        bad = next((i for i, label in enumerate(labels) if label >= NUM_CLASSES), None)
+        if bad is not None:
+            raise DataError(
+                f"{path}: label {labels[bad]} at item {bad} is outside the classes 0-{NUM_CLASSES - 1}; "
+                "replace it with the original file"
+            )
     return count
 
 

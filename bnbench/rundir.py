@@ -68,10 +68,17 @@ def is_alive(meta: dict) -> bool:
     return True
 
 
+META_TYPES = {"status": str, "pid": int, "hostname": str, "epochs_completed": int, "resumed_at": list, "config": dict}
+
+
 def read_meta(path: Path) -> dict:
+    """meta.json as a dict whose known fields have their types (ValueError names the first that does not)."""
     meta = json.loads((path / "meta.json").read_text())
     if not isinstance(meta, dict):
         raise ValueError("meta.json is not a JSON object")
+    for key, kind in META_TYPES.items():
+        if meta.get(key) is not None and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise ValueError(f"meta.json: {key} is {str(meta[key])[:40]!r}, not a {kind.__name__}")
     return meta
 
 

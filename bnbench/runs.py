@@ -23,7 +23,7 @@ import torch
 import yaml
 
 import bnbench
-from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config
+from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
 from bnbench.records import DamagedFile, atomic_write, check_run_files
@@ -90,10 +90,41 @@ def _torchvision_version() -> str | None:
     return torchvision.__version__
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "order", "rng", "epoch")
+
+
+def load_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """checkpoint.pt, checked to be a whole bnbench checkpoint of this config's model (None: there is
+    none yet); anything else is one UsageError naming the file and what is wrong."""
+    from bnbench.models import build_model
+    from bnbench.norms import make_norm_factory
+
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a truncated or garbage file raises many kinds
+        raise UsageError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}); start a new run") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise UsageError(f"--resume {path}: not a bnbench checkpoint (expected {', '.join(CHECKPOINT_KEYS)})")
+    model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = state["model"] if isinstance(state["model"], dict) else {}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in have.items()}
+    if got != want:
+        first = next((k for k in sorted(want.keys() | got.keys()) if want.get(k) != got.get(k)), "?")
+        raise UsageError(f"--resume {path}: the checkpoint is of a different model ({first}); start a new run")
+    epochs_done = state["epoch"]
+    if not isinstance(epochs_done, int) or not 0 <= epochs_done <= cfg.train.epochs:
+        raise UsageError(f"--resume {path}: the checkpoint's epoch {shorten(repr(epochs_done))} is not of this run")
+    return state
+
+
 def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:
     """Load the last checkpoint into `trainer`, drop CSV rows past it; return the epoch it ends."""
-    ckpt = run.path / "checkpoint.pt"
-    epoch = trainer.load_state(torch.load(ckpt, weights_only=False)) if ckpt.is_file() else 0
+    state = load_checkpoint(run.path, cfg)
+    epoch = trainer.load_state(state) if state is not None else 0
     for schema in trainer.records:
         schema.rewrite(run.path, [r for r in schema.read(run.path) if int(r["epoch"]) <= epoch])
     resumes = run.meta.get("resumed_at", []) + [now()]
@@ -244,6 +275,7 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
                 f"--resume {path}: the config differs from the run's saved config.yaml in {', '.join(changed)}; "
                 "resume without a config, or start a new run"
             )
+    load_checkpoint(path, saved)  # a damaged checkpoint is refused before anything is changed
     try:
         lock = RunLock(path).acquire()
     except LockHeld as exc:

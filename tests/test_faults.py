@@ -177,6 +177,7 @@ def _corrupt(path: Path, how: str) -> None:
         ("mnist", ["--data-dir", "{tmp}/nowhere"], "mnist: missing train-images-idx3-ubyte, train-labels-idx1-ubyte"),
         ("magic", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: not an IDX images file (wrong magic number)"),
         ("size", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: 200620 bytes, expected 200720 for 256 images"),
+        ("label", ["--data-dir", "{tmp}/data"], "train-labels-idx1-ubyte: label 12 at item 3 is outside the classes 0-9"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, args, message):
@@ -190,6 +191,10 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, 
             _corrupt(root / "MNIST/raw/train-images-idx3-ubyte", "magic")
         if setup == "size":
             _corrupt(root / "MNIST/raw/train-images-idx3-ubyte", "size")
+        if setup == "label":
+            labels = bytearray((root / "MNIST/raw/train-labels-idx1-ubyte").read_bytes())
+            labels[8 + 3] = 12
+            (root / "MNIST/raw/train-labels-idx1-ubyte").write_bytes(bytes(labels))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = cli("run", config, "--out-dir", tmp_path / "runs", *args)
     assert result.exit_code == 2, result.output
@@ -298,3 +303,42 @@ def test_a_garbage_number_is_named_with_its_file_and_line(tmp_path, cli):
     (run / "steps.csv").write_text("\n".join(text) + "\n")
     result = cli("run", "--resume", run)
     assert result.exit_code == 2 and "steps.csv, line 3: train_loss is 'abc', not a number" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("empty", "checkpoint.pt: damaged checkpoint (EOFError); start a new run"),
+        ("truncated", "checkpoint.pt: damaged checkpoint ("),
+        ("garbage", "checkpoint.pt: damaged checkpoint ("),
+        ("other model", "checkpoint.pt: the checkpoint is of a different model (fc1.weight)"),
+        ("not ours", "checkpoint.pt: not a bnbench checkpoint (expected model, optimizer, order, rng, epoch)"),
+        ("meta shape", "meta.json is unreadable (meta.json: resumed_at is 'yesterday', not a list)"),
+        ("meta status", "meta.json is unreadable (meta.json: status is '5', not a str)"),
+    ],
+)
+def test_damaged_resume_files_are_one_line_exit_2_and_nothing_changes(tmp_path, cli, damage, message):
+    run = _stopped_run(tmp_path, epochs_first=1, epochs=30)
+    ckpt, meta = run / "checkpoint.pt", run / "meta.json"
+    data = ckpt.read_bytes()
+    if damage == "empty":
+        ckpt.write_bytes(b"")
+    elif damage == "truncated":
+        ckpt.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        ckpt.write_bytes(os.urandom(len(data)))
+    elif damage == "other model":
+        state = torch.load(ckpt, weights_only=False)
+        state["model"] = {k + "x" if "weight" in k else k: v for k, v in state["model"].items()}
+        torch.save(state, ckpt)
+    elif damage == "not ours":
+        torch.save({"weights": 1}, ckpt)
+    elif damage == "meta shape":
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "resumed_at": "yesterday"}))
+    elif damage == "meta status":
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": 5}))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
