@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bnbench.config import NORM_KINDS, RunConfig, load_config
+from bnbench.config import NORM_KINDS, SHIPPED_CONFIGS, RunConfig, load_config
 from bnbench.data import load_data, load_images, raw_files, torchvision_class
 from bnbench.norms import COUNTERPARTS
 from bnbench.train import Trainer, make_optimizer
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Every registered norm, plus the hand-written ones that have one with their manual backward.
 NORMS = {kind: (kind, "autograd") for kind in NORM_KINDS} | {
     f"{kind}_manual": (kind, "manual") for kind in ("scratch", "layer", "group", "ghost")
@@ -64,7 +63,7 @@ class BenchRow:
 def bench_config(model: str, norm: str, root: Path, compile: bool) -> RunConfig:
     """The shipped tutorial config of `model` with the norm swapped, on synthetic data if files are missing."""
     kind, backward = NORMS[norm]
-    cfg = load_config(CONFIGS / f"{model}_none.yaml", [f"norm.kind={kind}", f"norm.backward={backward}"])
+    cfg = load_config(SHIPPED_CONFIGS / f"{model}_none.yaml", [f"norm.kind={kind}", f"norm.backward={backward}"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compile))
     if not all(p.is_file() for p in raw_files(cfg.data.dataset, root).values()):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset="synthetic"))

@@ -348,6 +348,39 @@ def _rich_table(title: str, frame) -> Table:
     return table
 
 
+config_app = typer.Typer(help="Configs: list the shipped ones, show one resolved with every default.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """The configs shipped with bnbench: `bnbench run NAME` runs one from any folder."""
+    from bnbench.config import SHIPPED_CONFIGS, load_config, shipped_configs
+
+    with reported_errors():
+        table = Table(title=f"shipped configs ({len(shipped_configs())})")
+        for column in ("name", "model", "norm", "dataset", "epochs"):
+            table.add_column(column, no_wrap=True)
+        for name in shipped_configs():
+            cfg = load_config(SHIPPED_CONFIGS / f"{name}.yaml")
+            table.add_row(name, cfg.model.name, cfg.norm.kind, cfg.data.dataset, str(cfg.train.epochs))
+        console.print(table)
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path, typer.Argument(help="A config file, or a shipped config's name (lenet_bn).")],
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.lr=0.5.")] = [],
+) -> None:
+    """Print the config as a run would use it: overrides applied, every default filled in."""
+    import yaml
+
+    from bnbench.config import load_config
+
+    with reported_errors():
+        sys.stdout.write(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
+
+
 @app.command("ls")
 def list_runs(
     folder: Annotated[Path, typer.Argument(help="A folder of runs (searched two levels down: studies too).")] = Path(

@@ -228,6 +228,7 @@ def _not_a_file(path: Path) -> str:
     return "not a regular file, so not a config file"
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # in the package: usable after a plain pip install
 MAX_NAME_BYTES = 200
 MAX_YAML_NODES = 10_000  # a config has ~50; an alias bomb expands to billions
 
@@ -278,10 +279,23 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UsageError(f"{source}: nested too deeply to be a config") from None
 
 
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(given: Path) -> Path:
+    """A config file, or the name of a shipped one (`lenet_bn`) when no such file is here."""
+    shipped = SHIPPED_CONFIGS / f"{given.name}.yaml"
+    if not given.exists() and not given.is_symlink() and given.parent == Path(".") and shipped.is_file():
+        return shipped
+    return given
+
+
 def _read_yaml(path: Path) -> dict:
     source = str(path)
     if not path.is_file():
-        raise UsageError(f"{source}: {_not_a_file(path)}")
+        hint = " or shipped config (`bnbench config list` names them)" if path.parent == Path(".") else ""
+        raise UsageError(f"{source}: {_not_a_file(path)}{hint if not path.exists() else ''}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -316,6 +330,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | None = None) -> RunConfig:
     """Read `path` (or start from `base`), merge `--set` overrides, default-fill and validate."""
+    path = config_path(path) if path is not None else None
     raw = _read_yaml(path) if path is not None else (base.to_dict() if base else {})
     parsed = [(text, *parse_override(text)) for text in overrides]
     override_of: dict[str, str] = {}

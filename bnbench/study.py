@@ -21,10 +21,9 @@ from typing import Any
 
 import yaml
 
-from bnbench.config import RunConfig, config_from_dict, load_config, parse_override, parse_yaml
+from bnbench.config import SHIPPED_CONFIGS, RunConfig, config_from_dict, load_config, parse_override, parse_yaml
 from bnbench.errors import UsageError
 
-SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STUDY_FILE = "study.yaml"
 STUDY_KEYS = ("name", "base", "matrix", "seeds", "set")
 MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more

@@ -98,7 +98,7 @@ def test_bad_values_name_file_key_and_problem(tmp_path, cli, sections, message):
 
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
 )
 
 
@@ -108,8 +108,14 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         (BOMB, "malformed YAML: expands beyond 10,000 values (aliases that multiply); not a config"),
         ("train: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to be a config"),
         ("train: {lr: 1}\ntrain: {epochs: 2}\n", "malformed YAML at line 2, column 1: duplicate key 'train'"),
-        ("norm: {kind: " + "x" * 5000 + "}\n", "norm.kind: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (5,002 characters) is not one of"),
-        ("name: " + "n" * 300 + "\n", "name: 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn... (302 characters): longer than 200 bytes"),
+        (
+            "norm: {kind: " + "x" * 5000 + "}\n",
+            "norm.kind: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (5,002 characters) is not one of",
+        ),
+        (
+            "name: " + "n" * 300 + "\n",
+            "name: 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn... (302 characters): longer than 200 bytes",
+        ),
         ('name: "a\\0b"\n', "name: 'a\\x00b' cannot be a directory name"),
         ("model: {name: mlp\n", "malformed YAML at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
         ("train:\n  lr: 0.1\n bad: 1\n", "malformed YAML at line 3, column 2"),

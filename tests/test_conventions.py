@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
+import yaml
 
 from bnbench import __version__
+from bnbench.config import config_from_dict, load_config
 
-from conftest import read_run, write_config
+from conftest import read_run, write_config, write_mnist
 
 
 def test_version_and_short_help(cli):
@@ -98,3 +104,58 @@ def test_sizes_that_cannot_train_are_refused_before_any_work(tmp_path, cli, over
     none = cli("run", config, "--set", "norm.kind=none", "--set", "train.batch_size=1", "--set", "train.epochs=1",
                "--set", "data.train_subset=8", "--out-dir", tmp_path / "plain")  # fmt: skip
     assert none.exit_code == 0  # without batch statistics a batch of one is fine
+
+
+def test_shipped_configs_run_by_name_from_an_empty_folder(tmp_path, cli, monkeypatch):
+    data = write_mnist(tmp_path / "data", folder="FashionMNIST")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    result = cli("run", "lenet_bn", "--epochs", "1", "--set", "train.batch_size=64", "--data-dir", data)
+    assert result.exit_code == 0, result.output
+    assert json.loads((empty / "runs/lenet_bn/meta.json").read_text())["status"] == "completed"
+    result = cli("run", "lenet_nothing")
+    assert result.exit_code == 2 and "no such config file or shipped config (`bnbench config list`" in result.stderr
+
+
+def test_config_show_prints_every_default_and_the_overrides(tmp_path, cli):
+    result = cli("config", "show", "lenet_bn", "--set", "train.lr=0.5")
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["train"]["lr"] == 0.5 and shown["norm"]["momentum"] == 0.1 and shown["name"] == "lenet_bn"
+    assert load_config(None, base=config_from_dict(shown, "shown")).to_dict() == shown
+    listed = cli("config", "list")
+    assert listed.exit_code == 0 and "lenet_bn" in listed.stdout and "mlp_none" in listed.stdout
+    bad = cli("config", "show", "lenet_bn", "--set", "train.lr=-1")
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_wheel_ships_configs_studies_and_published_figures(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if build.returncode != 0 and "No module named" in build.stderr:
+        pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("bnbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "bnbench/configs/lenet_bn.yaml",
+        "bnbench/configs/studies/lenet_norms.yaml",
+        "bnbench/published.yaml",
+    } <= names

@@ -177,7 +177,11 @@ def _corrupt(path: Path, how: str) -> None:
         ("mnist", ["--data-dir", "{tmp}/nowhere"], "mnist: missing train-images-idx3-ubyte, train-labels-idx1-ubyte"),
         ("magic", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: not an IDX images file (wrong magic number)"),
         ("size", ["--data-dir", "{tmp}/data"], "train-images-idx3-ubyte: 200620 bytes, expected 200720 for 256 images"),
-        ("label", ["--data-dir", "{tmp}/data"], "train-labels-idx1-ubyte: label 12 at item 3 is outside the classes 0-9"),
+        (
+            "label",
+            ["--data-dir", "{tmp}/data"],
+            "train-labels-idx1-ubyte: label 12 at item 3 is outside the classes 0-9",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, args, message):
