@@ -17,11 +17,44 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.main import get_current_context
 
 from bnbench.errors import UsageError
 from bnbench.sweep import Engine
 
+# Typer vendors Click; its usage-error class (bad value, unknown option, missing argument) is BadParameter's base.
+CommandLineError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """Command-line mistakes (`--epochs abc`, an unknown option, a missing file) as one line and exit 2,
+    like every other bad input, instead of Click's multi-line box; `--debug` anywhere on the line."""
+
+    def main(self, args: list[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
+        del prog_name  # messages always say `bnbench ...` (the test runner would call it "root")
+        args = list(sys.argv[1:] if args is None else args)
+        if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
+            args.remove("--debug")
+            args.insert(0, "--debug")
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, "bnbench", standalone_mode=False, **extra)
+        except CommandLineError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            message = exc.format_message().replace("Value error, ", "")  # pydantic's prefix says nothing
+            err_console.print(f"[red]error:[/red] {escape(message)}{where}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except typer.TyperException as exc:
+            err_console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="What does Batch Normalization do to training? Run experiments from YAML configs and compare them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,6 +68,33 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 class Backend(str, Enum):
     local = "local"
     ray = "ray"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class CompareFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+DeviceOption = Annotated[Device, typer.Option(help="Where to train (auto: cuda, then mps, then cpu).")]
 
 
 def _version(value: bool) -> None:
@@ -55,20 +115,19 @@ GpusOption = Annotated[float, typer.Option(min=0, help="Ray: GPUs per run, e.g. 
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ):
-    # Set afresh by every invocation, so one --debug never leaks into the next call in the same process.
-    SHOW_TRACEBACKS[0] = debug or os.environ.get("BNBENCH_DEBUG") == "1"
-
-
-SHOW_TRACEBACKS = [False]
+    ctx.obj = {"debug": debug or os.environ.get("BNBENCH_DEBUG") == "1"}  # per invocation: nothing leaks
 
 
 def _debug() -> bool:
-    return SHOW_TRACEBACKS[0]
+    ctx = get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 
 
 @contextmanager
@@ -157,7 +216,7 @@ def run(
     epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.epochs=N.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.seed=N.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Run each config once per seed: --seeds 0,1,2 or 0-4.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOption = Device.auto,
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Dataset folder (default: env BNBENCH_DATA_DIR, else ./data).")
     ] = None,
@@ -191,13 +250,15 @@ def run(
             planned = plan_jobs(configs, overrides, seed_list)
         live = sys.stdout.isatty()
         if (jobs or 1) > 1 or backend is Backend.ray:
-            engine = Engine(device, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run)
+            engine = Engine(
+                device.value, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
+            )
             results, _ = _run_engine(planned, engine, out_dir, live)
             exit_code = exit_code_of(results)
         else:
             with _progress() if live else nullcontext() as progress:
                 make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
-                results, exit_code = run_jobs(planned, device, data_dir, out_dir, make_reporter)
+                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, make_reporter)
         table = Table(title="runs")
         for column in ("run", "status", "epochs", "final test_acc", "directory"):
             table.add_column(column)
@@ -283,7 +344,7 @@ def sweep(
     gpus_per_run: GpusOption = 0.0,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs it would start, run nothing.")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOption = Device.auto,
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Dataset folder (default: env BNBENCH_DATA_DIR, else ./data).")
     ] = None,
@@ -317,7 +378,9 @@ def sweep(
                 console.print(f"{'skip':<7} {run_name}  ({why})", highlight=False)
             console.print(f"{wanted.name}: {total} runs; {len(plan.jobs)} to run, {len(plan.skipped)} to skip")
             return
-        engine = Engine(device, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run)
+        engine = Engine(
+            device.value, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
+        )
         root = prepare(plan.jobs, engine)
         save_study(plan)
         console.print(f"{wanted.name}: {total} runs in {plan.folder}; {len(plan.jobs)} to run, "
@@ -348,7 +411,9 @@ def _rich_table(title: str, frame) -> Table:
     return table
 
 
-config_app = typer.Typer(help="Configs: list the shipped ones, show one resolved with every default.")
+config_app = typer.Typer(
+    help="Configs: list the shipped ones, show one resolved with every default.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 
@@ -386,18 +451,16 @@ def list_runs(
     folder: Annotated[Path, typer.Argument(help="A folder of runs (searched two levels down: studies too).")] = Path(
         "runs"
     ),
-    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    format: Annotated[ListFormat, typer.Option("--format", help="A table, or JSON for scripts.")] = ListFormat.table,
 ) -> None:
     """One line per run: name, status, epochs, final test accuracy, age. Reads no torch, trains nothing."""
     from bnbench.rundir import list_runs as find
 
     with reported_errors():
-        if format not in ("table", "json"):
-            raise UsageError(f"--format {format}: choose table or json")
         if not folder.is_dir():
             raise UsageError(f"{folder}: no such folder")
         rows = find(folder)
-        if format == "json":
+        if format is ListFormat.json:
             sys.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
         table = Table(title=f"{len(rows)} runs in {folder}", title_justify="left")
@@ -425,7 +488,7 @@ def compare(
     diagnostics: Annotated[
         bool, typer.Option("--diagnostics", help="--plot draws the diagnostics figure instead (see `plot`).")
     ] = False,
-    format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+    format: Annotated[CompareFormat, typer.Option("--format", help="Output format.")] = CompareFormat.table,
     pivot: Annotated[Optional[str], typer.Option(help="Grid rows: a config key, e.g. train.lr (with --by).")] = None,
     by: Annotated[Optional[str], typer.Option(help="Grid columns: a config key, e.g. norm.kind.")] = None,
 ) -> None:
@@ -434,8 +497,6 @@ def compare(
 
     with reported_errors():
         formats = {"table": None, "markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}
-        if format not in formats:
-            raise UsageError(f"--format {format}: choose one of {', '.join(formats)}")
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         _check_figure_path("--plot", plot)
@@ -447,8 +508,8 @@ def compare(
         for what in cmp.mixed(runs):
             err_console.print(f"[yellow]warning:[/yellow] comparing runs on different {what}", highlight=False)
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
-        if formats[format] is not None:
-            sys.stdout.write(formats[format](comparison))
+        if formats[format.value] is not None:
+            sys.stdout.write(formats[format.value](comparison))
         else:
             for title, frame in cmp.display_tables(comparison):
                 console.print(_rich_table(title, frame))
@@ -530,8 +591,8 @@ def plot(
 
 @app.command()
 def check(
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32 | float64")] = "float64",
+    device: DeviceOption = Device.auto,
+    dtype: Annotated[Dtype, typer.Option(help="Precision of the comparison.")] = Dtype.float64,
     every_case: Annotated[bool, typer.Option("--all", help="One row per case instead of per family.")] = False,
 ) -> None:
     """Prove each hand-written norm equals its reference (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, or the
@@ -543,9 +604,7 @@ def check(
 
     with reported_errors():
         dtypes = {"float32": torch.float32, "float64": torch.float64}
-        if dtype not in dtypes:
-            raise UsageError(f"--dtype {dtype}: choose float32 or float64")
-        renderables, failures = run_check(dtypes[dtype], str(pick_device(device)), every_case)
+        renderables, failures = run_check(dtypes[dtype.value], str(pick_device(device.value)), every_case)
         for item in renderables:
             console.print(item, highlight=False)
         if failures:
@@ -554,7 +613,7 @@ def check(
 
 @app.command()
 def bench(
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOption = Device.auto,
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "mlp,convnet,lenet",
     norms: Annotated[
         str, typer.Option(help="Comma-separated registered norms, or NAME_manual for the manual backward.")
@@ -587,7 +646,7 @@ def bench(
             unknown = [x for x in given if x not in valid]
             if unknown:
                 raise UsageError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-        target = pick_device(device)
+        target = pick_device(device.value)
         table = Table(
             title=f"training throughput on {target} ({device_name(target)}), examples/s, median of {rounds}",
             title_justify="left",

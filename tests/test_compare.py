@@ -128,7 +128,9 @@ def test_bad_options(tmp_path, cli):
     fake_run(tmp_path, "a", [0.5])
     assert "--metric nope: not a metrics.csv column" in cli("compare", tmp_path, "--metric", "nope").stderr
     assert "--baseline zzz: no such run or group" in cli("compare", tmp_path, "--baseline", "zzz").stderr
-    assert "--format xml: choose one of" in cli("compare", tmp_path, "--format", "xml").stderr
+    assert (
+        "'xml' is not one of 'table', 'markdown', 'csv', 'json'" in cli("compare", tmp_path, "--format", "xml").stderr
+    )
 
 
 def test_formats_parse_and_the_plot_is_a_png(tmp_path, cli):

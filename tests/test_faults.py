@@ -166,7 +166,9 @@ def _corrupt(path: Path, how: str) -> None:
     ("setup", "args", "message"),
     [
         ("none", ["--device", "cuda"], "--device cuda: cuda is not available on this machine"),
-        ("none", ["--device", "tpu"], "--device tpu: unknown device; choose auto, cpu, cuda or mps"),
+        ("none", ["--device", "tpu"], "Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
+        ("none", ["--epochs", "abc"], "Invalid value for '--epochs': Input should be a valid integer"),
+        ("none", ["--bogus"], "No such option: --bogus"),
         ("none", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
         ("none", ["--set", "trian.lr=1"], "--set trian.lr=1: 'trian': unknown key (did you mean 'train'?)"),
         ("none", ["--set", "train.lr=-2"], "--set train.lr=-2: train.lr: must be > 0, got -2.0"),
@@ -211,6 +213,10 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, 
 def test_debug_shows_the_traceback(tmp_path, cli):
     result = cli("--debug", "run", tmp_path / "missing.yaml")
     assert result.exit_code == 2 and "Traceback" in result.stderr
+    result = cli("run", tmp_path / "missing.yaml", "--debug")  # after the subcommand too
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    result = cli("run", tmp_path / "missing.yaml")  # and never into the next invocation
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
 
 
 def test_resume_reads_the_data_the_run_started_with(tmp_path, cli, mnist_dir, monkeypatch):
