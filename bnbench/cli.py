@@ -89,6 +89,13 @@ class CompareFormat(str, Enum):
     json = "json"
 
 
+class CompareTable(str, Enum):
+    runs = "runs"
+    groups = "groups"
+    pivot = "pivot"
+    epochs = "epochs"
+
+
 class ListFormat(str, Enum):
     table = "table"
     json = "json"
@@ -489,6 +496,10 @@ def compare(
         bool, typer.Option("--diagnostics", help="--plot draws the diagnostics figure instead (see `plot`).")
     ] = False,
     format: Annotated[CompareFormat, typer.Option("--format", help="Output format.")] = CompareFormat.table,
+    table: Annotated[
+        Optional[CompareTable],
+        typer.Option(help="Only this table (CSV: one table per file; default runs, or pivot with --pivot)."),
+    ] = None,
     pivot: Annotated[Optional[str], typer.Option(help="Grid rows: a config key, e.g. train.lr (with --by).")] = None,
     by: Annotated[Optional[str], typer.Option(help="Grid columns: a config key, e.g. norm.kind.")] = None,
 ) -> None:
@@ -496,7 +507,6 @@ def compare(
     from bnbench import compare as cmp
 
     with reported_errors():
-        formats = {"table": None, "markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         _check_figure_path("--plot", plot)
@@ -508,10 +518,15 @@ def compare(
         for what in cmp.mixed(runs):
             err_console.print(f"[yellow]warning:[/yellow] comparing runs on different {what}", highlight=False)
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
-        if formats[format.value] is not None:
-            sys.stdout.write(formats[format.value](comparison))
+        which = table.value if table is not None else None
+        if format is CompareFormat.markdown:
+            sys.stdout.write(cmp.to_markdown(comparison, which))
+        elif format is CompareFormat.csv:
+            sys.stdout.write(cmp.to_csv(comparison, which))
+        elif format is CompareFormat.json:
+            sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
-            for title, frame in cmp.display_tables(comparison):
+            for title, frame in cmp.display_tables(comparison, which):
                 console.print(_rich_table(title, frame))
             for note in cmp.footnotes(comparison):
                 console.print(f"[dim]{note}[/dim]", highlight=False)

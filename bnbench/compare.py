@@ -17,7 +17,7 @@ import yaml
 
 from bnbench.errors import UsageError
 from bnbench.records import DamagedFile, check_run_files
-from bnbench.rundir import is_alive, is_run_dir, read_meta
+from bnbench.rundir import is_alive, is_run_dir, never_recorded, read_meta
 from bnbench.study import cell_name, format_value, short_keys
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
@@ -94,32 +94,50 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for path in paths:
         if is_run_dir(path):
             candidates.append(path)
+        elif never_recorded(path):
+            warnings.append(f"{path}: started but never recorded anything; nothing to compare")
         elif path.is_dir():
             children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
             runs_inside = [p for p in children if is_run_dir(p)]
-            if not runs_inside:
+            warnings += [f"{p}: started but never recorded anything; nothing to compare"
+                         for p in children if never_recorded(p)]  # fmt: skip
+            if not runs_inside and not any(never_recorded(p) for p in children):
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
             candidates += runs_inside
         else:
             warnings.append(f"{path}: not a directory; skipped")
     runs = []
-    for path in dict.fromkeys(candidates):
+    for path in {p.resolve(): p for p in reversed(candidates)}.values():  # one run, however it was named
         try:
             runs.append(load_run(path))
         except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             why = str(exc) if isinstance(exc, DamagedFile) else f"unreadable run files ({type(exc).__name__})"
             warnings.append(f"{why}; skipped" if isinstance(exc, DamagedFile) else f"{path}: {why}; skipped")
-    taken = [r.name for r in runs]
-    for run in runs:
-        if taken.count(run.path.name) > 1:  # e.g. two sweeps that both hold mlp_bn
-            run.name = f"{run.path.parent.name}/{run.path.name}"
+    runs.sort(key=lambda r: candidates.index(r.path))
+    for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
+        run.name = name
     return runs, warnings
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """Each run's directory name, lengthened by parent folders only as far as needed to tell it apart
+    from the others (a/runs/x and b/runs/x become a/runs/x and b/runs/x, not runs/x twice)."""
+    parts = [p.resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
+        clashes = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1
 
 
 def summarize(run: Run, metric: str, target: float | None) -> dict:
     m = run.metrics
     row = {
         "name": run.name,
+        "path": str(run.path.resolve()),
         "model": run.config.get("model", {}).get("name"),
         "norm": run.config.get("norm", {}).get("kind"),
         "dataset": run.config.get("data", {}).get("dataset"),
@@ -416,8 +434,8 @@ def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
     return f"{_num(float(mean), digits)} ± {_num(float(std), digits)}"
 
 
-def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
-    """The comparison as titled tables of strings, for the Rich and markdown outputs."""
+def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one)."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
     if comp.keys:  # the config keys that differ between the runs
@@ -451,8 +469,8 @@ def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
             "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
         }
     )
-    tables = [("runs", runs)]
-    if (comp.groups["n"] > 1).any() or comp.baseline is not None:
+    tables = [("runs", "runs", runs)]
+    if (comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups":
         groups = pd.DataFrame(
             {
                 "group": comp.groups["group"],
@@ -473,17 +491,19 @@ def display_tables(comp: Comparison) -> list[tuple[str, pd.DataFrame]]:
                 for name, delta in zip(comp.groups["group"], comp.groups[f"delta_final_{comp.metric}"], strict=True)
             ]
             groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
-        tables.append(("seed groups (mean ± std over seeds)", groups))
+        tables.append(("groups", "seed groups (mean ± std over seeds)", groups))
     if comp.pivot is not None:
         pivot, by = comp.pivot_keys
         title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
         if comp.baseline is not None:
             title += f"; Δ and Welch p against {comp.baseline} in the same row"
-        tables.append((title, pivot_display(comp)))
+        tables.append(("pivot", title, pivot_display(comp)))
     side = comp.per_epoch.map(_num).reset_index()
     side["epoch"] = side["epoch"].map(str)
-    tables.append((f"{comp.metric} per epoch", side.fillna("-")))
-    return tables
+    tables.append(("epochs", f"{comp.metric} per epoch", side.fillna("-")))
+    if which == "pivot" and comp.pivot is None:
+        raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
+    return [(title, frame) for kind, title, frame in tables if which in (None, kind)]
 
 
 def footnotes(comp: Comparison) -> list[str]:
@@ -500,9 +520,9 @@ def footnotes(comp: Comparison) -> list[str]:
     return notes
 
 
-def to_markdown(comp: Comparison) -> str:
+def to_markdown(comp: Comparison, which: str | None = None) -> str:
     parts = []
-    for title, frame in display_tables(comp):
+    for title, frame in display_tables(comp, which):
         header = "| " + " | ".join(frame.columns) + " |"
         rule = "|" + "|".join("---" for _ in frame.columns) + "|"
         body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
@@ -511,20 +531,52 @@ def to_markdown(comp: Comparison) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def to_csv(comp: Comparison) -> str:
-    """Runs and groups in one CSV, told apart by the `kind` column; with --pivot, the grid in long form."""
-    if comp.pivot is not None:
-        pivot, by = comp.pivot_keys
-        return comp.pivot.rename(columns={"pivot": pivot, "by": by}).to_csv(index=False)
-    runs = comp.runs.assign(kind="run")
-    groups = comp.groups.rename(columns={"group": "name"}).assign(kind="group")
-    frame = pd.concat([runs, groups], ignore_index=True)
-    return frame[["kind", *[c for c in frame.columns if c != "kind"]]].to_csv(index=False)
+TABLES = ("runs", "groups", "pivot", "epochs")
+# Counts that pandas turns into floats as soon as one is missing; CSV and JSON write them as integers.
+INTEGER_COLUMNS = {"epochs", "best_epoch", "epochs_to_target", "steps_to_target", "examples_to_target", "n",
+                   "reached_target", "epoch"}  # fmt: skip
 
 
-def to_json(comp: Comparison) -> str:
+def with_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for column in out.columns:
+        whole = pd.to_numeric(out[column], errors="coerce")
+        is_count = column in INTEGER_COLUMNS or str(column).startswith("config.")
+        if is_count and whole.notna().sum() == out[column].notna().sum() and (whole.dropna() % 1 == 0).all():
+            if out[column].notna().any() and out[column].map(lambda v: not isinstance(v, bool)).all():
+                out[column] = whole.astype("Int64")
+    return out
+
+
+def raw_table(comp: Comparison, which: str) -> pd.DataFrame:
+    """One table with its numbers as numbers: runs, groups (seed groups), pivot (with --pivot) or epochs."""
+    if which == "runs":
+        return comp.runs
+    if which == "groups":
+        return comp.groups
+    if which == "epochs":
+        return comp.per_epoch.reset_index()
+    if comp.pivot is None:
+        raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
+    pivot, by = comp.pivot_keys
+    return comp.pivot.rename(columns={"pivot": pivot, "by": by})
+
+
+def to_csv(comp: Comparison, which: str | None = None) -> str:
+    """One table (CSV has one header): the runs by default, the grid with --pivot, or --table's choice."""
+    which = which or ("pivot" if comp.pivot is not None else "runs")
+    return with_integers(raw_table(comp, which)).to_csv(index=False)
+
+
+def to_json(comp: Comparison, configs: dict[str, dict] | None = None) -> str:
+    """Every table; each run with its path and, given `configs` (name -> resolved config), its config."""
+
     def records(frame: pd.DataFrame) -> list[dict]:
-        return json.loads(frame.to_json(orient="records"))
+        return json.loads(with_integers(frame).to_json(orient="records"))
+
+    runs = records(comp.runs)
+    for run in runs:
+        run["config"] = (configs or {}).get(run["name"])
 
     return json.dumps(
         {
@@ -532,7 +584,7 @@ def to_json(comp: Comparison) -> str:
             "target": comp.target,
             "baseline": comp.baseline,
             "test": TEST_NAME,
-            "runs": records(comp.runs),
+            "runs": runs,
             "groups": records(comp.groups),
             "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
             "differing_keys": comp.keys,

@@ -55,6 +55,16 @@ def is_run_dir(path: Path) -> bool:
     return all((path / f).is_file() for f in RUN_FILES)
 
 
+def never_recorded(path: Path) -> bool:
+    """A directory a run claimed but stopped in before its first meta.json (only its first files, or temps)."""
+    return (
+        path.is_dir()
+        and not (path / "meta.json").exists()
+        and any(p.name in UNRECORDED_FILES or p.name.endswith(".tmp") for p in path.iterdir())
+        and all(p.name in UNRECORDED_FILES or p.name.startswith(".") for p in path.iterdir())
+    )
+
+
 def is_alive(meta: dict) -> bool:
     """Whether the process that wrote a 'running' meta.json still runs (on this host; elsewhere assume so)."""
     if meta.get("hostname") != socket.gethostname():
@@ -108,11 +118,7 @@ class RunDir:
         if not path.is_dir():
             raise UsageError(f"--resume {path}: no such directory")
         if not is_run_dir(path):
-            if (
-                path.is_dir()
-                and all(p.name in UNRECORDED_FILES or p.name.startswith(".") for p in path.iterdir())
-                and not (path / "meta.json").exists()
-            ):
+            if never_recorded(path):
                 raise UsageError(f"--resume {path}: the run started but never recorded anything; nothing to resume")
             raise UsageError(f"--resume {path}: not a bnbench run directory (no config.yaml and meta.json)")
         try:

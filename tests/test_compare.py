@@ -143,10 +143,25 @@ def test_formats_parse_and_the_plot_is_a_png(tmp_path, cli):
     table = cli("compare", out, "--baseline", "plain", "--target", "0.3")
     assert table.exit_code == 0, table.output
     assert "seed groups" in table.stdout and "Welch" in table.stdout and "tiny-s1" in table.stdout
-    csv = pd.read_csv(io.StringIO(cli("compare", out, "--format", "csv").stdout))
-    assert sorted(csv["kind"]) == ["group", "group", "run", "run", "run", "run"]
+    text = cli("compare", out, "--format", "csv", "--target", "0.01").stdout
+    csv = pd.read_csv(io.StringIO(text))
+    assert len(csv) == 4 and "tiny-s1" in set(csv["name"])  # one table: the runs
+    header, first = text.splitlines()[:2]
+    row = dict(zip(header.split(","), first.split(","), strict=True))
+    assert row["epochs"] == "2" and row["best_epoch"] in ("1", "2") and row["epochs_to_target"] == "1"
+    groups = pd.read_csv(io.StringIO(cli("compare", out, "--format", "csv", "--table", "groups").stdout))
+    assert len(groups) == 2 and set(groups["n"]) == {2}
+    epochs = pd.read_csv(io.StringIO(cli("compare", out, "--format", "csv", "--table", "epochs").stdout))
+    assert list(epochs["epoch"]) == [1, 2] and len(epochs.columns) == 5
+    assert cli("compare", out, "--format", "csv", "--table", "pivot").exit_code == 2
     data = json.loads(cli("compare", out, "--format", "json", "--baseline", "plain").stdout)
     assert data["baseline"] == "plain" and len(data["groups"]) == 2 and set(data["per_epoch"]) == {"1", "2"}
+    first = data["runs"][0]
+    assert Path(first["path"]).is_absolute() and Path(first["path"]).name == first["name"]
+    assert first["config"]["train"]["epochs"] == 2 and isinstance(first["config"]["model"]["hidden"], list)
+    assert isinstance(first["epochs"], int)
+    only = cli("compare", out, "--table", "groups").stdout
+    assert "seed groups" in only and "per epoch" not in only
     markdown = cli("compare", out, "--format", "markdown", "--metric", "train_loss").stdout
     assert "### train_loss per epoch" in markdown and "| tiny-s0 |" in markdown
 
@@ -163,3 +178,22 @@ def test_same_named_runs_from_different_folders_stay_apart(tmp_path):
     assert sorted(comp.runs["name"]) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
     assert sorted(comp.runs["final_test_acc"]) == [0.8, 0.9]
     assert list(comp.per_epoch.columns) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
+
+
+def test_runs_are_keyed_by_resolved_path_and_named_by_the_shortest_distinguishing_path(tmp_path, cli, monkeypatch):
+    fake_run(tmp_path / "a/runs", "x", [0.9])
+    fake_run(tmp_path / "b/runs", "x", [0.8])
+    fake_run(tmp_path / "b/runs", "y", [0.7])
+    monkeypatch.chdir(tmp_path)
+    runs, _ = find_runs([Path("a/runs"), Path("b/runs"), Path("./b/runs/y"), tmp_path / "a/runs/x"])
+    assert [r.name for r in runs] == ["a/runs/x", "b/runs/x", "y"]  # each run once, none lost
+    assert sorted(compare(runs).runs["final_test_acc"]) == [0.7, 0.8, 0.9]
+
+
+def test_compare_lists_a_run_that_never_recorded(tmp_path, cli):
+    fake_run(tmp_path, "done", [0.9])
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started/config.yaml").write_text("name: started\n")
+    result = cli("compare", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'started'}: started but never recorded anything; nothing to compare" in result.stderr
