@@ -208,3 +208,23 @@ def run_bench(
             rows.append(row)
             on_row(row)
     return rows
+
+
+BENCH_COLUMNS = ("model", "norm", "data", "reference", "bnbench", "ratio", "step time vs", "eval s", "epoch s",
+                 "peak RSS MB")  # fmt: skip
+
+
+def bench_cells(row: BenchRow) -> list[str]:
+    """One row of the bench table, as text (BENCH_COLUMNS)."""
+    return [
+        row.model,
+        row.norm,
+        row.dataset,
+        f"{row.reference_examples_per_second:,.0f}" if row.reference_examples_per_second else "-",
+        f"{row.bnbench_examples_per_second:,.0f}",
+        f"{row.ratio:.2f}x" if row.ratio else "-",
+        f"{row.step_time_vs_counterpart:.2f}x {row.counterpart}" if row.step_time_vs_counterpart else "-",
+        f"{row.eval_seconds:.2f}",
+        f"{row.epoch_seconds:.2f}",
+        f"{row.peak_rss_mb:,.0f}",
+    ]

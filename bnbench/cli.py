@@ -22,6 +22,7 @@ from typer.main import get_current_context
 
 from bnbench.errors import UsageError
 from bnbench.sweep import Engine
+from bnbench.tables import fitted, frame_table
 
 # Typer vendors Click; its usage-error class (bad value, unknown option, missing argument) is BadParameter's base.
 CommandLineError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -60,9 +61,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
+console = Console(width=None if sys.stdout.isatty() else 100_000)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 100_000)
+WideOption = Annotated[bool, typer.Option("--wide", help="Show every column, however narrow the terminal.")]
+
+
+def _terminal_width() -> int | None:
+    """The width tables must fit, or None off a terminal (nothing is dropped in pipes and logs)."""
+    return console.width if console.is_terminal else None
 
 
 class Backend(str, Enum):
@@ -266,18 +273,20 @@ def run(
             with _progress() if live else nullcontext() as progress:
                 make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
                 results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, make_reporter)
-        table = Table(title="runs")
-        for column in ("run", "status", "epochs", "final test_acc", "directory"):
-            table.add_column(column)
-        for result in results:
-            acc = f"{result.final_test_acc:.4f}" if result.final_test_acc is not None else "-"
-            table.add_row(result.name, result.status, str(result.epochs_completed), acc, str(result.path))
-        console.print(table)
+        cells = [
+            [r.name, r.status, str(r.epochs_completed), "-" if r.final_test_acc is None else f"{r.final_test_acc:.4f}",
+             str(r.path)]
+            for r in results
+        ]  # fmt: skip
+        header = ["run", "status", "epochs", "final test_acc", "directory"]
+        console.print(fitted("runs", header, cells, _terminal_width()))
         for result in results:
             if result.error:
                 err_console.print(
                     f"[red]{result.status}:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True
                 )
+            if result.status == "interrupted":
+                err_console.print(f"to continue: bnbench run --resume {result.path}", highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code)
 
 
@@ -405,17 +414,8 @@ def sweep(
         if runs:
             comparison = cmp.compare(runs)
             for title, frame in cmp.display_tables(comparison):
-                console.print(_rich_table(title, frame))
+                console.print(frame_table(title, frame, _terminal_width()))
         raise typer.Exit(exit_code)
-
-
-def _rich_table(title: str, frame) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in frame.columns:
-        table.add_column(str(column), overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*map(str, row))
-    return table
 
 
 config_app = typer.Typer(
@@ -459,6 +459,7 @@ def list_runs(
         "runs"
     ),
     format: Annotated[ListFormat, typer.Option("--format", help="A table, or JSON for scripts.")] = ListFormat.table,
+    wide: WideOption = False,
 ) -> None:
     """One line per run: name, status, epochs, final test accuracy, age. Reads no torch, trains nothing."""
     from bnbench.rundir import list_runs as find
@@ -470,15 +471,13 @@ def list_runs(
         if format is ListFormat.json:
             sys.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
-        table = Table(title=f"{len(rows)} runs in {folder}", title_justify="left")
-        for column in ("run", "status", "epochs", "final test_acc", "age"):
-            table.add_column(
-                column, no_wrap=True, justify="right" if column != "run" and column != "status" else "left"
-            )
-        for row in rows:
-            acc = "-" if row["final_test_acc"] is None else f"{row['final_test_acc']:.4f}"
-            table.add_row(row["run"], row["status"], f"{row['epochs_completed']}/{row['epochs']}", acc, row["age"])
-        console.print(table)
+        cells = [
+            [row["run"], row["status"], f"{row['epochs_completed']}/{row['epochs']}",
+             "-" if row["final_test_acc"] is None else f"{row['final_test_acc']:.4f}", row["age"]]
+            for row in rows
+        ]  # fmt: skip
+        header = ["run", "status", "epochs", "final test_acc", "age"]
+        console.print(fitted(f"{len(rows)} runs in {folder}", header, cells, _terminal_width(), wide))
 
 
 @app.command()
@@ -500,6 +499,7 @@ def compare(
         Optional[CompareTable],
         typer.Option(help="Only this table (CSV: one table per file; default runs, or pivot with --pivot)."),
     ] = None,
+    wide: WideOption = False,
     pivot: Annotated[Optional[str], typer.Option(help="Grid rows: a config key, e.g. train.lr (with --by).")] = None,
     by: Annotated[Optional[str], typer.Option(help="Grid columns: a config key, e.g. norm.kind.")] = None,
 ) -> None:
@@ -527,7 +527,7 @@ def compare(
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
             for title, frame in cmp.display_tables(comparison, which):
-                console.print(_rich_table(title, frame))
+                console.print(frame_table(title, frame, _terminal_width(), wide))
             for note in cmp.footnotes(comparison):
                 console.print(f"[dim]{note}[/dim]", highlight=False)
         if plot is not None:
@@ -642,13 +642,14 @@ def bench(
         bool, typer.Option("--reference/--no-reference", help="Also time the tutorials' DataLoader loop.")
     ] = True,
     out: Annotated[Optional[Path], typer.Option(help="Write the raw figures as JSON.")] = None,
+    wide: WideOption = False,
 ) -> None:
     """Training throughput of bnbench vs the tutorials' DataLoader loop, and each norm's step time
     against its PyTorch counterpart (nn.BatchNorm for none, ghost and renorm), per model."""
     import dataclasses
     import json
 
-    from bnbench.bench import NORMS, run_bench
+    from bnbench.bench import BENCH_COLUMNS, NORMS, bench_cells, run_bench
     from bnbench.data import data_dir_from
     from bnbench.models import MODELS
     from bnbench.train import device_name, pick_device
@@ -662,34 +663,15 @@ def bench(
             if unknown:
                 raise UsageError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
         target = pick_device(device.value)
-        table = Table(
-            title=f"training throughput on {target} ({device_name(target)}), examples/s, median of {rounds}",
-            title_justify="left",
-        )
-        columns = ["model", "norm", "data", "reference", "bnbench", "ratio", "step time vs", "eval s", "epoch s",
-                   "peak RSS MB"]  # fmt: skip
-        for column in columns:
-            table.add_column(column, justify="left" if column in ("model", "norm", "data") else "right", no_wrap=True)
+        title = f"training throughput on {target} ({device_name(target)}), examples/s, median of {rounds}"
 
         def add(row) -> None:
             vs = f"{row.step_time_vs_counterpart:.2f}x {row.counterpart}" if row.step_time_vs_counterpart else "-"
-            table.add_row(
-                row.model,
-                row.norm,
-                row.dataset,
-                f"{row.reference_examples_per_second:,.0f}" if row.reference_examples_per_second else "-",
-                f"{row.bnbench_examples_per_second:,.0f}",
-                f"{row.ratio:.2f}x" if row.ratio else "-",
-                vs,
-                f"{row.eval_seconds:.2f}",
-                f"{row.epoch_seconds:.2f}",
-                f"{row.peak_rss_mb:,.0f}",
-            )
             ratio = f"{row.ratio:.2f}x the reference, " if row.ratio else ""
             err_console.print(f"{row.model}/{row.norm}: {ratio}{vs}", highlight=False)
 
         rows = run_bench(model_list, norm_list, target, data_dir_from(data_dir), rounds, compile, reference, on_row=add)
-        console.print(table)
+        console.print(fitted(title, list(BENCH_COLUMNS), [bench_cells(r) for r in rows], _terminal_width(), wide))
         console.print(
             "reference: torchvision dataset + ToTensor (+Normalize) + DataLoader(shuffle), best of "
             "num_workers 0 and 2; step time vs X = this norm's step time / X's (timed only when X is benchmarked too)",

@@ -159,3 +159,28 @@ def test_the_wheel_ships_configs_studies_and_published_figures(tmp_path):
         "bnbench/configs/studies/lenet_norms.yaml",
         "bnbench/published.yaml",
     } <= names
+
+
+def test_tables_drop_columns_on_a_narrow_terminal_and_never_split_a_number():
+    from rich.console import Console
+
+    from bnbench.tables import fitted
+
+    header = ["run", "status", "final acc", "examples to 0.97", "wall s"]
+    rows = [["kind=torch,lr=0.1-s0", "completed", "0.9812", "1,234,567 (9,999)", "12.5"]]
+    narrow = Console(width=50, record=True)
+    narrow.print(fitted("runs", header, rows, 50))
+    text = narrow.export_text()
+    assert "0.9812" in text and "1,234,567" not in text and "columns hidden" in text and "--wide" in text
+    assert all(len(line) <= 50 for line in text.splitlines())
+    wide = Console(width=200, record=True)
+    wide.print(fitted("runs", header, rows, 50, wide=True))
+    assert "1,234,567 (9,999)" in wide.export_text() and "hidden" not in wide.export_text()
+
+
+def test_piped_tables_are_as_wide_as_they_need(tmp_path, cli):
+    long = "a_rather_long_run_name_" * 6
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1}, name=long)
+    assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
+    result = cli("compare", tmp_path / "runs")
+    assert result.exit_code == 0 and any(long in line and len(line) > 160 for line in result.stdout.splitlines())

@@ -1,0 +1,38 @@
+"""Terminal tables that never split a number or a word: every column keeps one line per cell; when a
+table is wider than the terminal, columns are dropped from the right (the first stays) and a caption
+names them; `--wide` keeps them all. No torch here."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+from rich.table import Table
+
+NUMBER = re.compile(r"^[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \(.*\))?$|^-$")
+
+
+def _is_numeric(cells: list[str]) -> bool:
+    return bool(cells) and all(NUMBER.match(c.strip()) for c in cells)
+
+
+def fitted(title: str, header: list[str], rows: list[list[str]], width: int | None, wide: bool = False) -> Table:
+    """A Rich table of `rows` (strings) that fits `width` characters unless `wide`."""
+    columns = list(range(len(header)))
+    natural = [max([len(header[i])] + [len(r[i]) for r in rows]) + 3 for i in columns]
+    hidden: list[str] = []
+    while not wide and width is not None and len(columns) > 1 and sum(natural[i] for i in columns) + 1 > width:
+        hidden.insert(0, header[columns.pop()])
+    caption = f"{len(hidden)} columns hidden to fit the terminal: {', '.join(hidden)} (--wide shows them)"
+    table = Table(title=title, title_justify="left", caption=caption if hidden else None, caption_justify="left")
+    for i in columns:
+        numeric = _is_numeric([r[i] for r in rows])
+        table.add_column(header[i], no_wrap=True, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(row[i] for i in columns))
+    return table
+
+
+def frame_table(title: str, frame: pd.DataFrame, width: int | None, wide: bool = False) -> Table:
+    return fitted(title, [str(c) for c in frame.columns], [[str(v) for v in r] for r in frame.itertuples(index=False)],
+                  width, wide)  # fmt: skip
