@@ -179,11 +179,19 @@ class PlainReporter:
 
     def __init__(self, name: str, epochs: int) -> None:
         self.name, self.epochs = name, epochs
+        self.batch_size = 1
+
+    def started(self, path: Path, note: str, batch_size: int) -> None:
+        self.batch_size = batch_size
+        print(f"{self.name}: writing {path}" + (f" ({note})" if note else ""), flush=True)
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         pass
 
     def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        pass
+
+    def evaluating(self) -> None:
         pass
 
     def epoch_end(self, row: dict[str, float]) -> None:
@@ -197,15 +205,26 @@ class LiveReporter(PlainReporter):
         super().__init__(name, epochs)
         self.bar, self.task = progress, None
 
+    def started(self, path: Path, note: str, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.bar.console.print(f"{self.name}: writing {path}" + (f" ({note})" if note else ""), highlight=False)
+
     def epoch_start(self, epoch: int, steps: int) -> None:
         if self.task is not None:
             self.bar.remove_task(self.task)
         self.task = self.bar.add_task(
-            f"{self.name} {epoch}/{self.epochs}", total=steps, loss=float("nan"), acc=float("nan")
+            f"{self.name} {epoch}/{self.epochs}", total=steps, loss=float("nan"), acc=float("nan"), speed=""
         )
 
     def progress(self, steps_done: int, loss: float, acc: float) -> None:
-        self.bar.update(self.task, completed=steps_done, loss=loss, acc=acc)
+        elapsed = self.bar.tasks[self.task].elapsed if self.task in self.bar.task_ids else None
+        speed = f"{steps_done * self.batch_size / elapsed:,.0f} ex/s" if elapsed else ""
+        self.bar.update(self.task, completed=steps_done, loss=loss, acc=acc, speed=speed)
+
+    def evaluating(self) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, description=f"{self.name} {self.bar.tasks[self.task].description.split()[-1]} "
+                            "evaluating")  # fmt: skip
 
     def epoch_end(self, row: dict[str, float]) -> None:
         self.bar.console.print(epoch_line(self.name, self.epochs, row), highlight=False)
@@ -216,8 +235,9 @@ def _progress() -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  {task.fields[speed]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
     )
@@ -270,6 +290,8 @@ def run(
             results, _ = _run_engine(planned, engine, out_dir, live)
             exit_code = exit_code_of(results)
         else:
+            datasets = ", ".join(sorted({job.cfg.data.dataset for job in planned}))
+            (console.print if live else print)(f"loading data: {datasets}")
             with _progress() if live else nullcontext() as progress:
                 make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
                 results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, make_reporter)

@@ -116,6 +116,9 @@ class _QueueReporter:
     def progress(self, steps_done: int, loss: float, acc: float) -> None:
         self.queue.put((os.getpid(), self.name, self.epoch, self.epochs, steps_done, self.steps, loss))
 
+    def evaluating(self) -> None:
+        pass
+
     def epoch_end(self, row: dict) -> None:
         pass
 

@@ -126,11 +126,15 @@ def accumulate_gradients(
 class Reporter(Protocol):
     def epoch_start(self, epoch: int, steps: int) -> None: ...
     def progress(self, steps_done: int, loss: float, acc: float) -> None: ...
+    def evaluating(self) -> None: ...
     def epoch_end(self, row: dict[str, float]) -> None: ...
 
 
 class SilentReporter:
     def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def evaluating(self) -> None:
         pass
 
     def progress(self, steps_done: int, loss: float, acc: float) -> None:
@@ -266,6 +270,7 @@ class Trainer:
         started = time.perf_counter()
         stats, rows = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - started
+        self.reporter.evaluating()
         if self.cfg.train.precise_bn:
             self.precise_statistics(self.cfg.train.precise_bn, epoch)
         batch_mode = self.cfg.train.eval_bn == "batch"

@@ -352,3 +352,16 @@ def test_damaged_resume_files_are_one_line_exit_2_and_nothing_changes(tmp_path, 
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_stopped_run_prints_the_command_that_continues_it(tmp_path):
+    config, out = _slow_config(tmp_path, epochs=30), tmp_path / "runs"
+    (out / "long").mkdir(parents=True)  # taken: the run goes to long-2 and says so
+    proc = _start(config, out)
+    _wait_for_epochs(out / "long-2", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stdout.startswith("loading data: synthetic\n")
+    assert f"long-2: writing {out / 'long-2'} ({out / 'long'} was taken)" in stdout
+    assert f"to continue: bnbench run --resume {out / 'long-2'}" in stderr
