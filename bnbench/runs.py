@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -328,7 +329,12 @@ def run_job(
         path = job.path or claim_run_dir(out_dir, job.run_name)
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(path).acquire(wait_seconds=5)
-        run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+        try:
+            run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+        except BaseException:  # e.g. a full disk: no half-created run directory stays behind
+            lock.release()
+            shutil.rmtree(path, ignore_errors=True)
+            raise
     try:
         trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
         if hasattr(trainer.reporter, "started"):  # the command line's reporters say where the run writes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -365,3 +366,36 @@ def test_a_stopped_run_prints_the_command_that_continues_it(tmp_path):
     assert stdout.startswith("loading data: synthetic\n")
     assert f"long-2: writing {out / 'long-2'} ({out / 'long'} was taken)" in stdout
     assert f"to continue: bnbench run --resume {out / 'long-2'}" in stderr
+
+
+def _disk_full_for(monkeypatch, marker: str) -> None:
+    """Make fsync of any file whose name contains `marker` fail as a full disk does (Linux /proc)."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if marker in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds file names through /proc")
+def test_a_full_disk_during_a_checkpoint_marks_the_run_failed_and_leaves_no_temp_file(tmp_path, cli, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 2})
+    _disk_full_for(monkeypatch, ".checkpoint.pt.")
+    result = cli("run", config, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    meta = json.loads((tmp_path / "runs/c/meta.json").read_text())
+    assert meta["status"] == "failed" and "No space left on device" in meta["error"]
+    assert not [p for p in (tmp_path / "runs/c").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds file names through /proc")
+def test_a_full_disk_at_the_start_leaves_no_run_directory(tmp_path, cli, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 2})
+    _disk_full_for(monkeypatch, ".config.yaml.")
+    result = cli("run", config, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list((tmp_path / "runs").iterdir()) == []
