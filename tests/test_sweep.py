@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def test_compare_shows_differing_keys_and_a_pivot_grid(tmp_path, cli):
     table = cli("compare", tmp_path / "runs/st", "--pivot", "train.lr", "--by", "norm.kind",
                 "--baseline", "norm.kind=none")  # fmt: skip
     assert table.exit_code == 0 and "final test_acc by train.lr and norm.kind" in table.stdout
-    assert "┃ kind " in table.stdout and "┃ lr " in table.stdout  # the differing keys are columns
+    assert re.search(r"┃ kind +┃", table.stdout) and re.search(r"┃ +lr ┃", table.stdout)  # differing keys are columns
     csv = cli("compare", tmp_path / "runs/st", "--pivot", "train.lr", "--by", "norm.kind", "--format", "csv").stdout
     assert csv.splitlines()[0] == "train.lr,norm.kind,n,mean,std,diverged,delta,p_value"
     bad = cli("compare", tmp_path / "runs/st", "--pivot", "train.lrr", "--by", "norm.kind")
