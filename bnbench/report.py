@@ -565,13 +565,27 @@ def lr_sensitivity(sec: Section) -> None:
             )
         if "none" in usable and "torch" in usable:
             n, b = usable["none"], usable["torch"]
-            holds = b[2] > n[2]
+
+            def span(u: tuple) -> str:
+                return f"lr {format_value(u[1])}" + (f"–{format_value(u[2])}" if u[2] != u[1] else " only")
+
+            top = b[2]  # the highest lr BN trains well at: is it better than no norm there?
+            bn_top, none_top = ([final(r) for r in cells.get((top, k), [])] for k in ("torch", "none"))
+            holds = top > n[2] and stats(bn_top)[0] > stats(none_top)[0] and p_value(bn_top, none_top) < SIGNIFICANT
             sec.verdict(
-                f"{model}: higher learning rates with BN {'holds' if holds else 'does not hold'}: within 2 "
-                f"points of its best, no norm trains at lr {format_value(n[1])}–{format_value(n[2])} (best "
-                f"{n[0]:.3f} at {format_value(n[3])}), nn.BatchNorm at {format_value(b[1])}–"
-                f"{format_value(b[2])} (best {b[0]:.3f} at {format_value(b[3])})."
-            )
+                f"{model}: higher learning rates with BN {'holds' if holds else 'does not hold'}: within 2 points "
+                f"of its best, no norm trains at {span(n)} (best {n[0]:.3f} at {format_value(n[3])}), nn.BatchNorm "
+                f"at {span(b)} (best {b[0]:.3f} at {format_value(b[3])}); at lr {format_value(top)} "
+                f"{stats(bn_top)[0]:.3f} vs {stats(none_top)[0]:.3f} (p {p_text(bn_top, none_top)}"
+                f"{'' if holds else why_not(bn_top, none_top)})"
+                + (f"; {sum(diverged(ms) for (lr, k), ms in cells.items() if k == 'none')} no-norm and "
+                   f"{sum(diverged(ms) for (lr, k), ms in cells.items() if k == 'torch')} BN runs diverged"
+                   if any(diverged(ms) for ms in cells.values()) else "; no run diverged"
+                   + (" (sigmoids saturate rather than overflow: too high a learning rate shows as accuracy "
+                      "stuck near chance)" if all(value(r, "model.activation") == "sigmoid" for r in model_runs)
+                      else ""))
+                + "."
+            )  # fmt: skip
     sec.figure(
         "accuracy_vs_lr",
         lambda p: sweep_figure(panels, p, "learning rate", log2=False),
