@@ -21,7 +21,16 @@ from typing import Any
 
 import yaml
 
-from bnbench.config import SHIPPED_CONFIGS, RunConfig, config_from_dict, load_config, parse_override, parse_yaml
+from bnbench.config import (
+    MAX_NAME_BYTES,
+    SHIPPED_CONFIGS,
+    RunConfig,
+    config_from_dict,
+    load_config,
+    parse_override,
+    parse_yaml,
+    shorten,
+)
 from bnbench.errors import UsageError
 
 STUDY_FILE = "study.yaml"
@@ -199,8 +208,7 @@ def load_study(path: Path) -> Study:
     else:
         base = load_config(_base_path(raw.get("base"), path)).to_dict()
     name = raw.get("name", path.stem if not path.is_dir() else path.name)
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise UsageError(f"{source}: name: {name!r} cannot be a folder name")
+    check_folder_name(name, f"{source}: name")
     return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
                  _fixed(raw.get("set"), source))  # fmt: skip
 
@@ -222,9 +230,16 @@ def study_from_options(config: Path, grid: list[str], seeds: str | None, name: s
         fixed.append((".".join(keys), value))
     study = Study(name or base.name, base.to_dict(), _matrix(dict(matrix), "--grid"),
                   parse_seeds(seeds if seeds is not None else "0", "--seeds"), tuple(fixed))  # fmt: skip
-    if "/" in study.name or study.name.startswith("."):
-        raise UsageError(f"--name {study.name}: cannot be a folder name")
+    check_folder_name(study.name, "--name")
     return study
+
+
+def check_folder_name(name: object, source: str) -> None:
+    """A study's name becomes a folder: no '/', NUL or leading '.', and short enough for any file system."""
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith("."):
+        raise UsageError(f"{source}: {shorten(repr(name))} cannot be a folder name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UsageError(f"{source}: {shorten(repr(name))}: longer than {MAX_NAME_BYTES} bytes")
 
 
 def saved_study(folder: Path) -> Study | None:

@@ -79,3 +79,45 @@ def test_study_file_with_relative_and_shipped_bases(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "studies").glob("*.yaml")))
 def test_shipped_studies_expand_and_validate(path):
     assert load_study(path).runs()
+
+
+def test_keys_that_vary_together_make_one_cell_per_value(tmp_path):
+    base = write_config(tmp_path / "base.yaml")
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "matrix": {"norm.kind": ["none", "torch"], "train.batch_size,train.lr": [[16, 0.05], [32, 0.1]]},
+            }
+        )
+    )
+    runs = load_study(study).runs()
+    assert [r.name for r in runs] == [
+        f"kind={kind},batch_size={b},lr={lr}-s0" for kind in ("none", "torch") for b, lr in ((16, 0.05), (32, 0.1))
+    ]
+    assert {(r.config.train.batch_size, r.config.train.lr) for r in runs} == {(16, 0.05), (32, 0.1)}
+    matrix = {"train.batch_size,train.lr": [[16, 0.05], [32]]}
+    study.write_text(yaml.safe_dump({"base": str(base), "matrix": matrix}))
+    with pytest.raises(UsageError, match=r"keys that vary together take lists of 2 .* got \[32\]"):
+        load_study(study)
+
+
+@pytest.mark.parametrize(("name", "message"), [("a\0b", "cannot be a folder name"), ("n" * 300, "longer than 200 bytes"),
+                                               ("../up", "cannot be a folder name")])  # fmt: skip
+def test_study_names_that_cannot_be_folders_are_refused(tmp_path, name, message):
+    base = write_config(tmp_path / "base.yaml")
+    with pytest.raises(UsageError, match=message):
+        study_from_options(base, ["train.lr=0.1"], "0", name, [])
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"name": name, "base": "base.yaml"}))
+    with pytest.raises(UsageError, match=message):
+        load_study(study)
+
+
+def test_a_study_file_with_a_duplicated_key_is_refused(tmp_path):
+    write_config(tmp_path / "base.yaml")
+    study = tmp_path / "s.yaml"
+    study.write_text("base: base.yaml\nseeds: 0-2\nseeds: 3\n")
+    with pytest.raises(UsageError, match="duplicate key 'seeds'"):
+        load_study(study)
