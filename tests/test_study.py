@@ -103,8 +103,12 @@ def test_keys_that_vary_together_make_one_cell_per_value(tmp_path):
         load_study(study)
 
 
-@pytest.mark.parametrize(("name", "message"), [("a\0b", "cannot be a folder name"), ("n" * 300, "longer than 200 bytes"),
-                                               ("../up", "cannot be a folder name")])  # fmt: skip
+FOLDER = "cannot be a folder name"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("a\0b", FOLDER), ("n" * 300, "longer than 200 bytes"), ("../up", FOLDER)]
+)
 def test_study_names_that_cannot_be_folders_are_refused(tmp_path, name, message):
     base = write_config(tmp_path / "base.yaml")
     with pytest.raises(UsageError, match=message):
