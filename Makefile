@@ -38,7 +38,7 @@ results: studies report
 
 studies: install
 	@for s in $(STUDIES); do \
-		$(BIN)/bnbench sweep configs/studies/$$s.yaml --out-dir $(RESULTS_RUNS); code=$$?; \
+		$(BIN)/bnbench sweep configs/studies/$$s.yaml --jobs auto --out-dir $(RESULTS_RUNS); code=$$?; \
 		if [ $$code -ge 2 ]; then exit $$code; fi; \
 	done
 

@@ -67,6 +67,19 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 100_00
 WideOption = Annotated[bool, typer.Option("--wide", help="Show every column, however narrow the terminal.")]
 
 
+def _jobs(text: str | None, device: str) -> int | None:
+    """--jobs N or auto (one per core on a CPU, see sweep.default_jobs); None when not given."""
+    if text is None:
+        return None
+    if text.strip() == "auto":
+        from bnbench.sweep import default_jobs
+
+        return default_jobs(device)
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UsageError(f"--jobs {text}: expected a number of runs at once (1 or more), or auto")
+    return int(text)
+
+
 def _terminal_width() -> int | None:
     """The width tables must fit, or None off a terminal (nothing is dropped in pipes and logs)."""
     return console.width if console.is_terminal else None
@@ -257,7 +270,9 @@ def run(
     out_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Shortcut for --set name=NAME.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
-    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once, in worker processes (default 1).")] = None,
+    jobs: Annotated[
+        Optional[str], typer.Option(help="Runs at once, in worker processes: N or auto (one per core); default 1.")
+    ] = None,
     threads_per_job: ThreadsOption = None,
     backend: BackendOption = Backend.local,
     address: AddressOption = None,
@@ -269,6 +284,7 @@ def run(
     from bnbench.study import parse_seeds
 
     with reported_errors():
+        workers = _jobs(jobs, device.value)
         overrides = list(set_)
         for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
             if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
@@ -283,9 +299,9 @@ def run(
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (see configs/)")
             planned = plan_jobs(configs, overrides, seed_list)
         live = sys.stdout.isatty()
-        if (jobs or 1) > 1 or backend is Backend.ray:
+        if (workers or 1) > 1 or backend is Backend.ray:
             engine = Engine(
-                device.value, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
+                device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
             )
             results, _ = _run_engine(planned, engine, out_dir, live)
             exit_code = exit_code_of(results)
@@ -374,7 +390,7 @@ def sweep(
     name: Annotated[Optional[str], typer.Option(help="Study name with a config (default: the config's).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="A fixed override for every run (with a config).")] = [],
     out_dir: Annotated[Path, typer.Option(help="Studies go to OUT_DIR/<study>/.")] = Path("runs"),
-    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs at once (default: one per CPU core).")] = None,
+    jobs: Annotated[Optional[str], typer.Option(help="Runs at once: N, or auto (default: one per CPU core).")] = None,
     threads_per_job: ThreadsOption = None,
     backend: BackendOption = Backend.local,
     address: AddressOption = None,
@@ -394,6 +410,7 @@ def sweep(
     from bnbench.sweep import plan_study, prepare, save_study
 
     with reported_errors():
+        workers = _jobs(jobs, device.value)
         if study.is_dir():
             if grid or seeds or name or set_:
                 raise UsageError(
@@ -417,7 +434,7 @@ def sweep(
             console.print(f"{wanted.name}: {total} runs; {len(plan.jobs)} to run, {len(plan.skipped)} to skip")
             return
         engine = Engine(
-            device.value, data_dir, jobs, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
+            device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
         root = prepare(plan.jobs, engine)
         save_study(plan)
