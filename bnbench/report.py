@@ -688,6 +688,18 @@ def accumulation(sec: Section) -> None:
             f"accuracy (p {p_text(many, one)}); the same seed's final accuracy differs by up to {spread:.4f} "
             f"across the splits: {'equivalent' if same else 'not equivalent'} to one batch of {batch}."
         )
+    ghost = cells.get((splits[0], "ghost"), [])
+    virtual = value(ghost[0], "norm.virtual_batch_size") if ghost else None
+    same_stats = cells.get((batch // virtual, "torch"), []) if virtual and batch % virtual == 0 else []
+    if ghost and same_stats:
+        losses = [[final(r, "train_loss") for r in ms] for ms in (ghost, same_stats)]
+        alike = abs(stats(losses[0])[0] - stats(losses[1])[0]) < 0.01
+        sec.verdict(
+            f"Ghost BN with virtual batches of {virtual} in one batch of {batch} "
+            f"{'trains like' if alike else 'does not train like'} nn.BatchNorm on {batch // virtual} × {virtual} "
+            f"micro-batches (final train loss {mean_std(losses[0])} vs {mean_std(losses[1])})"
+            + (": the statistics' batch size, not the step's, sets what BN does." if alike else ".")
+        )
     sec.figure(
         "curves",
         lambda p: curves_figure({f"{norm_name(k)}, {a} × {batch // a}": v for (a, k), v in cells.items()}, p),
