@@ -451,9 +451,10 @@ def sweep(
                 err_console.print(f"[red]failed:[/red] {result.name}: {result.error}", highlight=False, soft_wrap=True)
         runs, _ = cmp.find_runs([plan.folder])
         if runs:
-            comparison = cmp.compare(runs)
-            for title, frame in cmp.display_tables(comparison):
+            comparison = cmp.compare(runs)  # the seed groups; `bnbench compare` shows every run and epoch
+            for title, frame in cmp.display_tables(comparison, "groups"):
                 console.print(frame_table(title, frame, _terminal_width()))
+            console.print(f"every run and epoch: bnbench compare {plan.folder}", style="dim", highlight=False)
         raise typer.Exit(exit_code)
 
 
