@@ -9,11 +9,15 @@ import re
 import pandas as pd
 from rich.table import Table
 
-NUMBER = re.compile(r"^[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \(.*\))?$|^-$")
+FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?"
+# A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".
+NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]$")
 
 
-def _is_numeric(cells: list[str]) -> bool:
-    return bool(cells) and all(NUMBER.match(c.strip()) for c in cells)
+def is_numeric(cells: list[str]) -> bool:
+    """Every cell a figure (a number, a mean ± std, a ratio, '-'): the column is right-aligned."""
+    filled = [c.strip() for c in cells if c.strip()]
+    return bool(filled) and all(NUMBER.match(c) for c in filled)
 
 
 def fitted(title: str, header: list[str], rows: list[list[str]], width: int | None, wide: bool = False) -> Table:
@@ -26,7 +30,7 @@ def fitted(title: str, header: list[str], rows: list[list[str]], width: int | No
     caption = f"{len(hidden)} columns hidden to fit the terminal: {', '.join(hidden)} (--wide shows them)"
     table = Table(title=title, title_justify="left", caption=caption if hidden else None, caption_justify="left")
     for i in columns:
-        numeric = _is_numeric([r[i] for r in rows])
+        numeric = is_numeric([r[i] for r in rows])
         table.add_column(header[i], no_wrap=True, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(row[i] for i in columns))
