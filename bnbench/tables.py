@@ -11,7 +11,7 @@ from rich.table import Table
 
 FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?"
 # A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".
-NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]$")
+NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]( \([^)]*\))?$")
 
 
 def is_numeric(cells: list[str]) -> bool:
