@@ -898,6 +898,17 @@ def command_of(s: StudyRuns) -> str:
     return f"BNBENCH_DATA_DIR=../shared/data bnbench sweep {target}"
 
 
+def recorded_commands(s: StudyRuns) -> list[str]:
+    """The commands the runs' meta.json recorded, paths inside the working folder made relative."""
+    found = []
+    for run in s.runs:
+        words = str(run.meta.get("command") or "").split()
+        text = " ".join(shown(Path(w)) if w.startswith("/") else w for w in words)
+        if text and text not in found:
+            found.append(text)
+    return found
+
+
 def settings(s: StudyRuns, published: dict) -> str:
     """What every run shares that a reader needs, and where a study was cut from the published length."""
     fixed = ", ".join(f"{k}={format_value(v)}" for k, v in s.study.fixed) or "none"
@@ -970,7 +981,11 @@ def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> 
         lines += ["", f"## {sec.s.name}", ""]
         if pub.get("question"):
             lines += [f"*{pub['question']}*", ""]
-        lines += ["```", command_of(sec.s), "```", "", settings(sec.s, pub), ""]
+        recorded = recorded_commands(sec.s)
+        lines += ["```", command_of(sec.s), "```", ""]
+        if recorded:
+            lines += ["Recorded in the runs' meta.json: " + "; ".join(f"`{c}`" for c in recorded[:3]), ""]
+        lines += [settings(sec.s, pub), ""]
         if pub.get("claims"):
             lines += ["Published claims:", ""] + [f"- {c['claim']} ({c['source']})" for c in pub["claims"]] + [""]
         lines += sec.lines
