@@ -283,9 +283,9 @@ def lenet_norms(sec: Section) -> None:
                 [
                     ref["source"],
                     norm_name(ref["norm"]),
-                    ref["train_loss"],
-                    ref["train_acc"],
-                    ref["test_acc"],
+                    f"{ref['train_loss']:.3f}",
+                    f"{ref['train_acc']:.3f}",
+                    f"{ref['test_acc']:.3f}",
                     mean_std(accs),
                     inside,
                 ]
@@ -551,7 +551,7 @@ def lr_sensitivity(sec: Section) -> None:
             table(["lr", *(norm_name(k) for k in kinds), "Δ BN − none", "p"], rows),
             "",
         )
-        panels[str(model)] = {
+        panels[f"{model} ({value(model_runs[0], 'model.activation')}, {value(model_runs[0], 'data.dataset')})"] = {
             norm_name(k): {lr: [final(r) for r in cells.get((lr, k), [])] for lr in lrs} for k in kinds
         }
         usable = {}
@@ -622,7 +622,7 @@ def batch_size(sec: Section) -> None:
             table(["batch", "lr", *(norm_name(k) for k in kinds)], rows),
             "",
         )
-        panels[str(model)] = {
+        panels[f"{model} ({value(model_runs[0], 'model.activation')}, {value(model_runs[0], 'data.dataset')})"] = {
             norm_name(k): {sz: [final(r) for r in cells.get((sz, k), [])] for sz in sizes} for k in kinds
         }
         small = sizes[0]
