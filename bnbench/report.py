@@ -524,13 +524,38 @@ def ioffe(sec: Section) -> None:
             )
 
 
+@dataclass
+class ModelSweep:
+    """One model's runs in a study that sweeps `key` against norm.kind (lr_sensitivity, batch_size)."""
+
+    model: str
+    runs: list[Run]
+    xs: list  # the swept values, in the study's order
+    kinds: list
+    cells: dict[tuple, list[Run]]  # (x, kind) -> runs
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} ({value(self.runs[0], 'model.activation')}, {value(self.runs[0], 'data.dataset')})"
+
+    def panel(self) -> dict[str, dict[float, list[float]]]:
+        """For sweep_figure: a line per norm, the final accuracies at each swept value."""
+        return {norm_name(k): {x: [final(r) for r in self.cells.get((x, k), [])] for x in self.xs} for k in self.kinds}
+
+
+def model_sweeps(s: StudyRuns, key: str) -> list[ModelSweep]:
+    out = []
+    for (model,), runs in s.split("model.name").items():
+        sub = StudyRuns(s.name, s.path, s.study, runs)
+        out.append(ModelSweep(str(model), runs, sub.values(key), sub.values("norm.kind"), sub.split(key, "norm.kind")))
+    return out
+
+
 def lr_sensitivity(sec: Section) -> None:
     s = sec.s
     panels: dict[str, dict[str, dict[float, list[float]]]] = {}
-    for (model,), model_runs in s.split("model.name").items():
-        sub = StudyRuns(s.name, s.path, s.study, model_runs)
-        lrs, kinds = sub.values("train.lr"), sub.values("norm.kind")
-        cells = sub.split("train.lr", "norm.kind")
+    for sweep in model_sweeps(s, "train.lr"):
+        model, model_runs, lrs, kinds, cells = sweep.model, sweep.runs, sweep.xs, sweep.kinds, sweep.cells
         rows = []
         for lr in lrs:
             row: list[object] = [format_value(lr)]
@@ -551,9 +576,7 @@ def lr_sensitivity(sec: Section) -> None:
             table(["lr", *(norm_name(k) for k in kinds), "Δ BN − none", "p"], rows),
             "",
         )
-        panels[f"{model} ({value(model_runs[0], 'model.activation')}, {value(model_runs[0], 'data.dataset')})"] = {
-            norm_name(k): {lr: [final(r) for r in cells.get((lr, k), [])] for lr in lrs} for k in kinds
-        }
+        panels[sweep.title] = sweep.panel()
         usable = {}
         for kind in kinds:
             means = {lr: stats([final(r) for r in cells.get((lr, kind), [])])[0] for lr in lrs}
@@ -598,10 +621,8 @@ def lr_sensitivity(sec: Section) -> None:
 def batch_size(sec: Section) -> None:
     s = sec.s
     panels: dict[str, dict[str, dict[float, list[float]]]] = {}
-    for (model,), model_runs in s.split("model.name").items():
-        sub = StudyRuns(s.name, s.path, s.study, model_runs)
-        sizes, kinds = sub.values("train.batch_size"), sub.values("norm.kind")
-        cells = sub.split("train.batch_size", "norm.kind")
+    for sweep in model_sweeps(s, "train.batch_size"):
+        model, sizes, kinds, cells = sweep.model, sweep.xs, sweep.kinds, sweep.cells
         rows = []
         for size in sizes:
             lr = value(cells[next(k for k in cells if k[0] == size)][0], "train.lr")
@@ -622,9 +643,7 @@ def batch_size(sec: Section) -> None:
             table(["batch", "lr", *(norm_name(k) for k in kinds)], rows),
             "",
         )
-        panels[f"{model} ({value(model_runs[0], 'model.activation')}, {value(model_runs[0], 'data.dataset')})"] = {
-            norm_name(k): {sz: [final(r) for r in cells.get((sz, k), [])] for sz in sizes} for k in kinds
-        }
+        panels[sweep.title] = sweep.panel()
         small = sizes[0]
         acc = {key: [final(r) for r in ms] for key, ms in cells.items()}
         at = {key: stats(v)[0] for key, v in acc.items()}
