@@ -5,9 +5,12 @@ names them; `--wide` keeps them all. No torch here."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from rich.table import Table
+
+if TYPE_CHECKING:  # only for the hint: `bnbench --help` does not import pandas
+    import pandas as pd
 
 FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?"
 # A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".

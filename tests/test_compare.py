@@ -197,3 +197,10 @@ def test_compare_lists_a_run_that_never_recorded(tmp_path, cli):
     result = cli("compare", tmp_path)
     assert result.exit_code == 0, result.output
     assert f"{tmp_path / 'started'}: started but never recorded anything; nothing to compare" in result.stderr
+
+
+def test_the_command_line_choices_are_the_tables_compare_has():
+    from bnbench.cli import CompareTable
+    from bnbench.compare import TABLES
+
+    assert [t.value for t in CompareTable] == list(TABLES)
