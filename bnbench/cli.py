@@ -306,11 +306,10 @@ def run(
             results, _ = _run_engine(planned, engine, out_dir, live)
             exit_code = exit_code_of(results)
         else:
-            datasets = ", ".join(sorted({job.cfg.data.dataset for job in planned}))
-            (console.print if live else print)(f"loading data: {datasets}")
             with _progress() if live else nullcontext() as progress:
                 make_reporter = (lambda n, e: LiveReporter(n, e, progress)) if live else PlainReporter
-                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, make_reporter)
+                say = (lambda m: console.print(m, highlight=False)) if live else (lambda m: print(m, flush=True))
+                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, make_reporter, say)
         cells = [
             [r.name, r.status, str(r.epochs_completed), "-" if r.final_test_acc is None else f"{r.final_test_acc:.4f}",
              str(r.path)]

@@ -366,6 +366,7 @@ def run_jobs(
     data_dir: Path | None,
     out_dir: Path,
     make_reporter: Callable[[str, int], Reporter],
+    on_loading: Callable[[str], None] = lambda message: None,
 ) -> tuple[list[RunResult], int]:
     """Check every job's data, device and output folder, then run the jobs one after another."""
     device = pick_device(device_option)
@@ -380,6 +381,8 @@ def run_jobs(
             if stop():  # a stop between two runs: the next one is not even created
                 return results, EXIT_INTERRUPTED
             if job.cfg.data not in loaded:
+                synthetic = job.cfg.data.dataset == "synthetic"
+                on_loading(f"loading data: {job.cfg.data.dataset}" + ("" if synthetic else f" from {root}"))
                 loaded = {job.cfg.data: load_data(job.cfg.data, root, device)}  # keep one dataset in memory
             results.append(run_job(job, loaded[job.cfg.data], device, root, out_dir, make_reporter, stop))
             if results[-1].exit_code == EXIT_INTERRUPTED:

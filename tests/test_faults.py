@@ -207,6 +207,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, cli, setup, 
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert "loading data" not in result.stdout  # refused before any work started
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "nowhere").exists()  # a failed download attempt leaves nothing behind
 
