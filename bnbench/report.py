@@ -107,17 +107,15 @@ def why_not(a: list[float], b: list[float]) -> str:
     return f"; the difference ({difference:+.4f}) is within the seed spread (std up to {spread:.4f})"
 
 
-def p_text(a: list[float], b: list[float]) -> str:
-    a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
-    if len(a) < 2 or len(b) < 2:
-        return "–"
-    p = welch_p(a, b)
-    return "–" if math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
-
-
 def p_value(a: list[float], b: list[float]) -> float:
+    """Welch's p over the values that are numbers; NaN with fewer than two a side."""
     a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
     return welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+
+
+def p_text(a: list[float], b: list[float]) -> str:
+    p = p_value(a, b)
+    return "–" if math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
 
 
 def delta(a: list[float], b: list[float], digits: int = 3) -> str:

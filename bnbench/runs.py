@@ -337,11 +337,10 @@ def run_job(
             raise
     try:
         trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
-        if hasattr(trainer.reporter, "started"):  # the command line's reporters say where the run writes
-            asked = out_dir / job.run_name
-            note = f"resuming from epoch {first_epoch}" if job.resume else (
-                f"{asked} was taken" if job.path is None and run.path != asked else "")  # fmt: skip
-            trainer.reporter.started(run.path, note, job.cfg.train.batch_size)
+        asked = out_dir / job.run_name
+        note = f"resuming from epoch {first_epoch}" if job.resume else (
+            f"{asked} was taken" if job.path is None and run.path != asked else "")  # fmt: skip
+        trainer.reporter.started(run.path, note, job.cfg.train.batch_size)
         error = None
         try:
             code = execute(run, trainer, first_epoch)

@@ -109,6 +109,9 @@ class _QueueReporter:
         self.queue, self.name, self.epochs = queue, name, epochs
         self.epoch, self.steps = 0, 0
 
+    def started(self, path: Path, note: str, batch_size: int) -> None:
+        pass
+
     def epoch_start(self, epoch: int, steps: int) -> None:
         self.epoch, self.steps = epoch, steps
         self.queue.put((os.getpid(), self.name, epoch, self.epochs, 0, steps, float("nan")))

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -124,6 +125,7 @@ def accumulate_gradients(
 
 
 class Reporter(Protocol):
+    def started(self, path: Path, note: str, batch_size: int) -> None: ...  # where the run writes, and why
     def epoch_start(self, epoch: int, steps: int) -> None: ...
     def progress(self, steps_done: int, loss: float, acc: float) -> None: ...
     def evaluating(self) -> None: ...
@@ -131,6 +133,9 @@ class Reporter(Protocol):
 
 
 class SilentReporter:
+    def started(self, path: Path, note: str, batch_size: int) -> None:
+        pass
+
     def epoch_start(self, epoch: int, steps: int) -> None:
         pass
 
