@@ -308,24 +308,44 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.lr=0.5' -> (['train', 'lr'], 0.5); the value is parsed as YAML."""
+def parse_override(text: str, option: str | None = None) -> tuple[list[str], Any]:
+    """'train.lr=0.5' -> (['train', 'lr'], 0.5); the value is parsed as YAML. `option` names where the text
+    came from in messages (default `--set TEXT`)."""
+    where = option or f"--set {text}"
     key, sep, value_text = text.partition("=")
     if not sep or not key.strip():
-        raise UsageError(f"--set {text}: expected dotted.key=value, e.g. --set train.lr=0.5")
-    value = parse_yaml(value_text, f"--set {shorten(text)}") if value_text.strip() else None
+        raise UsageError(f"{where}: expected dotted.key=value, e.g. --set train.lr=0.5")
+    value = parse_yaml(value_text, option or f"--set {shorten(text)}") if value_text.strip() else None
     path = key.strip().split(".")
     cls: Any = RunConfig
     for depth, part in enumerate(path):
         if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
-            raise UsageError(f"--set {text}: '{'.'.join(path[:depth])}' has no sub-keys")
+            raise UsageError(f"{where}: '{'.'.join(path[:depth])}' has no sub-keys")
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
-            raise UsageError(f"--set {text}: '{'.'.join(path[: depth + 1])}': {_unknown_key(part, names)}")
+            full = [k for k in dotted_keys() if k.rsplit(".", 1)[-1] == part]
+            if full and depth == 0:  # `lr` for `train.lr`: name the full key
+                problem = f"unknown key (did you mean {' or '.join(full)}?)"
+            else:
+                problem = _unknown_key(part, names)
+            raise UsageError(f"{where}: '{'.'.join(path[: depth + 1])}': {problem}")
         cls = typing.get_type_hints(cls)[part]
     if dataclasses.is_dataclass(cls):
-        raise UsageError(f"--set {text}: '{key}' is a section; set one of its keys, e.g. {key}.<key>=...")
+        raise UsageError(f"{where}: '{key}' is a section; set one of its keys, e.g. {key}.<key>=...")
     return path, value
+
+
+def dotted_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every leaf key of a config, dotted: train.lr, norm.kind, ..."""
+    cls = cls or RunConfig
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
 
 
 def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | None = None) -> RunConfig:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -231,6 +232,7 @@ class RunResult:
     final_test_acc: float | None
     exit_code: int
     error: str | None
+    traceback: Path | None = None  # a failed run's traceback, saved in its directory
 
     @property
     def name(self) -> str:
@@ -239,8 +241,12 @@ class RunResult:
 
 def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None) -> list[Job]:
     """Validate every config before anything runs, so a typo in the last one costs nothing."""
+    from bnbench.study import is_study_file
+
     jobs = []
     for path in configs:
+        if is_study_file(path):
+            raise UsageError(f"{path} is a study (a grid of runs): run it with `bnbench sweep {path}`")
         cfg = load_config(path, overrides)
         if seeds is None:
             jobs.append(Job(cfg, cfg.name, str(path)))
@@ -282,6 +288,19 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
     except LockHeld as exc:
         raise UsageError(f"--resume {exc}; wait for it or stop it") from None
     return Job(saved, path.name, str(path / "config.yaml"), path=path, resume=True, lock=lock)
+
+
+TRACEBACK_FILE = "traceback.txt"
+
+
+def save_traceback(run_dir: Path) -> Path | None:
+    """The exception being handled, written to the run directory for `--debug` and bug reports."""
+    path = run_dir / TRACEBACK_FILE
+    try:
+        atomic_write(path, traceback.format_exc())
+    except OSError:  # e.g. the disk is full: the one-line error still says what failed
+        return None
+    return path
 
 
 def exit_code_of(results: list[RunResult]) -> int:
@@ -341,11 +360,12 @@ def run_job(
         note = f"resuming from epoch {first_epoch}" if job.resume else (
             f"{asked} was taken" if job.path is None and run.path != asked else "")  # fmt: skip
         trainer.reporter.started(run.path, note, job.cfg.train.batch_size)
-        error = None
+        error, saved = None, None
         try:
             code = execute(run, trainer, first_epoch)
         except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the other runs go on
             code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+            saved = save_traceback(run.path)
         rows = trainer.metrics.read(run.path)
         return RunResult(
             run.path,
@@ -354,6 +374,7 @@ def run_job(
             float(rows[-1]["test_acc"]) if rows else None,
             code,
             error or run.meta.get("error"),
+            saved,
         )
     finally:
         lock.release()

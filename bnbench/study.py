@@ -26,6 +26,7 @@ from bnbench.config import (
     SHIPPED_CONFIGS,
     RunConfig,
     config_from_dict,
+    config_path,
     load_config,
     parse_override,
     parse_yaml,
@@ -110,6 +111,13 @@ class Study:
             "set": dict(self.fixed),
         }
 
+    def run_count(self) -> int:
+        """Cells x seeds, by arithmetic: nothing is built."""
+        count = len(self.seeds)
+        for _, values in self.matrix:
+            count *= len(values)
+        return count
+
     def runs(self) -> list[PlannedRun]:
         """Every cell x seed as a validated config; a bad value anywhere is one UsageError."""
         base = config_from_dict(self.base, f"{self.name}: base")
@@ -175,7 +183,7 @@ def _matrix(raw: Any, source: str) -> tuple[tuple[str, tuple], ...]:
             raise UsageError(f"{source}: matrix.{key}: expected a non-empty list of values")
         keys = [k.strip() for k in str(key).split(",")]
         for k in keys:
-            parse_override(f"{k}=0")  # the key exists in the config (the values are checked per cell)
+            parse_override(f"{k}=0", f"{source}: matrix.{key}")  # the key exists (values are checked per cell)
         if len(keys) > 1:  # keys that vary together: each value is a list with one item per key
             bad = [v for v in values if not isinstance(v, list) or len(v) != len(keys)]
             if bad or len(set(keys)) != len(keys):
@@ -196,8 +204,40 @@ def _fixed(raw: Any, source: str) -> tuple[tuple[str, Any], ...]:
     return tuple((str(k), v) for k, v in raw.items())
 
 
-def load_study(path: Path) -> Study:
-    """A study file, or a study folder holding a saved study.yaml."""
+SHIPPED_STUDIES = SHIPPED_CONFIGS / "studies"
+
+
+def shipped_studies() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_STUDIES.glob("*.yaml"))
+
+
+def study_path(given: Path) -> Path:
+    """A study file or folder, or the name of a shipped study (`mlp_lr`) when no such file is here."""
+    shipped = SHIPPED_STUDIES / f"{given.name}.yaml"
+    if not given.exists() and not given.is_symlink() and given.parent == Path(".") and shipped.is_file():
+        return shipped
+    return given
+
+
+def is_study_file(path: Path) -> bool:
+    """Whether `path` (or the shipped study of that name) holds a study rather than a config: a mapping
+    with a matrix, a base or seeds. Unreadable files are not studies (the config reader says why)."""
+    path = study_path(path)
+    if path.is_dir():
+        return (path / STUDY_FILE).is_file()
+    if not path.is_file():
+        return False
+    try:
+        raw = parse_yaml(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError, UsageError):
+        return False
+    return isinstance(raw, dict) and any(k in raw for k in ("matrix", "base", "seeds"))
+
+
+def load_study(path: Path, extra: list[str] = ()) -> Study:
+    """A study file (or shipped study name), or a study folder holding a saved study.yaml; `extra` are
+    `--set key=value` overrides added to the study's fixed ones (and saved with it)."""
+    path = study_path(path)
     raw = _read(path)
     source = str(path)
     if path.is_dir():  # saved: the base is already a resolved config
@@ -209,8 +249,40 @@ def load_study(path: Path) -> Study:
         base = load_config(_base_path(raw.get("base"), path)).to_dict()
     name = raw.get("name", path.stem if not path.is_dir() else path.name)
     check_folder_name(name, f"{source}: name")
+    fixed = dict(_fixed(raw.get("set"), source))
+    for text in extra:
+        keys, value = parse_override(text)
+        fixed[".".join(keys)] = value
     return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
-                 _fixed(raw.get("set"), source))  # fmt: skip
+                 tuple(fixed.items()))  # fmt: skip
+
+
+def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,
+                            sets: list[str]) -> Study:  # fmt: skip
+    """What `bnbench sweep` was given: a saved study folder (re-run as it is), a study file or shipped
+    study name (with --set/--epochs), or a config with --grid/--seeds. Mixing the forms is one clear line."""
+    if given.is_dir():
+        if grid or seeds or name or sets:
+            raise UsageError(
+                f"{given}: a saved study re-runs as it is; --grid, --seeds, --name, --set, --epochs do not apply"
+            )
+        return load_study(given)
+    if is_study_file(given):
+        if grid or seeds is not None or name:
+            raise UsageError(
+                f"{given} is a study file: its matrix, seeds and name are in the file; --grid, --seeds and --name "
+                "go with a config (bnbench sweep CONFIG --grid key=v1,v2)"
+            )
+        return load_study(given, sets)
+    if not grid and seeds is None:
+        if study_path(given).is_file() or config_path(given).is_file():
+            raise UsageError(
+                f"{given} is a config (one run): train it with `bnbench run {given}`, or sweep a grid of it with "
+                f"`bnbench sweep {given} --grid train.lr=0.1,1 --seeds 0-2`"
+            )
+        hint = " or shipped study (`bnbench config list` names them)" if given.parent == Path(".") else ""
+        raise UsageError(f"{given}: no such study file{hint}")
+    return study_from_options(given, grid, seeds, name, sets)
 
 
 def study_from_options(config: Path, grid: list[str], seeds: str | None, name: str | None, sets: list[str]) -> Study:
@@ -221,8 +293,17 @@ def study_from_options(config: Path, grid: list[str], seeds: str | None, name: s
         key, sep, values = text.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise UsageError(f"--grid {text}: expected dotted.key=value1,value2 (e.g. --grid train.lr=0.1,1)")
-        parsed = yaml.safe_load(values) if values.strip().startswith("[") else None
-        items = parsed if isinstance(parsed, list) else [yaml.safe_load(v) for v in values.split(",")]
+        parse_override(f"{key.strip()}=0", f"--grid {text}")  # the key exists (values are checked per cell)
+        source = f"--grid {shorten(text)}"
+        if values.strip().startswith("["):
+            parsed = parse_yaml(values, source)
+            items = parsed if isinstance(parsed, list) else [parsed]
+        else:
+            items = [parse_yaml(v, source) for v in values.split(",")]
+        if key.strip() in dict(matrix):
+            raise UsageError(f"--grid {text}: {key.strip()} is already a --grid key; give its values in one --grid")
+        if key.strip() == "train.seed":
+            raise UsageError(f"--grid {text}: seeds are not a grid key; use --seeds {values.strip()}")
         matrix.append((key.strip(), list(items)))
     fixed = []
     for text in sets:

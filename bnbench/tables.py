@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # only for the hint: `bnbench --help` does not import pandas
@@ -30,13 +31,16 @@ def fitted(title: str, header: list[str], rows: list[list[str]], width: int | No
     hidden: list[str] = []
     while not wide and width is not None and len(columns) > 1 and sum(natural[i] for i in columns) + 1 > width:
         hidden.insert(0, header[columns.pop()])
-    caption = f"{len(hidden)} columns hidden to fit the terminal: {', '.join(hidden)} (--wide shows them)"
-    table = Table(title=title, title_justify="left", caption=caption if hidden else None, caption_justify="left")
+    caption = (f"{len(hidden)} column{'s' if len(hidden) > 1 else ''} hidden to fit the terminal: {', '.join(hidden)} "
+               "(--wide shows them)")  # fmt: skip
+    # Names and paths are data, never Rich markup: `mlp[bn]` is shown as written.
+    table = Table(title=escape(title), title_justify="left", caption=escape(caption) if hidden else None,
+                  caption_justify="left")  # fmt: skip
     for i in columns:
         numeric = is_numeric([r[i] for r in rows])
-        table.add_column(header[i], no_wrap=True, justify="right" if numeric else "left")
+        table.add_column(escape(header[i]), no_wrap=True, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(row[i] for i in columns))
+        table.add_row(*(escape(row[i]) for i in columns))
     return table
 
 

@@ -139,9 +139,18 @@ def test_an_exception_marks_the_run_failed(tmp_path, cli, monkeypatch):
     monkeypatch.setattr(Trainer, "run_epoch", out_of_memory)
     result = cli("run", write_config(tmp_path / "c.yaml"), "--out-dir", tmp_path / "runs")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "failed: c: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    saved = tmp_path / "runs/c/traceback.txt"
+    assert result.stderr.strip() == (
+        f"failed: c: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (traceback: {saved}; "
+        "--debug prints it)"
+    )
+    assert "in out_of_memory" in saved.read_text() and "Traceback" not in result.stderr
     meta = read_run(tmp_path / "runs/c")[0]
     assert meta["status"] == "failed" and "CUDA out of memory" in meta["error"]
+    # --debug (anywhere on the line, or BNBENCH_DEBUG=1) prints the failure's traceback itself
+    result = cli("run", tmp_path / "c.yaml", "--out-dir", tmp_path / "runs", "--debug")
+    assert result.exit_code == 1 and "Traceback (most recent call last)" in result.stderr
+    assert "in out_of_memory" in result.stderr and "failed: c-2: RuntimeError" in result.stderr
 
 
 def test_resume_refusals(tmp_path, cli):

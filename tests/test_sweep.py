@@ -224,9 +224,9 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
 
 def test_jobs_takes_a_number_or_auto(tmp_path, cli):
     config = write_config(tmp_path / "c.yaml", train={"epochs": 1})
-    for bad in ("0", "x", "-2"):
+    for bad in ("0", "x", "-2", "²", "5000", "9" * 40):
         result = cli("run", config, "--jobs", bad, "--out-dir", tmp_path / "runs")
-        assert result.exit_code == 2 and "expected a number of runs at once (1 or more), or auto" in result.stderr
+        assert result.exit_code == 2 and "expected a number of runs at once (1 to 1024), or auto" in result.stderr
     assert not (tmp_path / "runs").exists()
     result = cli("sweep", config, "--grid", "train.lr=0.1,0.2", "--jobs", "auto", "--dry-run")
     assert result.exit_code == 0 and "2 runs; 2 to run" in result.stdout
