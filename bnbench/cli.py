@@ -623,6 +623,7 @@ def check(
     device: Annotated[Device, typer.Option(help="Where to check (auto: cuda, then mps, then cpu).")] = Device.auto,
     dtype: Annotated[Dtype, typer.Option(help="Precision of the comparison.")] = Dtype.float64,
     every_case: Annotated[bool, typer.Option("--all", help="One row per case instead of per family.")] = False,
+    wide: WideOption = False,
 ) -> None:
     """Prove each hand-written norm equals its reference (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, or the
     definition): outputs, gradients, running statistics, eval mode, state_dict; gradcheck; accumulation.
@@ -639,7 +640,9 @@ def check(
 
     with reported_errors():
         dtypes = {"float32": torch.float32, "float64": torch.float64}
-        renderables, failures = run_check(dtypes[dtype.value], str(pick_device(device.value)), every_case)
+        renderables, failures = run_check(
+            dtypes[dtype.value], str(pick_device(device.value)), every_case, display.terminal_width(), wide
+        )
         for item in renderables:
             display.show(item)
         if failures:

@@ -240,8 +240,9 @@ class LiveReporter:
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         self.clock.epoch_start(epoch, steps)
-        if self.task is None:
-            self.task = self.display.bars.add_task("", total=max(1, steps), info="")
+        if self.task is None:  # added with its text: the refresh thread may draw it at once
+            label = _fit_bar(self.display.columns[1], console.width, f"{self.name} epoch {epoch}/{self.epochs}", "")
+            self.task = self.display.bars.add_task(label[0], total=max(1, steps), info=f"0/{steps}")
         self.epoch_started = time.monotonic()
         self.loss = self.acc = float("nan")
         self.phase = ""
@@ -287,15 +288,15 @@ class SweepDisplay:
         self.live, self.total, self.done, self.failed = live_bars, total, 0, 0
         self.columns = _bar_columns()
         self.bars = Progress(*self.columns, console=console, transient=True)
-        self.overall = self.bars.add_task("runs", total=max(1, total), info="")
+        self.overall = self.bars.add_task("sweep", total=max(1, total), info="")
         self.workers: dict[str, tuple[int, float]] = {}  # run name -> (task id, fraction of the run done)
         self.finished: set[str] = set()
         self.started = time.monotonic()
+        self._refresh_overall()
 
     def __enter__(self) -> SweepDisplay:
         if self.live:
             self.bars.start()
-            self._refresh_overall()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -306,13 +307,13 @@ class SweepDisplay:
         _pid, name, epoch, epochs, done, steps, loss = update
         if name in self.finished:  # a late update of a run whose result came first
             return
-        if name not in self.workers:
-            self.workers[name] = (self.bars.add_task("", total=1, info=""), 0.0)
-        task = self.workers[name][0]
-        self.workers[name] = (task, ((epoch - 1) * steps + done) / max(1, epochs * steps))
         description = f"{name} epoch {epoch}/{epochs}"
         info = fit([f"{done}/{steps}"] + ([f"loss {loss:.4f}"] if loss == loss else []), 30, " · ")
         description, info = _fit_bar(self.columns[1], console.width, description, info)
+        if name not in self.workers:  # added with its text: the refresh thread may draw it at once
+            self.workers[name] = (self.bars.add_task(description, total=max(1, steps), info=info), 0.0)
+        task = self.workers[name][0]
+        self.workers[name] = (task, ((epoch - 1) * steps + done) / max(1, epochs * steps))
         self.bars.update(task, description=description, completed=done, total=max(1, steps), info=info)
         self._refresh_overall()
 

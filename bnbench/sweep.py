@@ -14,8 +14,9 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,31 +94,49 @@ def _die_with_parent() -> None:
 _PARENT: list[int] = []  # the sweep process that started this worker
 
 
+def _watch_parent(parent: int) -> None:
+    """A second guard beside PR_SET_PDEATHSIG (which fires when the parent *thread* exits, and not at all
+    off Linux): once the sweep is gone, stop the run (SIGTERM: it ends `interrupted`), then exit."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(20.0)  # time to write the checkpoint and meta.json of an interrupted run
+    os._exit(130)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
     _PARENT.append(os.getppid())
     _die_with_parent()
+    threading.Thread(target=_watch_parent, args=(_PARENT[0],), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an idle worker ignores Ctrl-C; a run handles its own
     torch.set_num_threads(threads)
 
 
-class _QueueReporter:
-    """Sends progress to the parent's display; prints nothing (workers share the terminal)."""
+class _PipeReporter:
+    """Sends progress to the parent's display over the worker's own pipe; prints nothing (workers share
+    the terminal). A parent that is gone is not the run's failure: the update is dropped."""
 
-    def __init__(self, queue, name: str, epochs: int) -> None:
-        self.queue, self.name, self.epochs = queue, name, epochs
+    def __init__(self, send: Callable[[object], None], name: str, epochs: int) -> None:
+        self.send, self.name, self.epochs = send, name, epochs
         self.epoch, self.steps = 0, 0
+
+    def _put(self, update: Progress) -> None:
+        try:
+            self.send(("progress", update))
+        except (OSError, EOFError, ValueError):
+            pass
 
     def started(self, path: Path, note: str, batch_size: int) -> None:
         pass
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         self.epoch, self.steps = epoch, steps
-        self.queue.put((os.getpid(), self.name, epoch, self.epochs, 0, steps, float("nan")))
+        self._put((os.getpid(), self.name, epoch, self.epochs, 0, steps, float("nan")))
 
     def progress(self, steps_done: int, loss: float, acc: float) -> None:
-        self.queue.put((os.getpid(), self.name, self.epoch, self.epochs, steps_done, self.steps, loss))
+        self._put((os.getpid(), self.name, self.epoch, self.epochs, steps_done, self.steps, loss))
 
     def evaluating(self) -> None:
         pass
@@ -129,7 +148,7 @@ class _QueueReporter:
 _DATA: dict = {}  # one dataset per worker process, kept between its runs
 
 
-def run_in_worker(job, device_option: str, root: Path, out_dir: Path, queue=None):
+def run_in_worker(job, device_option: str, root: Path, out_dir: Path, send: Callable[[object], None] | None = None):
     """One run in a worker process (or Ray task); never raises for the run's own failures."""
     from bnbench.data import load_data
     from bnbench.runs import EXIT_FAILED, RunResult, run_job, stop_on_signals
@@ -137,12 +156,14 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, queue=None
 
     device = pick_device(device_option)
     key = (job.cfg.data, str(root), str(device))
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_data(job.cfg.data, root, device)
-    make_reporter = (lambda n, e: _QueueReporter(queue, n, e)) if queue is not None else (lambda n, e: SilentReporter())
     with stop_on_signals() as stop:
         try:
+            if key not in _DATA:
+                _DATA.clear()
+                _DATA[key] = load_data(job.cfg.data, root, device)
+            make_reporter = (
+                (lambda n, e: _PipeReporter(send, n, e)) if send is not None else (lambda n, e: SilentReporter())
+            )
             return run_job(job, _DATA[key], device, root, out_dir, make_reporter, stop)
         except LockHeld as exc:
             return RunResult(job.path, "skipped", 0, None, 0, str(exc))
@@ -154,11 +175,69 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, queue=None
                 os._exit(130)
 
 
-def run_in_ray_task(job, device_option: str, root: Path, out_dir: Path, threads: int):
-    import torch
+def _worker_main(conn, threads: int, progress: bool) -> None:
+    """A worker process: runs the jobs the sweep sends over `conn`, one at a time, until told to stop."""
+    _init_worker(threads)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the sweep is gone
+            return
+        if message is None:
+            return
+        job, device_option, root, out_dir = message
+        result = run_in_worker(job, device_option, root, out_dir, conn.send if progress else None)
+        try:
+            conn.send(("result", result))
+        except (OSError, ValueError):
+            return
 
-    torch.set_num_threads(threads)
-    return run_in_worker(job, device_option, root, out_dir)
+
+class _Worker:
+    """One spawned worker process and its pipe. Spawned, not forked: forking a process whose OpenMP
+    threads have run can deadlock the child, and the worker's parent-death signal needs this parent."""
+
+    def __init__(self, context, threads: int, progress: bool) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, threads, progress), daemon=True)
+        self.process.start()
+        child.close()
+        self.job = None
+
+    def send(self, job, *args: object) -> None:
+        self.job = job
+        self.conn.send((job, *args))
+
+    def close(self, grace: float) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(grace)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+def _died(job, out_dir: Path, exitcode: int | None):
+    """The result of a run whose worker process died under it (killed from outside, out of memory): the
+    run is marked failed in its meta.json, so the next sweep or --retry-failed sees it; the rest go on."""
+    from bnbench.rundir import RunDir, is_run_dir
+    from bnbench.runs import EXIT_FAILED, RunResult
+
+    path = job.path or out_dir / job.run_name
+    how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    error = f"the worker process died ({how}) during this run"
+    epochs = 0
+    if is_run_dir(path):
+        try:
+            run = RunDir(path, read_meta(path))
+            if run.meta.get("status") == "running":
+                run.update_meta(status="failed", error=error)
+            epochs = int(run.meta.get("epochs_completed") or 0)
+        except (OSError, ValueError):
+            pass
+    return RunResult(path, "failed", epochs, None, EXIT_FAILED, error)
 
 
 def run_local(
@@ -171,49 +250,65 @@ def run_local(
     on_result: Callable,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> tuple[list, bool]:
-    """Run `jobs` in `workers` spawned processes; `on_result(result)` as each finishes. Returns the
-    results and whether a signal stopped the sweep (the runs not started then have no result)."""
-    from bnbench.runs import EXIT_FAILED, RunResult, stop_on_signals
+    """Run `jobs` on `workers` worker processes; `on_result(result)` as each finishes. A job is handed to a
+    worker only when one is free, so a stop (signal) starts nothing new; a worker that dies fails only its
+    own run and is replaced. Returns the results and whether a signal stopped the sweep."""
+    from multiprocessing.connection import wait as wait_for
 
-    # Spawned, not forked: forking a process whose OpenMP threads have run can deadlock the child, and
-    # a spawned worker's parent is this process, which its parent-death signal needs.
+    from bnbench.runs import stop_on_signals
+
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager() if on_progress else None
-    queue = manager.Queue() if manager else None
-    results, stopped = [], False
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(run_in_worker, job, device_option, root, out_dir, queue): job for job in jobs}
-            pending = set(futures)
-            with stop_on_signals() as stop:
-                forwarded = False
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    while queue is not None and not queue.empty():
-                        on_progress(queue.get())
-                    for future in done:
-                        if future.cancelled():
-                            continue
-                        try:
-                            results.append(future.result())
-                        except Exception as exc:  # noqa: BLE001 - e.g. a worker killed from outside
-                            job = futures[future]
-                            results.append(RunResult(job.path or out_dir / job.run_name, "failed", 0, None,
-                                                     EXIT_FAILED, f"worker: {type(exc).__name__}: {exc}"))  # fmt: skip
-                        on_result(results[-1])
-                    if stop() and not forwarded:  # stop starting runs; let the running ones stop cleanly
-                        forwarded = True
-                        for future in pending:
-                            future.cancel()
-                        if stop.signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers already
-                            for process in list(pool._processes.values()):  # no public API for the pids
-                                os.kill(process.pid, signal.SIGTERM)
-                        pending = {f for f in pending if not f.cancelled()}
-                stopped = stop()
-    finally:
-        if manager is not None:
-            manager.shutdown()
-    return results, stopped
+    todo, idle, busy = list(jobs), [], []
+    results: list = []
+    with stop_on_signals() as stop:
+        forwarded = False
+        try:
+            while todo or busy:
+                while todo and not stop() and len(busy) < workers:
+                    worker = idle.pop() if idle else _Worker(context, threads, on_progress is not None)
+                    worker.send(todo.pop(0), device_option, root, out_dir)
+                    busy.append(worker)
+                if not busy:  # stopped: nothing runs, nothing more starts
+                    break
+                ready = wait_for([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.5)
+                for worker in list(busy):
+                    result = None
+                    try:
+                        while worker.conn in ready and worker.conn.poll():
+                            kind, payload = worker.conn.recv()
+                            if kind == "progress" and on_progress is not None:
+                                on_progress(payload)
+                            elif kind == "result":
+                                result = payload
+                                break
+                    except (EOFError, OSError):
+                        pass
+                    if result is None and not worker.process.is_alive():
+                        worker.process.join()
+                        result = _died(worker.job, out_dir, worker.process.exitcode)
+                        busy.remove(worker)
+                    elif result is not None:
+                        busy.remove(worker)
+                        idle.append(worker)
+                    if result is not None:
+                        results.append(result)
+                        on_result(result)
+                if stop() and not forwarded:  # let the running runs stop cleanly, with their checkpoints
+                    forwarded = True
+                    if stop.signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers already
+                        for worker in busy:
+                            os.kill(worker.process.pid, signal.SIGTERM)
+        finally:
+            for worker in idle + busy:
+                worker.close(grace=30 if worker in busy else 5)
+    return results, stop()
+
+
+def run_in_ray_task(job, device_option: str, root: Path, out_dir: Path, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_in_worker(job, device_option, root, out_dir)
 
 
 def run_ray(
