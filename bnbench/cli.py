@@ -337,9 +337,7 @@ def sweep(
         workers = _jobs(jobs, device.value)
         fixed = list(set_) + ([f"train.epochs={epochs}"] if epochs is not None else [])
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
-        if study.is_dir():
-            out_dir = study.parent
-        plan = plan_study(wanted, out_dir, retry_failed)
+        plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None)
         total = len(plan.jobs) + len(plan.skipped)
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
@@ -353,6 +351,10 @@ def sweep(
                     f"{len(plan.skipped)} skipped")  # fmt: skip
         results, exit_code = _run_engine(plan.jobs, engine, plan.folder, root)
         _sweep_summary(plan, results)
+        if plan.failed:  # failed runs stay visible until they are retried
+            display.error(f"{len(plan.failed)} failed earlier: {', '.join(plan.failed)} (--retry-failed runs them "
+                          "again)", label="failed")  # fmt: skip
+            raise typer.Exit(exit_code or 1)
         raise typer.Exit(exit_code)
 
 
@@ -540,23 +542,27 @@ def compare(
 @app.command(short_help="Write the evidence report of one or more studies.")
 def report(
     studies: Annotated[list[Path], typer.Argument(help="Study folders written by `bnbench sweep` (runs/<study>).")],
-    out: Annotated[Path, typer.Option(help="Folder for README.md and its figures.")] = Path("docs/results"),
+    out: Annotated[
+        Optional[Path], typer.Option(help="Folder for README.md and its figures (default: STUDY/report).")
+    ] = None,
     published: Annotated[
         Optional[Path], typer.Option(help="Published figures to set beside the runs (default: the shipped file).")
     ] = None,
 ) -> None:
-    """Write the evidence report: per study, tables over seeds, figures, published figures and verdicts.
+    """Write the evidence report: per study, tables over seeds, figures, published figures and verdicts. A
+    folder is written only if it is new, empty, or holds a report bnbench wrote (only its files change).
 
     \b
-    Example:
-      bnbench report runs/mlp_lr --out runs/mlp_lr/report
+    Examples:
+      bnbench report runs/mlp_lr                 (writes runs/mlp_lr/report/README.md)
+      bnbench report runs/lenet_norms runs/mlp_norms --out results
     """
     from bnbench import report as rep
 
     with reported_errors():
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out}: exists and is not a folder")
-        path = rep.report(studies, out, published or rep.PUBLISHED)
+        target = out or rep.default_output(studies)
+        rep.claim_output(target)  # refused before any work: a folder bnbench did not write
+        path = rep.report(studies, target, published or rep.PUBLISHED)
         display.say(f"report: {path}")
 
 

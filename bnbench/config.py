@@ -81,7 +81,7 @@ class TrainConfig:
     momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     init: Literal["default", "xavier", "kaiming"] = "xavier"
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy seeds no more
     log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
     eval_bn: Literal["running", "batch"] = "running"
     on_nan: Literal["stop", "continue"] = "stop"
@@ -375,7 +375,7 @@ def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | 
     if cfg.model.activation is None:
         model = dataclasses.replace(cfg.model, activation=DEFAULT_ACTIVATION[cfg.model.name])
         cfg = dataclasses.replace(cfg, model=model)
-    if "/" in cfg.name or "\0" in cfg.name or cfg.name.startswith("."):
+    if "/" in cfg.name or cfg.name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in cfg.name):
         raise ConfigError(source_of("name"), "name", f"{shorten(repr(cfg.name))} cannot be a directory name")
     if len(cfg.name.encode()) > MAX_NAME_BYTES:  # file systems allow 255; leave room for -2, -s4, ...
         raise ConfigError(source_of("name"), "name", f"{shorten(repr(cfg.name))}: longer than {MAX_NAME_BYTES} bytes")
@@ -399,11 +399,12 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             f"{nc.kind} normalizes with batch statistics, which need at least 2 examples per "
             f"{'micro-batch' if tc.accumulate > 1 else 'batch'}; got {tc.batch_size // tc.accumulate}",
         )
-    if nc.kind in BATCH_STATISTICS_KINDS and tc.eval_bn == "batch" and tc.eval_batch_size < 2:
+    if nc.kind in BATCH_STATISTICS_KINDS and tc.eval_batch_size < 2:
         raise ConfigError(
             source_of("train.eval_batch_size"),
             "train.eval_batch_size",
-            "train.eval_bn: batch evaluates with each test batch's statistics, which need at least 2 examples",
+            f"{nc.kind} runs evaluate with each test batch's statistics too (train.eval_bn: batch, or the "
+            "test_acc_batch_stats column), which need at least 2 examples",
         )
     if nc.kind == "renorm" and not nc.track_running_stats:
         raise ConfigError(

@@ -157,6 +157,7 @@ class Section:
         self.s, self.out, self.published = s, out, published
         self.lines: list[str] = []
         self.verdicts: list[str] = []
+        self.written: list[str] = []  # figure files, for the report folder's marker
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -167,6 +168,7 @@ class Section:
     def figure(self, name: str, draw: Callable[[Path], None], caption: str) -> None:
         path = self.out / f"{self.s.name}_{name}.png"
         draw(path)
+        self.written.append(path.name)
         self.add(f"![{caption}]({path.name})", "")
 
 
@@ -950,14 +952,16 @@ def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> 
     names = [s.name for s in loaded]
     if len(set(names)) != len(names):
         raise UsageError(f"two study folders hold the same study: {', '.join(n for n in names if names.count(n) > 1)}")
+    before = claim_output(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # a figure no study draws any more must not stay linked from nowhere
-        old.unlink()
     sections = []
     for s in loaded:
         sec = Section(s, out, published.get(s.name, {}))
         SECTIONS.get(s.name, generic)(sec)
         sections.append(sec)
+    written = ["README.md"] + [name for sec in sections for name in sec.written]
+    for name in set(before) - set(written):  # bnbench's own figure that no study draws any more
+        (out / name).unlink(missing_ok=True)
     all_runs = [r for s in loaded for r in s.runs]
     machines = sorted({str(r.meta.get("device_name", "?")) for r in all_runs})
     versions = sorted({f"torch {r.meta.get('versions', {}).get('torch', '?')}" for r in all_runs})
@@ -1012,4 +1016,38 @@ def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> 
         lines += ["", "## Skipped", ""] + [f"- {w}" for w in warnings]
     path = out / "README.md"
     atomic_write(path, "\n".join(lines).rstrip() + "\n")
+    atomic_write(out / REPORT_MARKER, "".join(f"{name}\n" for name in written))
     return path
+
+
+REPORT_MARKER = ".bnbench-report"  # the files bnbench wrote in a report folder, one per line
+
+
+def claim_output(out: Path) -> list[str]:
+    """The files an earlier report wrote in `out` (only those may be replaced or removed). A folder that
+    holds anything else and no marker is not bnbench's: refused, nothing written."""
+    for parent in out.parents:  # --out FILE/sub: say so before any work
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is not a folder")
+            break
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    marker = out / REPORT_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        names = [n.strip() for n in marker.read_text(errors="replace").splitlines() if n.strip()]
+        return [n for n in names if "/" not in n and not n.startswith(".")]
+    if any(out.iterdir()):
+        raise UsageError(f"--out {out}: the folder holds files that bnbench did not write; give a new or empty folder")
+    return []
+
+
+def default_output(folders: list[Path]) -> Path:
+    """Beside the study: STUDY/report, or for several studies, report/ in their common folder."""
+    if len(folders) == 1:
+        return folders[0] / "report"
+    import os
+
+    return Path(os.path.commonpath([str(f.resolve()) for f in folders])) / "report"

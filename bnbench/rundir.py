@@ -65,6 +65,18 @@ def never_recorded(path: Path) -> bool:
     )
 
 
+def has_recorded_rows(path: Path) -> bool:
+    """Whether metrics.csv in `path` is a regular file with at least one epoch after its header."""
+    metrics = path / "metrics.csv"
+    try:
+        if not metrics.is_file() or metrics.is_symlink():
+            return False
+        with open(metrics, "rb") as f:
+            return len(f.read(1 << 16).splitlines()) > 1
+    except OSError:
+        return False
+
+
 def is_alive(meta: dict) -> bool:
     """Whether the process that wrote a 'running' meta.json still runs (on this host; elsewhere assume so)."""
     if meta.get("hostname") != socket.gethostname():

@@ -29,7 +29,18 @@ from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config,
 from bnbench.data import Data, data_dir_from, load_data, train_size
 from bnbench.errors import UsageError
 from bnbench.records import DamagedFile, atomic_write, check_run_files
-from bnbench.rundir import LockHeld, RunDir, RunLock, check_writable, claim_run_dir, differences, is_alive, now
+from bnbench.rundir import (
+    LockHeld,
+    RunDir,
+    RunLock,
+    check_writable,
+    claim_run_dir,
+    differences,
+    is_alive,
+    is_run_dir,
+    now,
+    read_meta,
+)
 from bnbench.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
 
 EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -290,6 +301,31 @@ def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
     return Job(saved, path.name, str(path / "config.yaml"), path=path, resume=True, lock=lock)
 
 
+def decide(path: Path, cfg: RunConfig) -> tuple[str, str]:
+    """start, resume or skip a planned run directory, with the reason; read under its lock."""
+    from bnbench.rundir import has_recorded_rows
+
+    if not is_run_dir(path):
+        if has_recorded_rows(path):
+            return "skip", f"{path / 'metrics.csv'} holds epochs but the run has no meta.json; not touched"
+        return "start", ""
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError) as exc:
+        return "skip", f"{path / 'meta.json'} is unreadable ({exc}); not touched"
+    status = meta.get("status")
+    if status in ("completed", "diverged"):
+        return "skip", f"already {status}"
+    if status == "running" and is_alive(meta):
+        return "skip", f"running in pid {meta.get('pid')} on {meta.get('hostname')}"
+    started_with = meta.get("config")
+    if isinstance(started_with, dict):
+        changed = [k for k in differences(started_with, cfg.to_dict()) if k != "name"]
+        if changed:
+            return "skip", f"started with another config ({', '.join(changed)}); not resumed"
+    return "resume", ""
+
+
 TRACEBACK_FILE = "traceback.txt"
 
 
@@ -340,19 +376,36 @@ def run_job(
 ) -> RunResult:
     """Run one job to its end, holding its directory's lock throughout; return what happened."""
     trainer = Trainer.create(job.cfg, data, device, should_stop=stop)
-    if job.resume:
-        lock = job.lock or RunLock(job.path).acquire(wait_seconds=5)
-        run = RunDir.open(job.path)
-        first_epoch = prepare_resume(run, job.cfg, trainer) + 1
-    else:
-        path = job.path or claim_run_dir(out_dir, job.run_name)
+    path = job.path or claim_run_dir(out_dir, job.run_name)
+    if not job.resume:
         path.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(path).acquire(wait_seconds=5)
+    lock = job.lock or RunLock(path).acquire(wait_seconds=5)
+    try:
+        # What to do is decided again under the lock: another sweep may have run it since it was planned.
+        action, why = decide(path, job.cfg) if job.path is not None else ("start", "")
+    except BaseException:
+        lock.release()
+        raise
+    if action == "skip":
+        lock.release()
+        return RunResult(path, "skipped", 0, None, 0, why)
+    if action == "resume":
+        run = RunDir.open(path)
         try:
+            first_epoch = prepare_resume(run, job.cfg, trainer) + 1
+        except BaseException:
+            lock.release()
+            raise
+        job = Job(job.cfg, job.run_name, job.source, path=path, resume=True)
+    else:
+        try:
+            for stale in ("checkpoint.pt", "model.pt"):  # bnbench's own files from a run that never recorded
+                (path / stale).unlink(missing_ok=True)
             run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
         except BaseException:  # e.g. a full disk: no half-created run directory stays behind
             lock.release()
-            shutil.rmtree(path, ignore_errors=True)
+            if job.path is None:
+                shutil.rmtree(path, ignore_errors=True)
             raise
     try:
         trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)

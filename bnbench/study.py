@@ -37,6 +37,7 @@ from bnbench.errors import UsageError
 STUDY_FILE = "study.yaml"
 STUDY_KEYS = ("name", "base", "matrix", "seeds", "set")
 MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
+MAX_SEEDS = 10_000
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 
@@ -52,6 +53,8 @@ def parse_seeds(value: Any, source: str) -> tuple[int, ...]:
             seeds = list(value)
         elif re.fullmatch(r"\d+\s*-\s*\d+", text):
             low, high = (int(v) for v in text.split("-"))
+            if high > MAX_SEED or high - low + 1 > MAX_SEEDS:  # checked before a list is built
+                raise UsageError(f"{source}: {text[:60]!r}: at most {MAX_SEEDS:,} seeds, each between 0 and {MAX_SEED}")
             seeds = list(range(low, high + 1))
         else:
             seeds = [int(v) for v in text.split(",") if v.strip()]
@@ -128,6 +131,12 @@ class Study:
             for (key, _), value in zip(self.matrix, combination, strict=True):
                 values.update(zip(key.split(","), value, strict=True) if "," in key else {key: value})
             cell = cell_name(values) if values else base.name
+            longest = f"{cell}-s{max(self.seeds)}"
+            if len(longest.encode()) > MAX_NAME_BYTES:
+                raise UsageError(
+                    f"study {self.name}: the run name {shorten(longest)!r} is longer than {MAX_NAME_BYTES} bytes; "
+                    "use shorter values"
+                )
             if cell in seen:
                 raise UsageError(f"study {self.name}: two cells are both named {cell!r}; make the values distinct")
             seen.add(cell)
@@ -315,9 +324,14 @@ def study_from_options(config: Path, grid: list[str], seeds: str | None, name: s
     return study
 
 
+def has_control(name: str) -> bool:
+    """NUL, newlines, escapes and other control characters: they break files, tables and terminals."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
 def check_folder_name(name: object, source: str) -> None:
     """A study's name becomes a folder: no '/', NUL or leading '.', and short enough for any file system."""
-    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith("."):
+    if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or has_control(name):
         raise UsageError(f"{source}: {shorten(repr(name))} cannot be a folder name")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise UsageError(f"{source}: {shorten(repr(name))}: longer than {MAX_NAME_BYTES} bytes")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bnbench.errors import UsageError
 from bnbench.records import atomic_write
-from bnbench.rundir import LockHeld, check_writable, read_meta, status_of
+from bnbench.rundir import LockHeld, check_writable, differences, read_meta, status_of
 from bnbench.study import STUDY_FILE, Study, dump_study, saved_study, study_differences
 
 # A progress update from a worker: (worker pid, run name, epoch, epochs, steps done, steps, loss).
@@ -36,14 +36,27 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run name, why)
     folder: Path | None = None
     study: Study | None = None
+    failed: list[str] = field(default_factory=list)  # runs that failed earlier and are not retried
 
 
-def plan_study(study: Study, out_dir: Path, retry_failed: bool) -> Plan:
-    """Validate every cell, compare with a saved study, and decide per run: start, resume or skip."""
+MAX_RUNS = 100_000
+
+
+def plan_study(study: Study, out_dir: Path, retry_failed: bool, folder: Path | None = None) -> Plan:
+    """Validate every cell, compare with a saved study, and decide per run: start, resume or skip.
+    `folder` is a saved study's own folder (re-run where it is); by default OUT_DIR/<study name>."""
+    from bnbench.rundir import has_recorded_rows, is_run_dir
     from bnbench.runs import Job
 
+    count = study.run_count()
+    if count > MAX_RUNS:
+        raise UsageError(f"study {study.name}: {count:,} runs; a study has at most {MAX_RUNS:,}")
+    folder = folder or out_dir / study.name
+    if (folder / "meta.json").exists() or is_run_dir(folder):
+        raise UsageError(
+            f"{folder} holds a run, not a study: give the study another name (--name) or another --out-dir"
+        )
     planned = study.runs()
-    folder = out_dir / study.name
     saved = saved_study(folder) if folder.is_dir() else None
     if saved is not None:
         changed = study_differences(saved, study)
@@ -58,18 +71,29 @@ def plan_study(study: Study, out_dir: Path, retry_failed: bool) -> Plan:
         try:
             status = status_of(path)
         except (OSError, ValueError) as exc:
-            plan.skipped.append((run.name, f"unreadable meta.json ({type(exc).__name__}); not touched"))
+            plan.skipped.append((run.name, f"unreadable {path / 'meta.json'} ({type(exc).__name__}); not touched"))
             continue
         source = f"study {study.name}, run {run.name}"
         if status in FINAL:
             plan.skipped.append((run.name, status))
         elif status == "failed" and not retry_failed:
             plan.skipped.append((run.name, "failed earlier (--retry-failed runs it again)"))
+            plan.failed.append(run.name)
         elif status == "running":
             meta = read_meta(path)
             plan.skipped.append((run.name, f"running in pid {meta.get('pid')} on {meta.get('hostname')}"))
         elif status in ("interrupted", "stale", "failed"):
+            started_with = read_meta(path).get("config")
+            if isinstance(started_with, dict):
+                changed = [k for k in differences(started_with, run.config.to_dict()) if k != "name"]
+                if changed:
+                    raise UsageError(
+                        f"{path}: the run started with another config than the study now asks for "
+                        f"({', '.join(changed)}); put {folder / STUDY_FILE} back, or start the study under another name"
+                    )
             plan.jobs.append(Job(run.config, run.name, source, path=path, resume=True))
+        elif has_recorded_rows(path):  # epochs on disk but no meta.json: never start over them
+            plan.skipped.append((run.name, f"{path / 'metrics.csv'} holds epochs but no meta.json; not touched"))
         else:  # new, or a directory whose run never recorded anything: start it there
             plan.jobs.append(Job(run.config, run.name, source, path=path))
     return plan
