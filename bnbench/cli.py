@@ -346,6 +346,9 @@ def sweep(
             _dry_run(plan, engine, total)
             return
         root = prepare(plan.jobs, engine)
+        for run_name, why in plan.skipped:
+            if why.endswith("not touched"):
+                display.warn(f"{run_name} skipped: {why}")
         save_study(plan)
         display.say(f"{wanted.name}: {total} runs in {plan.folder}; {len(plan.jobs)} to run, "
                     f"{len(plan.skipped)} skipped")  # fmt: skip

@@ -180,12 +180,15 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
+def stop_on_signals(interrupt: bool = True) -> Iterator[StopRequest]:
+    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT. A sweep's workers leave SIGINT to
+    the sweep, which forwards one SIGTERM: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
         yield stop
         return
-    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    signals = [signal.SIGINT] if interrupt else []
+    signals += [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, stop.handle) for sig in signals}
     try:
         yield stop

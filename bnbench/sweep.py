@@ -180,7 +180,7 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, send: Call
 
     device = pick_device(device_option)
     key = (job.cfg.data, str(root), str(device))
-    with stop_on_signals() as stop:
+    with stop_on_signals(interrupt=not _PARENT) as stop:  # a local worker: the sweep forwards stops
         try:
             if key not in _DATA:
                 _DATA.clear()
@@ -319,8 +319,8 @@ def run_local(
                         on_result(result)
                 if stop() and not forwarded:  # let the running runs stop cleanly, with their checkpoints
                     forwarded = True
-                    if stop.signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers already
-                        for worker in busy:
+                    for worker in busy:  # workers ignore SIGINT: one SIGTERM each, whatever stopped the sweep
+                        if worker.process.is_alive():
                             os.kill(worker.process.pid, signal.SIGTERM)
         finally:
             for worker in idle + busy:
