@@ -6,6 +6,8 @@ into run directories.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -16,8 +18,8 @@ import pandas as pd
 import yaml
 
 from bnbench.errors import UsageError
-from bnbench.records import DamagedFile, check_run_files
-from bnbench.rundir import is_alive, is_run_dir, never_recorded, read_meta
+from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
+from bnbench.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
 from bnbench.study import cell_name, format_value, short_keys
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
@@ -45,11 +47,7 @@ class Run:
     def diagnostics(self) -> pd.DataFrame:
         """diagnostics.csv (step, epoch, layer, quantity, value), empty when the run recorded none."""
         path = self.path / "diagnostics.csv"
-        return (
-            pd.read_csv(path)
-            if path.is_file()
-            else pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
-        )
+        return _csv(path) if path.exists() else pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
 
     def group_key(self) -> str:
         """Runs that differ only in seed and name share this key."""
@@ -76,19 +74,53 @@ def differing_keys(runs: list[Run]) -> list[str]:
     return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader: most of compare's time otherwise
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    """A run CSV, read once and checked (numbers parse, rows go forward) before pandas sees it."""
+    reader = csv.DictReader(io.StringIO(read_run_file(path), newline=""))
+    rows = list(reader)
+    check_rows(path, rows)
+    columns = list(reader.fieldnames or ())
+    data = {c: [r[c] for r in rows] for c in columns}
+    return pd.DataFrame({c: v if c in TEXT_COLUMNS else pd.to_numeric(pd.Series(v, dtype=object)) for c, v in
+                         data.items()}, columns=columns)  # fmt: skip
+
+
 def load_run(path: Path) -> Run:
-    meta = read_meta(path)
-    config = yaml.safe_load((path / "config.yaml").read_text())
-    check_run_files(path)
-    metrics = pd.read_csv(path / "metrics.csv")
-    steps = pd.read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else pd.DataFrame()
-    if not isinstance(meta, dict) or not isinstance(config, dict) or "test_acc" not in metrics.columns:
-        raise ValueError("unexpected contents")
+    """A run's files, each read only if it is a regular file of sane size and the shape bnbench writes;
+    anything else is a DamagedFile naming the file. The config is meta.json's copy (what the run started
+    with, which resume holds config.yaml to); config.yaml only for runs that have none."""
+    try:
+        meta = read_meta(path)
+    except ValueError as exc:
+        raise DamagedFile(path / "meta.json", None, str(exc).removeprefix("meta.json: ")) from None
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        try:
+            config = yaml.load(read_run_file(path / "config.yaml", MAX_SMALL_FILE), Loader=_YAML_LOADER)
+        except yaml.YAMLError:
+            raise DamagedFile(path / "config.yaml", None, "not YAML") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("model", "norm", "data",
+                                                                                               "train")):  # fmt: skip
+        raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
+    metrics = _csv(path / "metrics.csv")
+    missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics.columns]
+    if missing:
+        raise DamagedFile(path / "metrics.csv", 1, f"no {', '.join(missing)} column")
+    steps = pd.DataFrame()
+    if (path / "steps.csv").exists():
+        steps = _csv(path / "steps.csv")
+        if tuple(steps.columns) != STEPS.columns:
+            raise DamagedFile(path / "steps.csv", 1, f"columns {', '.join(map(str, steps.columns))}; expected "
+                              f"{', '.join(STEPS.columns)}")  # fmt: skip
     return Run(path, config, meta, metrics, steps)
 
 
 def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
-    """Runs named directly or one level down; anything else becomes a one-line warning."""
+    """Runs named directly or found at any depth below a folder; anything else is a one-line warning and
+    the rest are still compared."""
     candidates: list[Path] = []
     warnings: list[str] = []
     for path in paths:
@@ -97,22 +129,24 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         elif never_recorded(path):
             warnings.append(f"{path}: started but never recorded anything; nothing to compare")
         elif path.is_dir():
+            inside = run_dirs_under(path)
+            candidates += [p for p in inside if is_run_dir(p)]
+            warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in inside if not is_run_dir(p)]
             children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            runs_inside = [p for p in children if is_run_dir(p)]
             warnings += [f"{p}: started but never recorded anything; nothing to compare"
                          for p in children if never_recorded(p)]  # fmt: skip
-            if not runs_inside and not any(never_recorded(p) for p in children):
+            if not inside and not any(never_recorded(p) for p in children):
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
-            candidates += runs_inside
         else:
             warnings.append(f"{path}: not a directory; skipped")
     runs = []
     for path in {p.resolve(): p for p in reversed(candidates)}.values():  # one run, however it was named
         try:
             runs.append(load_run(path))
-        except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            why = str(exc) if isinstance(exc, DamagedFile) else f"unreadable run files ({type(exc).__name__})"
-            warnings.append(f"{why}; skipped" if isinstance(exc, DamagedFile) else f"{path}: {why}; skipped")
+        except DamagedFile as exc:
+            warnings.append(f"{exc}; skipped")
+        except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
     runs.sort(key=lambda r: candidates.index(r.path))
     for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
         run.name = name
@@ -170,9 +204,14 @@ def dataset_of(run: Run) -> str:
     return str(run.config.get("data", {}).get("dataset"))
 
 
+CHANCE = 0.2  # 10 classes: a run whose accuracy stays at or below this has not learned (chance is 0.1)
+
+
 def default_target(runs: list[Run]) -> float | None:
-    """The accuracy every completed run reached by its end (floored to 0.01): a fair finish line."""
+    """The accuracy every completed run that learned reached by its end (floored to 0.01): a fair finish
+    line. None when no completed run left chance: "epochs to 0.1" would say nothing."""
     finals = [r.metrics["test_acc"].iloc[-1] for r in runs if r.status == "completed" and len(r.metrics)]
+    finals = [f for f in finals if f > CHANCE]
     return math.floor(min(finals) * 100) / 100 if finals else None
 
 
@@ -323,8 +362,10 @@ def compare(
             raise UsageError("--pivot and --by go together: --pivot train.lr --by norm.kind")
         pivot_frame = pivot_table(runs, summaries, pivot, by, metric, baseline)
         group_baseline = None
-    groups = group_runs(runs)
+    # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
+    groups = group_runs([r for r in runs if r.status == "completed"])
     groups_df = summarize_groups(groups, summaries, metric)
+    groups_df.attrs["left_out"] = [f"{r.name} ({r.status})" for r in runs if r.status != "completed"]
     if group_baseline is not None:
         groups_df = add_baseline(groups_df, groups, summaries, group_baseline, metric)
     return Comparison(
@@ -517,15 +558,27 @@ def footnotes(comp: Comparison) -> list[str]:
         )
     if comp.baseline is not None and comp.pivot is None:
         notes.append(f"p: {TEST_NAME} on the final {comp.metric}, each group against {comp.baseline}")
+        base = comp.groups[comp.groups["group"] == comp.baseline] if len(comp.groups) else comp.groups
+        if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
+            notes.append(f"warning: the baseline {comp.baseline} never left chance (final test_acc "
+                         f"{base['final_test_acc_mean'].iloc[0]:.4f}); a difference from it says little")  # fmt: skip
+    left_out = comp.groups.attrs.get("left_out", [])
+    if left_out:
+        notes.append(f"not in the seed groups (not completed): {', '.join(left_out)}")
+    if comp.target_is_default and comp.targets and all(t is None for t in comp.targets.values()):
+        notes.append("no epochs-to-target: no completed run left chance (set one with --target)")
     return notes
 
 
 def to_markdown(comp: Comparison, which: str | None = None) -> str:
+    def cell(value: object) -> str:  # a name is data: a `|` or a line break must not make a new column or row
+        return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
     parts = []
     for title, frame in display_tables(comp, which):
-        header = "| " + " | ".join(frame.columns) + " |"
+        header = "| " + " | ".join(map(cell, frame.columns)) + " |"
         rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-        body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+        body = ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
         parts.append("\n".join([f"### {title}", "", header, rule, *body]))
     parts += [f"_{note}_" for note in footnotes(comp)]
     return "\n\n".join(parts) + "\n"

@@ -33,8 +33,34 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 class DamagedFile(ValueError):
     """A run file that is not what bnbench writes: the message names the file and the line."""
 
-    def __init__(self, path: Path, line: int, problem: str) -> None:
-        super().__init__(f"{path}, line {line}: {problem}")
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        super().__init__(f"{path}, line {line}: {problem}" if line is not None else f"{path}: {problem}")
+
+
+MAX_SMALL_FILE = 1 << 20  # meta.json, config.yaml, study.yaml: bnbench writes a few KB
+MAX_CSV_FILE = 1 << 30
+
+
+def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
+    """A run file's text, read only if it is a regular file of a sane size: a FIFO, a device (a link to
+    /dev/zero) or a huge file is a DamagedFile, never a hang or an out-of-memory."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    except OSError as exc:
+        raise DamagedFile(path, None, f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DamagedFile(path, None, "not a regular file (a FIFO, device or socket)")
+        if info.st_size > limit:
+            raise DamagedFile(path, None, f"{info.st_size:,} bytes, larger than any file bnbench writes")
+        data = f.read(limit + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise DamagedFile(path, None, "not text (UTF-8)") from None
 
 
 TEXT_COLUMNS = {"layer", "quantity"}
@@ -67,9 +93,9 @@ RUN_CSVS = ("metrics.csv", "steps.csv", "diagnostics.csv")
 def check_run_files(run_dir: Path) -> None:
     """Check every CSV a run directory has (see check_rows); raises DamagedFile naming file and line."""
     for name in RUN_CSVS:
-        if (run_dir / name).is_file():
-            with open(run_dir / name, newline="") as f:
-                check_rows(run_dir / name, list(csv.DictReader(f)))
+        if (run_dir / name).exists():
+            text = read_run_file(run_dir / name)
+            check_rows(run_dir / name, list(csv.DictReader(io.StringIO(text, newline=""))))
 
 
 @dataclass(frozen=True)
@@ -97,10 +123,9 @@ class Schema:
 
     def read(self, run_dir: Path) -> list[dict[str, str]]:
         """The file's rows, checked: the declared header, numbers that parse, steps and epochs in order."""
-        with open(run_dir / self.file, newline="") as f:
-            reader = csv.DictReader(f)
-            header = tuple(reader.fieldnames or ())
-            rows = list(reader)
+        reader = csv.DictReader(io.StringIO(read_run_file(run_dir / self.file), newline=""))
+        header = tuple(reader.fieldnames or ())
+        rows = list(reader)
         if header != self.columns:
             raise DamagedFile(
                 run_dir / self.file, 1, f"columns {', '.join(header)}; expected {', '.join(self.columns)}"

@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -891,9 +891,10 @@ def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
 
 def _time(text: object) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(text))
+        when = datetime.fromisoformat(str(text))
     except ValueError:
         return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)  # naive: taken as UTC
 
 
 def wall_minutes(runs: list[Run]) -> float:

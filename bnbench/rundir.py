@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnbench.errors import UsageError
-from bnbench.records import atomic_write
+from bnbench.records import MAX_SMALL_FILE, atomic_write, read_run_file
 
 RUN_FILES = ("config.yaml", "meta.json")
 LOCK_FILE = ".lock"
@@ -95,7 +95,7 @@ META_TYPES = {"status": str, "pid": int, "hostname": str, "epochs_completed": in
 
 def read_meta(path: Path) -> dict:
     """meta.json as a dict whose known fields have their types (ValueError names the first that does not)."""
-    meta = json.loads((path / "meta.json").read_text())
+    meta = json.loads(read_run_file(path / "meta.json", MAX_SMALL_FILE))
     if not isinstance(meta, dict):
         raise ValueError("meta.json is not a JSON object")
     for key, kind in META_TYPES.items():
@@ -195,40 +195,65 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _age(iso: str | None) -> str:
-    if not iso:
+def _age(iso: object) -> str:
+    try:
+        when = dt.datetime.fromisoformat(str(iso))
+    except ValueError:
         return "-"
-    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
+    if when.tzinfo is None:  # bnbench writes UTC with its offset; a hand-edited time without one is taken as UTC
+        when = when.replace(tzinfo=dt.timezone.utc)
+    seconds = (dt.datetime.now(dt.timezone.utc) - when).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
 
 
+def run_dirs_under(folder: Path, max_depth: int = 6) -> list[Path]:
+    """`folder` itself if it is a run, else every run directory below it (studies of studies too), sorted;
+    hidden folders and links to folders are not followed."""
+    if (folder / "meta.json").exists():
+        return [folder]
+    found, level = [], [folder]
+    for _ in range(max_depth):
+        below = []
+        for parent in level:
+            try:
+                children = sorted(p for p in parent.iterdir() if not p.name.startswith("."))
+            except OSError:
+                continue
+            for child in children:
+                if child.is_symlink() or not child.is_dir():
+                    continue
+                (found if (child / "meta.json").exists() else below).append(child)
+        level = below
+    return sorted(found)
+
+
 def list_runs(folder: Path) -> list[dict]:
-    """Every run directory in `folder` or one level further down (studies), sorted by path."""
-    found = sorted({p.parent for p in [*folder.glob("*/meta.json"), *folder.glob("*/*/meta.json")]})
+    """Every run directory in `folder` (or `folder` itself when it is a run), at any depth, sorted by path."""
+    found = run_dirs_under(folder)
     rows = []
     for path in found:
+        label = str(path.relative_to(folder)) if path != folder else path.name
         try:
             meta = read_meta(path)
             status = status_of(path)
         except (OSError, ValueError):
-            rows.append({"run": str(path.relative_to(folder)), "status": "unreadable", "epochs_completed": 0,
+            rows.append({"run": label, "status": "unreadable", "epochs_completed": 0,
                          "epochs": None, "final_test_acc": None, "age": "-", "path": str(path)})  # fmt: skip
             continue
         final = None
         try:
-            with open(path / "metrics.csv") as f:
-                lines = f.read().splitlines()
+            lines = read_run_file(path / "metrics.csv").splitlines()
             header = lines[0].split(",")
             if len(lines) > 1 and "test_acc" in header:
                 final = float(lines[-1].split(",")[header.index("test_acc")])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError):  # DamagedFile is a ValueError
             pass
         rows.append(
             {
-                "run": str(path.relative_to(folder)),
+                "run": label,
                 "status": status,
                 "epochs_completed": meta.get("epochs_completed", 0),
                 "epochs": meta.get("epochs"),

@@ -396,6 +396,25 @@ class Engine:
     gpus_per_run: float = 0.0
 
 
+def check_ray_address(address: str | None, wait_seconds: float = 5.0) -> None:
+    """A cluster address must answer within `wait_seconds` (Ray itself retries for minutes, logging each
+    try): refused here, before anything is written."""
+    import socket
+
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected host:port, as `ray start --head` prints it")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=wait_seconds).close()
+    except OSError as exc:
+        raise UsageError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+            "`ray start --head`, or leave --address out for a local Ray"
+        ) from None
+
+
 def prepare(jobs: list, engine: Engine) -> Path:
     """Every check that can fail on bad input, before anything is written: the backend, the device, the
     data for every job. Returns the data folder."""
@@ -409,6 +428,7 @@ def prepare(jobs: list, engine: Engine) -> Path:
             import ray  # noqa: F401
         except ImportError:
             raise UsageError("--backend ray: Ray is not installed; pip install 'bnbench[ray]'") from None
+        check_ray_address(engine.address)
     pick_device(engine.device)  # an unavailable device is bad input, before any work
     root = data_root(jobs, engine.data_dir)
     check_jobs(jobs, root)

@@ -273,3 +273,53 @@ def test_seed_bounds_and_seed_with_seeds(tmp_path, cli):
     result = cli("run", bn_eval_one, "--out-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "test_acc_batch_stats" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_writes_nothing(tmp_path, cli):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study = _study(tmp_path, seeds="0")
+    start = time.monotonic()
+    result = cli("sweep", study, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "no Ray cluster answers there" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    assert time.monotonic() - start < 60  # bounded, not Ray's minutes of retries (a loose bound)
+
+
+@pytest.mark.parametrize("damage", ["fifo", "dev_zero", "config_string", "steps_header", "naive_time", "bad_json"])
+def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path, cli, damage):
+    study = _study(tmp_path, seeds="0")
+    assert cli("sweep", study, "--out-dir", tmp_path / "runs", "--jobs", "1").exit_code == 0
+    bad, good = tmp_path / "runs/st/kind=none-s0", "kind=scratch-s0"
+    if damage == "fifo":
+        (bad / "metrics.csv").unlink()
+        os.mkfifo(bad / "metrics.csv")
+    elif damage == "dev_zero":
+        (bad / "metrics.csv").unlink()
+        (bad / "metrics.csv").symlink_to("/dev/zero")
+    elif damage == "config_string":
+        (bad / "config.yaml").write_text("just a string\n")
+    elif damage == "steps_header":
+        (bad / "steps.csv").write_text("a,b\n1,2\n")
+    elif damage == "naive_time":
+        meta = json.loads((bad / "meta.json").read_text())
+        (bad / "meta.json").write_text(json.dumps({**meta, "started_at": "2026-01-01T00:00:00",
+                                                   "updated_at": "yesterday"}))  # fmt: skip
+    else:
+        (bad / "meta.json").write_text("{not json")
+    for command in (["compare"], ["ls"], ["plot", "--out", tmp_path / "c.png"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "bnbench", command[0], tmp_path / "runs/st", *command[1:]],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, (command, result.stderr)
+        assert good in result.stdout or command[0] == "plot"
+        assert "Traceback" not in result.stderr
+        if damage not in ("naive_time",) and command[0] != "ls":
+            warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+            assert len(warnings) == 1 and str(bad) in warnings[0], result.stderr
+    result = cli("report", tmp_path / "runs/st", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.stderr

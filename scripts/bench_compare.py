@@ -1,0 +1,66 @@
+"""Time `bnbench compare` over many runs: N copies of one small real run (2 seeds x N/2 configs), read and
+compared in this process (find_runs + compare), then the whole command as a person types it.
+
+    python scripts/bench_compare.py --runs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def make_runs(folder: Path, count: int) -> Path:
+    config = folder / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "mlp", "hidden": [16]}, "data": {"dataset": "synthetic",
+                      "train_subset": 256}, "train": {"epochs": 3, "batch_size": 32}}))  # fmt: skip
+    subprocess.run([sys.executable, "-m", "bnbench", "run", str(config), "--out-dir", str(folder / "one")],
+                   check=True, capture_output=True)  # fmt: skip
+    template, runs = folder / "one/c", folder / "runs"
+    runs.mkdir()
+    for i in range(count):
+        target = runs / f"lr{i // 2}-s{i % 2}"
+        shutil.copytree(template, target, ignore=shutil.ignore_patterns("*.pt"))
+        cfg = yaml.safe_load((target / "config.yaml").read_text())
+        cfg["train"]["lr"], cfg["train"]["seed"], cfg["name"] = 0.001 * (i // 2 + 1), i % 2, target.name
+        (target / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        meta = json.loads((target / "meta.json").read_text())
+        (target / "meta.json").write_text(json.dumps({**meta, "config": cfg, "name": target.name}))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1000)
+    args = parser.parse_args()
+    from bnbench import compare as cmp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = make_runs(Path(tmp), args.runs)
+        start = time.perf_counter()
+        found, _ = cmp.find_runs([runs])
+        loaded = time.perf_counter()
+        cmp.compare(found)
+        done = time.perf_counter()
+        start_cmd = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bnbench", "compare", str(runs), "--format", "csv", "--table", "groups"],
+                       check=True, capture_output=True)  # fmt: skip
+        whole = time.perf_counter() - start_cmd
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bnbench", "--version"], check=True, capture_output=True)
+        startup = time.perf_counter() - t0
+    print(json.dumps({"runs": len(found), "read_seconds": round(loaded - start, 3),
+                      "compare_seconds": round(done - loaded, 3), "command_seconds": round(whole, 3),
+                      "python_startup_seconds": round(startup, 3)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
