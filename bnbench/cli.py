@@ -210,7 +210,7 @@ def _report_results(results: list) -> None:
             display.note(f"to continue: bnbench run --resume {result.path}")
 
 
-@app.command(short_help="Train from YAML configs: one run directory per config and seed.")
+@app.command(short_help="Train from YAML configs: one run per config and seed.")
 def run(
     configs: Annotated[
         Optional[list[Path]], typer.Argument(help="YAML config files or shipped config names, one run each.")
@@ -397,7 +397,7 @@ def _sweep_summary(plan, results: list) -> None:
 
 
 config_app = typer.Typer(
-    help="Configs and studies: list the shipped ones, show one resolved with every default.", no_args_is_help=True
+    help="List the shipped configs and studies; show one resolved.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
 
@@ -449,7 +449,7 @@ def config_show(
         sys.stdout.write(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
 
 
-@app.command("ls", short_help="One line per run: status, epochs, final accuracy, age.")
+@app.command("ls", short_help="One line per run: status, epochs, accuracy, age.")
 def list_runs(
     folder: Annotated[Path, typer.Argument(help="A folder of runs (searched two levels down: studies too).")] = Path(
         "runs"
@@ -482,7 +482,7 @@ def list_runs(
         display.show_table(f"{len(rows)} runs in {folder}", header, cells, wide)
 
 
-@app.command(short_help="Compare runs side by side: tables, seed groups, tests, plots.")
+@app.command(short_help="Compare runs: tables, seed groups, tests, plots.")
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
     metric: Annotated[str, typer.Option(help="metrics.csv column for the per-epoch table and the test.")] = "test_acc",
@@ -595,7 +595,7 @@ def _write_figure(
     display.note(f"figure written to {path}")
 
 
-@app.command(short_help="Plot training curves or what the norm did inside the network.")
+@app.command(short_help="Plot training curves, or what the norm did inside.")
 def plot(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
     out: Annotated[Path, typer.Option(help="Figure file: .png, .svg or .pdf.")],
@@ -658,7 +658,7 @@ def check(
             raise typer.Exit(1)
 
 
-@app.command(short_help="Throughput against the tutorials' loop; each norm against PyTorch's.")
+@app.command(short_help="Throughput against the tutorials' loop, per norm.")
 def bench(
     device: Annotated[Device, typer.Option(help="Where to benchmark (auto: cuda, then mps, then cpu).")] = Device.auto,
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "mlp,convnet,lenet",

@@ -204,3 +204,23 @@ def test_the_quickstart_as_written_in_a_terminal(tmp_path, columns):
         assert_fits(session, columns)
         assert "Traceback" not in session.text
     assert statuses(tmp_path / "runs") and set(statuses(tmp_path / "runs")) == {"completed"}
+
+
+COMMANDS = ["run", "sweep", "compare", "ls", "report", "plot", "check", "bench", "config list", "config show"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_an_example_and_no_bool_metavar(cli, command):
+    result = cli(*command.split(), "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and "bnbench " in result.stdout.split("Example", 1)[1]
+    assert "<bool>" not in result.stdout
+
+
+def test_the_command_list_says_whole_sentences(cli):
+    text = cli("--help").stdout
+    listed = [line for line in text.splitlines() if line.startswith("│ ") and "  " in line.strip("│ ")]
+    assert len(listed) >= len(COMMANDS) - 1
+    for line in listed:  # one line per command, ending its sentence: nothing cut mid-way
+        assert line.rstrip("│ ").endswith("."), line
+    assert "where to check" in cli("check", "--help").stdout.lower()
