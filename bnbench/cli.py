@@ -396,9 +396,7 @@ def _sweep_summary(plan, results: list) -> None:
         display.say(f"every run and epoch: bnbench compare {plan.folder}", style="dim")
 
 
-config_app = typer.Typer(
-    help="List the shipped configs and studies; show one resolved.", no_args_is_help=True
-)
+config_app = typer.Typer(help="List the shipped configs and studies; show one resolved.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 

@@ -348,11 +348,18 @@ def dotted_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | None = None) -> RunConfig:
-    """Read `path` (or start from `base`), merge `--set` overrides, default-fill and validate."""
+def load_config(
+    path: Path | None,
+    overrides: list[str] = (),
+    base: RunConfig | None = None,
+    named: typing.Callable[[str], str] | None = None,
+) -> RunConfig:
+    """Read `path` (or start from `base`), merge `--set` overrides, default-fill and validate. `named(text)`
+    says where an override came from in messages (default `--set TEXT`): a study's matrix, a --grid."""
+    named = named or (lambda text: f"--set {text}")
     path = config_path(path) if path is not None else None
     raw = _read_yaml(path) if path is not None else (base.to_dict() if base else {})
-    parsed = [(text, *parse_override(text)) for text in overrides]
+    parsed = [(text, *parse_override(text, named(text))) for text in overrides]
     override_of: dict[str, str] = {}
     for text, keys, value in parsed:
         node = raw
@@ -367,7 +374,7 @@ def load_config(path: Path | None, overrides: list[str] = (), base: RunConfig | 
     def source_of(key: str) -> str:
         for k, text in override_of.items():
             if key == k or key.startswith(k + "["):
-                return f"--set {text}"
+                return named(text)
         return file_source
 
     raw.setdefault("name", path.stem if path is not None else "run")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class Study:
     matrix: tuple[tuple[str, tuple], ...]
     seeds: tuple[int, ...]
     fixed: tuple[tuple[str, Any], ...]
+    source: str = field(default="", compare=False)  # where the matrix came from, for messages: a file, --grid
 
     def to_dict(self) -> dict:
         return {
@@ -125,6 +126,13 @@ class Study:
         """Every cell x seed as a validated config; a bad value anywhere is one UsageError."""
         base = config_from_dict(self.base, f"{self.name}: base")
         fixed = [_override(k, v) for k, v in self.fixed]
+        from_matrix: set[str] = set()
+
+        def named(text: str) -> str:  # messages name what the user wrote: the --grid or the study file
+            if text in from_matrix:
+                return f"--grid {text}" if self.source == "--grid" else f"{self.source or self.name}: matrix {text}"
+            return f"--set {text}" if self.source == "--grid" else f"{self.source or self.name}: set {text}"
+
         planned, seen = [], set()
         for combination in itertools.product(*(values for _, values in self.matrix)):
             values = {}
@@ -140,9 +148,10 @@ class Study:
             if cell in seen:
                 raise UsageError(f"study {self.name}: two cells are both named {cell!r}; make the values distinct")
             seen.add(cell)
-            overrides = fixed + [_override(k, v) for k, v in values.items()]
+            cell_overrides = [_override(k, v) for k, v in values.items()]
+            from_matrix.update(cell_overrides)
             try:
-                cfg = load_config(None, overrides, base=base)
+                cfg = load_config(None, fixed + cell_overrides, base=base, named=named)
             except UsageError as exc:
                 raise UsageError(f"study {self.name}, cell {cell}: {exc}") from None
             for seed in self.seeds:
@@ -191,6 +200,8 @@ def _matrix(raw: Any, source: str) -> tuple[tuple[str, tuple], ...]:
         if not isinstance(values, list) or not values:
             raise UsageError(f"{source}: matrix.{key}: expected a non-empty list of values")
         keys = [k.strip() for k in str(key).split(",")]
+        if "train.seed" in keys:  # a seed grid beside `seeds` would make identical runs counted as independent
+            raise UsageError(f"{source}: matrix.{key}: seeds are not a matrix key; list them under seeds")
         for k in keys:
             parse_override(f"{k}=0", f"{source}: matrix.{key}")  # the key exists (values are checked per cell)
         if len(keys) > 1:  # keys that vary together: each value is a list with one item per key
@@ -263,7 +274,7 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
         keys, value = parse_override(text)
         fixed[".".join(keys)] = value
     return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
-                 tuple(fixed.items()))  # fmt: skip
+                 tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE))  # fmt: skip
 
 
 def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,
@@ -318,8 +329,9 @@ def study_from_options(config: Path, grid: list[str], seeds: str | None, name: s
     for text in sets:
         keys, value = parse_override(text)
         fixed.append((".".join(keys), value))
-    study = Study(name or base.name, base.to_dict(), _matrix(dict(matrix), "--grid"),
-                  parse_seeds(seeds if seeds is not None else "0", "--seeds"), tuple(fixed))  # fmt: skip
+    seed_list = parse_seeds(seeds if seeds is not None else "0", "--seeds")
+    study = Study(name or base.name, base.to_dict(), _matrix(dict(matrix), "--grid"), seed_list, tuple(fixed),
+                  source="--grid")  # fmt: skip
     check_folder_name(study.name, "--name")
     return study
 

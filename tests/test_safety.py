@@ -323,3 +323,15 @@ def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path,
             assert len(warnings) == 1 and str(bad) in warnings[0], result.stderr
     result = cli("report", tmp_path / "runs/st", "--out", tmp_path / "report")
     assert result.exit_code == 0, result.stderr
+
+
+def test_value_errors_name_the_grid_or_the_study_file_never_an_unwritten_set(tmp_path, cli):
+    config = write_config(tmp_path / "c.yaml")
+    result = cli("sweep", config, "--grid", "train.lr=0.1,abc", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "--grid train.lr=abc" in result.stderr and "--set" not in result.stderr
+    study = _study(tmp_path, matrix={"train.lr": [0.1, "abc"]})
+    result = cli("sweep", study, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and f"{study}: matrix train.lr=abc" in result.stderr and "--set" not in result.stderr
+    study = _study(tmp_path, matrix={"train.seed": [0, 1]})
+    result = cli("sweep", study, "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "seeds are not a matrix key" in result.stderr
