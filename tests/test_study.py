@@ -50,7 +50,7 @@ def test_grid_times_seeds_with_fixed_overrides(tmp_path):
 
 def test_every_cell_is_validated_before_anything_runs(tmp_path, cli):
     base = write_config(tmp_path / "base.yaml")
-    with pytest.raises(UsageError, match=r"cell lr=-1: --set train.lr=-1: train.lr: must be > 0"):
+    with pytest.raises(UsageError, match=r"cell lr=-1: --grid train.lr=-1: train.lr: must be > 0"):
         study_from_options(base, ["train.lr=0.1,-1"], "0", "bad", []).runs()
     result = cli("sweep", base, "--grid", "train.lr=0.1,0.5,-1", "--out-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "cell lr=-1" in result.stderr and len(result.stderr.splitlines()) == 1
