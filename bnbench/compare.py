@@ -11,7 +11,9 @@ import io
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -28,15 +30,27 @@ TEST_NAME = "Welch's t-test (unequal variances), two-sided"
 
 @dataclass
 class Run:
+    """One run as recorded. Its CSVs are kept as columns of plain values (compare's summaries read them
+    directly: building two DataFrames per run was most of compare's time over 1,000 runs); `metrics` and
+    `steps` give DataFrames on first use, for plots and reports."""
+
     path: Path
     config: dict
     meta: dict
-    metrics: pd.DataFrame
-    steps: pd.DataFrame
+    table: dict[str, list]  # metrics.csv, column -> values
+    step_table: dict[str, list] = field(default_factory=dict)  # steps.csv
     name: str = ""  # the directory name; parent/name where two compared runs share one
 
     def __post_init__(self) -> None:
         self.name = self.name or self.path.name
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.table)
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        return pd.DataFrame(self.step_table)
 
     @property
     def status(self) -> str:
@@ -77,15 +91,16 @@ def differing_keys(runs: list[Run]) -> list[str]:
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader: most of compare's time otherwise
 
 
-def _csv(path: Path) -> pd.DataFrame:
-    """A run CSV, read once and checked (numbers parse, rows go forward) before pandas sees it."""
+def _columns(path: Path) -> dict[str, list]:
+    """A run CSV as columns of numbers (text columns stay text), read once and checked first."""
     reader = csv.DictReader(io.StringIO(read_run_file(path), newline=""))
     rows = list(reader)
-    check_rows(path, rows)
-    columns = list(reader.fieldnames or ())
-    data = {c: [r[c] for r in rows] for c in columns}
-    return pd.DataFrame({c: v if c in TEXT_COLUMNS else pd.to_numeric(pd.Series(v, dtype=object)) for c, v in
-                         data.items()}, columns=columns)  # fmt: skip
+    check_rows(path, rows)  # every number parses
+    return {c: [r[c] if c in TEXT_COLUMNS else float(r[c]) for r in rows] for c in reader.fieldnames or ()}
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.DataFrame(_columns(path))
 
 
 def load_run(path: Path) -> Run:
@@ -105,15 +120,15 @@ def load_run(path: Path) -> Run:
     if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("model", "norm", "data",
                                                                                                "train")):  # fmt: skip
         raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
-    metrics = _csv(path / "metrics.csv")
-    missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics.columns]
+    metrics = _columns(path / "metrics.csv")
+    missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics]
     if missing:
         raise DamagedFile(path / "metrics.csv", 1, f"no {', '.join(missing)} column")
-    steps = pd.DataFrame()
+    steps: dict[str, list] = {}
     if (path / "steps.csv").exists():
-        steps = _csv(path / "steps.csv")
-        if tuple(steps.columns) != STEPS.columns:
-            raise DamagedFile(path / "steps.csv", 1, f"columns {', '.join(map(str, steps.columns))}; expected "
+        steps = _columns(path / "steps.csv")
+        if tuple(steps) != STEPS.columns:
+            raise DamagedFile(path / "steps.csv", 1, f"columns {', '.join(map(str, steps))}; expected "
                               f"{', '.join(STEPS.columns)}")  # fmt: skip
     return Run(path, config, meta, metrics, steps)
 
@@ -167,8 +182,24 @@ def distinct_names(paths: list[Path]) -> list[str]:
             depth[i] += 1
 
 
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _best(values: list[float]) -> tuple[float, int | None]:
+    """The largest value (NaN left out) and its index; (NaN, None) when there is none."""
+    finite = [(v, i) for i, v in enumerate(values) if v == v]
+    if not finite:
+        return math.nan, None
+    best = max(v for v, _ in finite)
+    return best, next(i for v, i in finite if v == best)
+
+
 def summarize(run: Run, metric: str, target: float | None) -> dict:
-    m = run.metrics
+    m, steps = run.table, run.step_table
+    acc, n = m["test_acc"], len(m["test_acc"])
+    best, at = _best(acc)
     row = {
         "name": run.name,
         "path": str(run.path.resolve()),
@@ -176,27 +207,27 @@ def summarize(run: Run, metric: str, target: float | None) -> dict:
         "norm": run.config.get("norm", {}).get("kind"),
         "dataset": run.config.get("data", {}).get("dataset"),
         "status": run.status,
-        "epochs": len(m),
-        "final_test_acc": m["test_acc"].iloc[-1] if len(m) else math.nan,
-        "best_test_acc": m["test_acc"].max() if len(m) else math.nan,
-        "best_epoch": int(m.loc[m["test_acc"].idxmax(), "epoch"]) if m["test_acc"].notna().any() else None,
-        "final_train_loss": m["train_loss"].iloc[-1] if len(m) else math.nan,
-        f"final_{metric}": m[metric].iloc[-1] if len(m) and metric in m else math.nan,
+        "epochs": n,
+        "final_test_acc": acc[-1] if n else math.nan,
+        "best_test_acc": best,
+        "best_epoch": int(m["epoch"][at]) if at is not None else None,
+        "final_train_loss": m["train_loss"][-1] if n else math.nan,
+        f"final_{metric}": m[metric][-1] if n and metric in m else math.nan,
         "epochs_to_target": None,
         "steps_to_target": None,
         "examples_to_target": None,
-        "examples_per_second": m["examples_per_second"].mean() if len(m) else math.nan,
-        "wall_seconds": m["epoch_seconds"].sum() if len(m) else 0.0,
+        "examples_per_second": _mean(m.get("examples_per_second", [])),
+        "wall_seconds": sum(v for v in m.get("epoch_seconds", []) if v == v),
     }
-    if target is not None and len(m):
-        reached = m.index[m["test_acc"] >= target]
-        if len(reached):
-            epoch = int(m.loc[reached[0], "epoch"])
+    if target is not None and n:
+        reached = next((i for i, v in enumerate(acc) if v >= target), None)
+        if reached is not None:
+            epoch = int(m["epoch"][reached])
             row["epochs_to_target"] = epoch
-            in_epoch = run.steps[run.steps["epoch"] == epoch] if len(run.steps) else run.steps
-            if len(in_epoch):
-                row["steps_to_target"] = int(in_epoch["step"].iloc[-1])
-                row["examples_to_target"] = int(in_epoch["examples_seen"].iloc[-1])
+            last = [i for i, e in enumerate(steps.get("epoch", [])) if e == epoch]
+            if last:
+                row["steps_to_target"] = int(steps["step"][last[-1]])
+                row["examples_to_target"] = int(steps["examples_seen"][last[-1]])
     return row
 
 
@@ -210,7 +241,7 @@ CHANCE = 0.2  # 10 classes: a run whose accuracy stays at or below this has not 
 def default_target(runs: list[Run]) -> float | None:
     """The accuracy every completed run that learned reached by its end (floored to 0.01): a fair finish
     line. None when no completed run left chance: "epochs to 0.1" would say nothing."""
-    finals = [r.metrics["test_acc"].iloc[-1] for r in runs if r.status == "completed" and len(r.metrics)]
+    finals = [r.table["test_acc"][-1] for r in runs if r.status == "completed" and r.table["test_acc"]]
     finals = [f for f in finals if f > CHANCE]
     return math.floor(min(finals) * 100) / 100 if finals else None
 
@@ -259,17 +290,17 @@ GROUP_FIGURES = (
 def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
     rows = []
     for name, members in groups.items():
-        frame = pd.DataFrame([summaries[r.name] for r in members])
+        figures = [summaries[r.name] for r in members]
         row = {
             "group": name,
             "n": len(members),
             "runs": " ".join(r.name for r in members),
-            "reached_target": int(frame["epochs_to_target"].notna().sum()),
+            "reached_target": sum(f["epochs_to_target"] is not None for f in figures),
         }
         for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
-            values = pd.to_numeric(frame[figure], errors="coerce")
-            row[f"{figure}_mean"] = values.mean()
-            row[f"{figure}_std"] = values.std(ddof=1) if values.count() > 1 else math.nan
+            values = [float(v) for f in figures if (v := f[figure]) is not None and v == v]
+            row[f"{figure}_mean"] = statistics.fmean(values) if values else math.nan
+            row[f"{figure}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -312,8 +343,14 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
 
 def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
-    columns = {r.name: r.metrics.set_index("epoch")[metric] for r in runs if metric in r.metrics}
-    return pd.DataFrame(columns).rename_axis("epoch")
+    """`metric` per epoch (rows) and run (columns)."""
+    epochs = sorted({int(e) for r in runs if metric in r.table for e in r.table["epoch"]})
+    columns = {}
+    for r in runs:
+        if metric in r.table:
+            by_epoch = dict(zip((int(e) for e in r.table["epoch"]), r.table[metric], strict=True))
+            columns[r.name] = [by_epoch.get(e, math.nan) for e in epochs]
+    return pd.DataFrame(columns, index=pd.Index(epochs, name="epoch"))
 
 
 @dataclass
@@ -341,7 +378,7 @@ def compare(
 ) -> Comparison:
     if not runs:
         raise UsageError("no runs to compare")
-    known = sorted(set().union(*(set(r.metrics.columns) for r in runs)) - {"epoch"})
+    known = sorted(set().union(*(set(r.table) for r in runs)) - {"epoch"})
     if metric not in known:
         raise UsageError(f"--metric {metric}: not a metrics.csv column; choose one of {', '.join(known)}")
     target_is_default = target is None
