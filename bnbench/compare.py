@@ -302,7 +302,10 @@ def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], m
             row[f"{figure}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{figure}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["group", "n", "runs", "reached_target"] + [
+        f"{f}_{s}" for f in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")) for s in ("mean", "std")
+    ]
+    return pd.DataFrame(rows, columns=columns)  # the columns even with no group (no run completed)
 
 
 def add_baseline(
@@ -310,6 +313,8 @@ def add_baseline(
 ) -> pd.DataFrame:
     """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
 
+    if not groups:
+        raise UsageError(f"--baseline {baseline}: no run has completed, so there is no seed group to compare")
     if baseline not in groups:
         owner = [g for g, members in groups.items() if baseline in {r.name for r in members}]
         if not owner:
@@ -548,7 +553,7 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
         }
     )
     tables = [("runs", "runs", runs)]
-    if (comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups":
+    if len(comp.groups) and ((comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups"):
         groups = pd.DataFrame(
             {
                 "group": comp.groups["group"],

@@ -91,7 +91,8 @@ def test_a_config_path_that_is_not_a_file_says_what_it_is(tmp_path, cli):
     [
         (["train.batch_size=1"], "train.batch_size: scratch normalizes with batch statistics"),
         (["train.batch_size=4", "train.accumulate=4"], "at least 2 examples per micro-batch; got 1"),
-        (["train.eval_bn=batch", "train.eval_batch_size=1"], "train.eval_batch_size: train.eval_bn: batch"),
+        (["train.eval_bn=batch", "train.eval_batch_size=1"], "train.eval_batch_size: scratch runs evaluate with"),
+        (["train.eval_batch_size=1"], "(train.eval_bn: batch, or the test_acc_batch_stats column)"),
         (["model.hidden=[1000000000000]"], "model.hidden[0]: must be <= 100000"),
     ],
 )

@@ -318,7 +318,8 @@ def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path,
         assert result.returncode == 0, (command, result.stderr)
         assert good in result.stdout or command[0] == "plot"
         assert "Traceback" not in result.stderr
-        if damage not in ("naive_time",) and command[0] != "ls":
+        # config.yaml is not read by compare: meta.json holds the config the run started with
+        if damage not in ("naive_time", "config_string") and command[0] != "ls":
             warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
             assert len(warnings) == 1 and str(bad) in warnings[0], result.stderr
     result = cli("report", tmp_path / "runs/st", "--out", tmp_path / "report")
@@ -335,3 +336,17 @@ def test_value_errors_name_the_grid_or_the_study_file_never_an_unwritten_set(tmp
     study = _study(tmp_path, matrix={"train.seed": [0, 1]})
     result = cli("sweep", study, "--out-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "seeds are not a matrix key" in result.stderr
+
+
+def test_compare_of_runs_none_of_which_completed_lists_them(tmp_path, cli):
+    study = _study(tmp_path, seeds="0")
+    assert cli("sweep", study, "--out-dir", tmp_path / "runs", "--jobs", "1").exit_code == 0
+    for meta_path in (tmp_path / "runs/st").glob("*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "status": "interrupted"}))
+    for fmt in ("table", "csv", "json", "markdown"):
+        result = cli("compare", tmp_path / "runs/st", "--format", fmt)
+        assert result.exit_code == 0, result.stderr
+        assert "kind=none-s0" in result.stdout
+    result = cli("compare", tmp_path / "runs/st")
+    assert "not in the seed groups (not completed): kind=none-s0 (interrupted)" in result.stdout
