@@ -317,6 +317,9 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs, their count and an estimated wall time; run nothing.")
     ] = False,
+    shard: Annotated[
+        Optional[str], typer.Option(help="Run only part i of N of the study (i/N), e.g. one SLURM array task.")
+    ] = None,
     device: DeviceOption = Device.auto,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -329,19 +332,23 @@ def sweep(
       bnbench sweep configs/studies/mlp_lr.yaml --jobs 2
       bnbench sweep mlp_bn --grid norm.kind=none,torch --grid train.lr=0.1,1 --seeds 0-2
       bnbench sweep runs/mlp_lr          (re-run a saved study: finishes what is not done)
+      bnbench sweep mlp_lr --shard 2/4   (a quarter of the study: a SLURM array task, docs/cluster.md)
     """
     from bnbench import study as studies
     from bnbench.sweep import plan_study, prepare, save_study
 
     with reported_errors():
         workers = _jobs(jobs, device.value)
+        part = studies.parse_shard(shard) if shard is not None else None
         fixed = list(set_) + ([f"train.epochs={epochs}"] if epochs is not None else [])
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
-        plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None)
+        plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None, shard=part)
         total = len(plan.jobs) + len(plan.skipped)
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
+        if part is not None:
+            display.say(f"shard {part[0]}/{part[1]}: {total} of the study's {wanted.run_count()} runs")
         if dry_run:
             _dry_run(plan, engine, total)
             return

@@ -41,6 +41,20 @@ MAX_SEEDS = 10_000
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard i/N (1 <= i <= N): this machine's part of a study, for SLURM job arrays."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]) <= 100_000:
+        raise UsageError(f"--shard {shorten(text)}: expected i/N with 1 <= i <= N, e.g. --shard 2/8")
+    return int(match[1]), int(match[2])
+
+
+def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
+    """Run number `position` of a study (in its planned order, the same on every machine) belongs to shard
+    i/N when position mod N is i - 1: the N shards share no run and together are the study."""
+    return shard is None or position % shard[1] == shard[0] - 1
+
+
 def parse_seeds(value: Any, source: str) -> tuple[int, ...]:
     """0-4, "0,1,2", [0, 1, 2] or 3 -> distinct seeds in 0 .. 2**32 - 1."""
     text = str(value).strip()

@@ -23,7 +23,7 @@ from pathlib import Path
 from bnbench.errors import UsageError
 from bnbench.records import atomic_write
 from bnbench.rundir import LockHeld, check_writable, differences, read_meta, status_of
-from bnbench.study import STUDY_FILE, Study, dump_study, saved_study, study_differences
+from bnbench.study import STUDY_FILE, Study, dump_study, in_shard, saved_study, study_differences
 
 # A progress update from a worker: (worker pid, run name, epoch, epochs, steps done, steps, loss).
 Progress = tuple[int, str, int, int, int, int, float]
@@ -42,9 +42,12 @@ class Plan:
 MAX_RUNS = 100_000
 
 
-def plan_study(study: Study, out_dir: Path, retry_failed: bool, folder: Path | None = None) -> Plan:
+def plan_study(
+    study: Study, out_dir: Path, retry_failed: bool, folder: Path | None = None, shard: tuple[int, int] | None = None
+) -> Plan:
     """Validate every cell, compare with a saved study, and decide per run: start, resume or skip.
-    `folder` is a saved study's own folder (re-run where it is); by default OUT_DIR/<study name>."""
+    `folder` is a saved study's own folder (re-run where it is); by default OUT_DIR/<study name>. With
+    `shard` (i, N), only the i-th of N disjoint parts of the study is planned (see study.in_shard)."""
     from bnbench.rundir import has_recorded_rows, is_run_dir
     from bnbench.runs import Job
 
@@ -56,7 +59,7 @@ def plan_study(study: Study, out_dir: Path, retry_failed: bool, folder: Path | N
         raise UsageError(
             f"{folder} holds a run, not a study: give the study another name (--name) or another --out-dir"
         )
-    planned = study.runs()
+    planned = [run for position, run in enumerate(study.runs()) if in_shard(position, shard)]
     saved = saved_study(folder) if folder.is_dir() else None
     if saved is not None:
         changed = study_differences(saved, study)
