@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bnbench.config import NormConfig
-from bnbench.norms import NORMS, precise_statistics
+from bnbench.norms import NORMS, norm_builder, precise_statistics
 from bnbench.train import accumulate_gradients
 
 QUANTITIES = (
@@ -95,9 +95,10 @@ class _RenormByFormula(nn.BatchNorm1d):
 
 @dataclass(frozen=True)
 class Case:
-    kind: str
+    kind: str  # the registered kind whose reference this case uses
     shape: tuple[int, ...]
     norm: NormConfig
+    ours: str | None = None  # a plugin norm checked against that reference (`check --norm`); None: `kind`
 
     @property
     def family(self) -> str:
@@ -108,7 +109,7 @@ class Case:
                 if self.norm.rmax == 1
                 else f"renorm rmax={self.norm.rmax:g} dmax={self.norm.dmax:g}"
             )
-        return f"{self.kind} ({self.norm.backward})"
+        return f"{self.ours} ({self.norm.backward})" if self.ours else f"{self.kind} ({self.norm.backward})"
 
     @property
     def reference(self) -> str:
@@ -188,7 +189,7 @@ def compare_case(case: Case, dtype: torch.dtype = torch.float64, device: str = "
     eval output of a fresh reference that loaded our state_dict (inf when the keys do not match)."""
     gen = torch.Generator().manual_seed(0)
     ref = reference(case)
-    ours = NORMS[case.kind](case.norm, case.shape[1:])
+    ours = norm_builder(case.ours or case.kind)(case.norm, case.shape[1:])
     with torch.no_grad():
         for name, param in ref.named_parameters():
             param.copy_(torch.rand(param.shape, generator=gen) + 0.5 if name.endswith("weight") else
@@ -261,6 +262,51 @@ def gradcheck(kind: str, backward: str, spatial: bool, device: str = "cpu") -> b
     return torch.autograd.gradcheck(forward, (x, w, b), eps=1e-6, atol=1e-7)
 
 
+# `check --norm SPEC --reference R`: R's registered kind, whose reference and cases a plugin norm gets.
+PLUGIN_REFERENCES = {"torch": "scratch", "layer": "layer", "group": "group"}
+
+
+def plugin_cases(spec: str, reference_name: str) -> list[Case]:
+    """The cases of the reference's family (autograd only: a plugin has one backward), for `spec`."""
+    kind = PLUGIN_REFERENCES[reference_name]
+    family = [c for c in cases() if c.kind == kind and c.norm.backward == "autograd"]
+    return [dataclasses.replace(c, ours=spec) for c in family]
+
+
+def contract_checks(spec: str, dtype: torch.dtype = torch.float64, device: str = "cpu") -> list[tuple[str, bool]]:
+    """What any norm must do, without a reference: keep the shape (train and eval, (N,C) and (N,C,H,W)),
+    give a finite output, survive a state_dict round trip into a fresh instance, and have gradients that
+    match finite differences (gradcheck, float64)."""
+    build = norm_builder(spec)
+    rows: list[tuple[str, bool]] = []
+    gen = torch.Generator().manual_seed(4)
+    for shape in ((8, 4), (6, 3, 4, 4)):
+        cfg = NormConfig(kind="none")  # the plugin reads eps, momentum, affine, ... from it
+        label = "x".join(map(str, shape))
+        try:
+            module = build(cfg, shape[1:]).to(device, dtype)
+            x = (torch.randn(shape, generator=gen) * 3 + 2).to(device, dtype)
+            module.train()
+            train_y = module(x)
+            module.eval()
+            eval_y = module(x)
+            rows.append((f"{label}: output shape and finite values, train and eval",
+                         train_y.shape == x.shape == eval_y.shape and bool(train_y.isfinite().all())))  # fmt: skip
+            fresh = build(cfg, shape[1:]).to(device, dtype)
+            buffer = io.BytesIO()
+            torch.save(module.state_dict(), buffer)
+            fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+            fresh.eval()
+            rows.append((f"{label}: state_dict round trip, same eval output", bool(torch.equal(fresh(x), eval_y))))
+            module64 = build(cfg, shape[1:]).to(device, torch.float64).train()
+            x64 = torch.randn(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+            ok = torch.autograd.gradcheck(module64, (x64,), eps=1e-6, atol=1e-7)
+            rows.append((f"{label}: gradcheck float64 (input)", bool(ok)))
+        except Exception as exc:  # noqa: BLE001 - a contract failure of a user's norm is a failed row
+            rows.append((f"{label}: {type(exc).__name__}: {str(exc)[:80]}", False))
+    return rows
+
+
 def gradcheck_cases() -> list[tuple[str, str, bool]]:
     kinds = [("scratch", b) for b in ("autograd", "manual")] + [("layer", b) for b in ("autograd", "manual")]
     kinds += [("group", b) for b in ("autograd", "manual")] + [("ghost", b) for b in ("autograd", "manual")]
@@ -323,11 +369,30 @@ SUMMARY_COLUMNS = {
 }
 
 
+def run_contract_check(spec: str, dtype: torch.dtype, device: str, width: int | None = None) -> tuple[list, int]:
+    """`check --norm SPEC` without a reference: the contract rows alone."""
+    from rich.text import Text
+
+    from bnbench.tables import fitted
+
+    rows = contract_checks(spec, dtype, device)
+    failures = sum(not ok for _, ok in rows)
+    table = fitted(f"{spec}: the norm contract on {device} (no reference; --reference torch|layer|group compares)",
+                   ["check", "result"], [[label, "pass" if ok else "FAIL"] for label, ok in rows], width)  # fmt: skip
+    return [table, Text(f"{len(rows) - failures} passed, {failures} failed")], failures
+
+
 def run_check(
-    dtype: torch.dtype, device: str, every_case: bool = False, width: int | None = None, wide: bool = False
+    dtype: torch.dtype,
+    device: str,
+    every_case: bool = False,
+    width: int | None = None,
+    wide: bool = False,
+    plugin: tuple[str, str] | None = None,
 ) -> tuple[list, int]:
     """The whole check as Rich renderables and the number of failed rows: one row per family of cases
-    (the worst difference over the family), or, with `every_case`, one row per case and quantity."""
+    (the worst difference over the family), or, with `every_case`, one row per case and quantity. With
+    `plugin` (spec, reference), that norm's cases against the reference, and its contract rows."""
     from rich.text import Text
 
     from bnbench.tables import fitted
@@ -340,15 +405,22 @@ def run_check(
     header = ["case" if every_case else "norm (backward)", "result"]
     header += ([] if every_case else ["reference", "cases"]) + list(columns)
     rows: dict[tuple[str, str], tuple[int, dict[str, float], int]] = {}
-    for case in cases():
-        diffs = compare_case(case, dtype, device)
+    kind_of: dict[tuple[str, str], str] = {}
+    for case in plugin_cases(*plugin) if plugin else cases():
+        try:
+            diffs = compare_case(case, dtype, device)
+        except Exception:  # noqa: BLE001 - a plugin that cannot even load the reference's state fails its row
+            if not plugin:
+                raise
+            diffs = dict.fromkeys(QUANTITIES, float("inf"))
         key = (case.name, case.reference) if every_case else (case.family, case.reference)
+        kind_of[key] = case.kind
         count, worst, failed = rows.get(key, (0, dict.fromkeys(QUANTITIES, 0.0), 0))
         worst = {q: max(worst[q], diffs[q]) for q in QUANTITIES}
         rows[key] = (count + 1, worst, failed + (max(diffs.values()) > tolerance))
     table_rows: list[list[str]] = []
     for (label, ref), (count, worst, failed) in rows.items():
-        kind = label.split()[0]
+        kind = kind_of[(label, ref)]
         cells = []
         for quantities in columns.values():
             present = [q for q in quantities if q in QUANTITIES_OF[kind]]
@@ -358,6 +430,12 @@ def run_check(
         table_rows.append([label, result, *([] if every_case else [ref, str(count)]), *cells])
     failures = sum(failed for _, _, failed in rows.values())
     lines = []
+    if plugin:
+        contract = contract_checks(plugin[0], dtype, device)
+        failures += sum(not ok for _, ok in contract)
+        lines += [Text.assemble(f"{label}: ", ("pass", "green") if ok else ("FAIL", "red")) for label, ok in contract]
+        table = fitted(title.replace("hand-written norms", plugin[0]), header, table_rows, width, wide)
+        return [table, *lines, Text(f"{len(rows) + len(contract) - failures} passed, {failures} failed")], failures
     for kind, backward, spatial in gradcheck_cases():
         try:
             ok = gradcheck(kind, backward, spatial, device)

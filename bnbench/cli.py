@@ -127,6 +127,12 @@ class CompareTable(str, Enum):
     epochs = "epochs"
 
 
+class CheckReference(str, Enum):
+    torch = "torch"
+    layer = "layer"
+    group = "group"
+
+
 class ListFormat(str, Enum):
     table = "table"
     json = "json"
@@ -637,6 +643,12 @@ def check(
     device: Annotated[Device, typer.Option(help="Where to check (auto: cuda, then mps, then cpu).")] = Device.auto,
     dtype: Annotated[Dtype, typer.Option(help="Precision of the comparison.")] = Dtype.float64,
     every_case: Annotated[bool, typer.Option("--all", help="One row per case instead of per family.")] = False,
+    norm: Annotated[
+        Optional[str], typer.Option(help="Check your own norm instead: module:attribute, or a plugin's name.")
+    ] = None,
+    reference: Annotated[
+        Optional[CheckReference], typer.Option(help="With --norm: the PyTorch norm it must equal.")
+    ] = None,
     wide: WideOption = False,
 ) -> None:
     """Prove each hand-written norm equals its reference (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, or the
@@ -646,17 +658,27 @@ def check(
     Examples:
       bnbench check
       bnbench check --dtype float32 --all
+      bnbench check --norm mynorms:MyBatchNorm --reference torch
     """
     import torch
 
-    from bnbench.check import run_check
+    from bnbench.check import run_check, run_contract_check
     from bnbench.train import pick_device
 
     with reported_errors():
+        if reference is not None and norm is None:
+            raise UsageError("--reference goes with --norm: bnbench check --norm module:Class --reference torch")
         dtypes = {"float32": torch.float32, "float64": torch.float64}
-        renderables, failures = run_check(
-            dtypes[dtype.value], str(pick_device(device.value)), every_case, display.terminal_width(), wide
-        )
+        where, width = str(pick_device(device.value)), display.terminal_width()
+        if norm is not None:
+            from bnbench import plugins
+
+            plugins.resolve(norm, "norm", "--norm")
+        if norm is not None and reference is None:
+            renderables, failures = run_contract_check(norm, dtypes[dtype.value], where, width)
+        else:
+            plugin = (norm, reference.value) if norm is not None and reference is not None else None
+            renderables, failures = run_check(dtypes[dtype.value], where, every_case, width, wide, plugin)
         for item in renderables:
             display.show(item)
         if failures:

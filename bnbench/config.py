@@ -32,6 +32,9 @@ Dataset = Literal["mnist", "fashion_mnist", "synthetic"]
 
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
+# Keys that also take a norm or model from outside bnbench (plugins.py): key -> what it names.
+PLUGGABLE = {"norm.kind": "norm", "model.name": "model"}
+
 # Activation each architecture uses in its tutorial when the config names none.
 DEFAULT_ACTIVATION: dict[str, str] = {"mlp": "relu", "convnet": "relu", "lenet": "sigmoid"}
 
@@ -147,6 +150,13 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, source: str) -> An
         (inner,) = [a for a in args if a is not type(None)]
         return _check_value(value, inner, meta, key, source)
     if origin is Literal:
+        if key in PLUGGABLE and isinstance(value, str) and value not in args:
+            from bnbench import plugins  # no torch: the user's module is imported by resolve, below
+
+            if plugins.is_import_path(value) or value in plugins.entry_points(PLUGGABLE[key]):
+                return value  # resolved (imported and checked) once the whole config is read
+            raise fail(f"{shorten(repr(value))} is not one of {', '.join(args)} (or a module:attribute import path, "
+                       "see docs/norms.md)")  # fmt: skip
         if value not in args:
             raise fail(f"{shorten(repr(value))} is not one of {', '.join(args)}")
         return value
@@ -379,8 +389,13 @@ def load_config(
 
     raw.setdefault("name", path.stem if path is not None else "run")
     cfg: RunConfig = _build(RunConfig, raw, "", source_of)
+    for key, value in (("model.name", cfg.model.name), ("norm.kind", cfg.norm.kind)):
+        if value not in MODEL_NAMES + NORM_KINDS:  # a plugin: imported and its signature checked, now
+            from bnbench import plugins
+
+            plugins.resolve(value, PLUGGABLE[key], f"{source_of(key)}: {key}")
     if cfg.model.activation is None:
-        model = dataclasses.replace(cfg.model, activation=DEFAULT_ACTIVATION[cfg.model.name])
+        model = dataclasses.replace(cfg.model, activation=DEFAULT_ACTIVATION.get(cfg.model.name, "relu"))
         cfg = dataclasses.replace(cfg, model=model)
     if "/" in cfg.name or cfg.name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in cfg.name):
         raise ConfigError(source_of("name"), "name", f"{shorten(repr(cfg.name))} cannot be a directory name")
@@ -399,14 +414,15 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             "train.accumulate",
             f"train.batch_size {tc.batch_size} is not divisible into {tc.accumulate} micro-batches",
         )
-    if nc.kind in BATCH_STATISTICS_KINDS and tc.batch_size // tc.accumulate < 2:
+    batch_stats = nc.kind in BATCH_STATISTICS_KINDS or (nc.kind not in NORM_KINDS and _plugin_batch(nc.kind))
+    if batch_stats and tc.batch_size // tc.accumulate < 2:
         raise ConfigError(
             source_of("train.batch_size"),
             "train.batch_size",
             f"{nc.kind} normalizes with batch statistics, which need at least 2 examples per "
             f"{'micro-batch' if tc.accumulate > 1 else 'batch'}; got {tc.batch_size // tc.accumulate}",
         )
-    if nc.kind in BATCH_STATISTICS_KINDS and tc.eval_batch_size < 2:
+    if batch_stats and tc.eval_batch_size < 2:
         raise ConfigError(
             source_of("train.eval_batch_size"),
             "train.eval_batch_size",
@@ -421,6 +437,12 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
         )
     if nc.kind == "renorm" and nc.backward == "manual":
         raise ConfigError(source_of("norm.backward"), "norm.backward", "renorm has no manual backward; use autograd")
+
+
+def _plugin_batch(kind: str) -> bool:
+    from bnbench import plugins
+
+    return plugins.uses_batch_statistics(kind)
 
 
 def config_from_dict(raw: dict, source: str) -> RunConfig:

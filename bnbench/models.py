@@ -137,6 +137,12 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", position: str = "before") -> nn.Module:
     """`norm` makes the normalization layer for a features shape; `position`: before or after the activation."""
     act = ACTIVATIONS[cfg.activation]
-    model = MODELS[cfg.name](lambda shape: NormAct(norm(shape), act(), position == "before"), cfg)
+    if cfg.name in MODELS:
+        builder = MODELS[cfg.name]
+    else:  # a plugin model (plugins.py): called like the registered builders
+        from bnbench import plugins
+
+        builder = plugins.resolve(cfg.name, "model")
+    model = builder(lambda shape: NormAct(norm(shape), act(), position == "before"), cfg)
     init_weights(model, init)
     return model

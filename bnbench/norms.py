@@ -370,9 +370,19 @@ if tuple(NORMS) != NORM_KINDS:
     raise ImportError(f"norms.NORMS {tuple(NORMS)} must build exactly config.NORM_KINDS {NORM_KINDS}")
 
 
+def norm_builder(kind: str) -> NormBuilder:
+    """A registered norm's builder, or a plugin's (plugins.py), called the same way: (cfg, shape)."""
+    if kind in NORMS:
+        return NORMS[kind]
+    from bnbench import plugins
+
+    plugin = plugins.resolve(kind, "norm")
+    return lambda cfg, shape: plugin(shape, cfg)
+
+
 def make_norm_factory(cfg: NormConfig) -> NormFactory:
     """The norm choice as a factory for the model builders (never a copy of a model per norm)."""
-    build = NORMS[cfg.kind]
+    build = norm_builder(cfg.kind)
     return lambda shape: build(cfg, tuple(shape))
 
 

@@ -357,6 +357,10 @@ def run_ray(
 
     if not ray.is_initialized():
         kwargs = {} if address else {"num_cpus": os.cpu_count()}
+        # Ray's workers do not inherit this process's import path: a plugin norm or model in the current
+        # folder (see plugins.py) or on PYTHONPATH must be importable there too.
+        paths = [p for p in (os.environ.get("PYTHONPATH"), os.getcwd()) if p]
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error", **kwargs)
     task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_in_ray_task)
     threads = max(1, int(cpus_per_run))

@@ -1,0 +1,86 @@
+"""Norms and models from outside bnbench: `norm.kind: mypkg.norms:MyNorm` / `model.name: mypkg.nets:MyNet`
+(a `module:attribute` import path), or a name an installed package registers in the `bnbench.norms` /
+`bnbench.models` entry-point groups. Resolved when a config is validated, so a missing module, attribute
+or wrong signature is one line before any run starts. The contracts (docs/norms.md):
+
+    norm:  Attr(features_shape: tuple[int, ...], cfg: NormConfig) -> nn.Module     # (C,) or (C, H, W)
+    model: Attr(block, cfg: ModelConfig) -> nn.Module   # block(features_shape) -> norm + activation
+
+A norm that normalizes with batch statistics says so with a class attribute `uses_batch_statistics = True`
+(bnbench then refuses batches of one for it); a subclass of nn.BatchNorm or bnbench's BatchNorm is also
+treated as BN by precise statistics and batch-statistics evaluation.
+
+No torch here: importing the user's module imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from bnbench.errors import UsageError
+
+GROUPS = {"norm": "bnbench.norms", "model": "bnbench.models"}
+ARGUMENTS = {"norm": "(features_shape, cfg)", "model": "(block, cfg)"}
+
+
+def entry_points(what: str) -> dict[str, str]:
+    """name -> 'module:attr' registered by installed packages for `what` (norm or model)."""
+    return {ep.name: ep.value for ep in metadata.entry_points(group=GROUPS[what])}
+
+
+def is_import_path(text: str) -> bool:
+    return ":" in text
+
+
+def resolve(spec: str, what: str, source: str = "") -> Callable:
+    """The callable `spec` names (an import path or an entry-point name), checked to take the contract's
+    two arguments; one UsageError otherwise."""
+    where = f"{source}: " if source else ""
+    path = spec if is_import_path(spec) else entry_points(what).get(spec)
+    if path is None:
+        raise UsageError(f"{where}{spec!r}: not a registered {what} and not an import path (module:attribute)")
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = _import(module_name)
+    except ImportError as exc:
+        raise UsageError(f"{where}{spec}: cannot import {module_name} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing: say so in one line
+        raise UsageError(f"{where}{spec}: importing {module_name} failed ({type(exc).__name__}: {exc})") from None
+    target = module
+    for part in attribute.split("."):
+        if not part or not hasattr(target, part):
+            raise UsageError(f"{where}{spec}: {module_name} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UsageError(f"{where}{spec}: {attribute} is not callable; a {what} is called as {ARGUMENTS[what]}")
+    try:
+        inspect.signature(target).bind(None, None)
+    except TypeError:
+        raise UsageError(
+            f"{where}{spec}: {attribute} cannot be called with {ARGUMENTS[what]} (see the contract in docs/norms.md)"
+        ) from None
+    except ValueError:  # a builtin without a signature: trust it
+        pass
+    return target
+
+
+def _import(name: str):
+    """Import as Python would; a module in the current folder too (the `bnbench` script, unlike
+    `python -m`, does not put it on the path). The folder is added once, so spawned workers inherit it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        here = str(Path.cwd())
+        if exc.name != name.split(".")[0] or here in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(name)
+
+
+def uses_batch_statistics(spec: str, what: str = "norm") -> bool:
+    return bool(getattr(resolve(spec, what), "uses_batch_statistics", False))
