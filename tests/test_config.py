@@ -54,11 +54,15 @@ def test_each_model_has_a_config_per_norm_differing_only_in_norm_kind():
         ({"norm": {"eps": 0}}, "norm.eps: must be > 0, got 0.0"),
         ({"norm": {"momentum": 1.5}}, "norm.momentum: must be <= 1, got 1.5"),
         ({"norm": {"momentum": -0.1}}, "norm.momentum: must be >= 0, got -0.1"),
-        ({"model": {"name": "resnet"}}, "model.name: 'resnet' is not one of mlp, convnet, lenet"),
+        (
+            {"model": {"name": "resnet"}},
+            "model.name: 'resnet' is not one of mlp, convnet, lenet (or a module:attribute import path, see "
+            "docs/norms.md)",
+        ),
         (
             {"norm": {"kind": "batch"}},
             "norm.kind: 'batch' is not one of none, scratch, torch, layer, torch_layer, group, torch_group, "
-            "ghost, renorm",
+            "ghost, renorm (or a module:attribute import path, see docs/norms.md)",
         ),
         ({"norm": {"position": "between"}}, "norm.position: 'between' is not one of before, after"),
         ({"norm": {"groups": 0}}, "norm.groups: must be >= 1, got 0"),
