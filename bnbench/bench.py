@@ -30,10 +30,15 @@ EXAMPLES_PER_ROUND = 12_800  # per pipeline and round: about 1 s of LeNet on 2 C
 WARMUP_STEPS = 5
 
 
+def bench_norm(norm: str) -> tuple[str, str]:
+    """(kind, backward) of a --norms entry: a registered norm, NAME_manual, or a plugin (plugins.py)."""
+    return NORMS.get(norm, (norm, "autograd"))
+
+
 def counterpart(norm: str) -> str:
     """The norm a bench row's step time is compared with: a hand-written norm's PyTorch counterpart;
     nn.BatchNorm for the BN variants without one (ghost, renorm) and for no norm."""
-    kind = NORMS[norm][0]
+    kind = bench_norm(norm)[0]
     return COUNTERPARTS.get(kind, kind if kind.startswith("torch") else "torch")
 
 
@@ -62,7 +67,7 @@ class BenchRow:
 
 def bench_config(model: str, norm: str, root: Path, compile: bool) -> RunConfig:
     """The shipped tutorial config of `model` with the norm swapped, on synthetic data if files are missing."""
-    kind, backward = NORMS[norm]
+    kind, backward = bench_norm(norm)
     cfg = load_config(SHIPPED_CONFIGS / f"{model}_none.yaml", [f"norm.kind={kind}", f"norm.backward={backward}"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compile))
     if not all(p.is_file() for p in raw_files(cfg.data.dataset, root).values()):

@@ -723,7 +723,13 @@ def bench(
         if out is not None and not out.parent.is_dir():  # found out now, not after minutes of benchmarking
             raise UsageError(f"--out {out}: no such folder {out.parent}")
         model_list, norm_list = models.split(","), norms.split(",")
-        for given, valid, option in ((model_list, MODELS, "--models"), (norm_list, NORMS, "--norms")):
+        from bnbench import plugins
+
+        plugin_norms = [n for n in norm_list if n not in NORMS and (plugins.is_import_path(n) or
+                                                                   n in plugins.entry_points("norm"))]  # fmt: skip
+        for spec in plugin_norms:  # a plugin norm: imported and checked like a config's
+            plugins.resolve(spec, "norm", "--norms")
+        for given, valid, option in ((model_list, MODELS, "--models"), (norm_list, [*NORMS, *plugin_norms], "--norms")):
             unknown = [x for x in given if x not in valid]
             if unknown:
                 raise UsageError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")

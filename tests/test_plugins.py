@@ -117,3 +117,15 @@ def test_an_installed_package_registers_a_norm_by_name(folder, tmp_path):
     result = bnbench(folder, "run", "named.yaml", "--out-dir", "runs", env={"PYTHONPATH": str(site)})
     assert result.returncode == 0, result.stderr
     assert _statuses(folder / "runs") == ["completed"]
+
+
+def test_a_plugin_norm_in_bench_and_with_diagnostics(folder):
+    result = bnbench(folder, "bench", "--models", "mlp", "--norms", "torch,my_norms:MyBatchNorm", "--rounds", "1",
+                     "--no-reference", "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "my_norms:MyBatchNorm" in result.stdout and "x torch" in result.stdout
+    write_config(folder / "diag.yaml", norm={"kind": "my_norms:MyBatchNorm"}, train={"diagnostics": True})
+    assert bnbench(folder, "run", "diag.yaml", "--out-dir", "runs").returncode == 0
+    assert (folder / "runs/diag/diagnostics.csv").read_text().count("\n") > 10
+    result = bnbench(folder, "plot", "runs/diag", "--diagnostics", "--out", "inside.png")
+    assert result.returncode == 0, result.stderr
