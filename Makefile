@@ -9,7 +9,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,mlflow]'
 	touch $@
 
 lint: install

@@ -580,6 +580,51 @@ def report(
         display.say(f"report: {path}")
 
 
+class ExportTarget(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+@app.command(short_help="Export runs to TensorBoard or MLflow.")
+def export(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding them (studies).")],
+    to: Annotated[ExportTarget, typer.Option("--to", help="The tracker.")],
+    out: Annotated[Optional[Path], typer.Option(help="TensorBoard: the log folder (one sub-folder per run).")] = None,
+    tracking_uri: Annotated[
+        Optional[str], typer.Option(help="MLflow: where runs go, e.g. sqlite:///mlflow.db or a server's URL.")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow: the experiment's name.")] = "bnbench",
+) -> None:
+    """Export recorded runs, after the fact: metrics per epoch and per step, the config as hyperparameters;
+    for MLflow a study is a parent run and each run a child run with its directory as artifacts.
+
+    \b
+    Examples:
+      bnbench export runs/mlp_lr --to tensorboard --out tb && tensorboard --logdir tb
+      bnbench export runs/mlp_lr --to mlflow --tracking-uri sqlite:///mlflow.db
+    """
+    from bnbench import compare as cmp
+    from bnbench import export as exp
+
+    with reported_errors():
+        exp.require(to.value)
+        if to is ExportTarget.tensorboard and out is None:
+            raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
+        if to is ExportTarget.mlflow and tracking_uri is None:
+            raise UsageError("--to mlflow needs --tracking-uri, e.g. sqlite:///mlflow.db")
+        runs, warnings = cmp.find_runs(paths)
+        for warning in warnings:
+            display.warn(warning)
+        if not runs:
+            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        if to is ExportTarget.tensorboard:
+            exp.to_tensorboard(runs, out)
+            display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
+        else:
+            exp.to_mlflow(runs, tracking_uri, experiment)
+            display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
+
+
 def _check_figure_path(option: str, path: Optional[Path]) -> None:
     from bnbench.plots import SUFFIXES
 
