@@ -529,11 +529,7 @@ def compare(
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         _check_figure_path("--plot", plot)
-        runs, warnings = cmp.find_runs(paths)
-        for warning in warnings:
-            display.warn(warning)
-        if not runs:
-            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        runs = _found_runs(paths)
         for what in cmp.mixed(runs):
             display.warn(f"comparing runs on different {what}")
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
@@ -603,7 +599,6 @@ def export(
       bnbench export runs/mlp_lr --to tensorboard --out tb && tensorboard --logdir tb
       bnbench export runs/mlp_lr --to mlflow --tracking-uri sqlite:///mlflow.db
     """
-    from bnbench import compare as cmp
     from bnbench import export as exp
 
     with reported_errors():
@@ -612,17 +607,25 @@ def export(
             raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
         if to is ExportTarget.mlflow and tracking_uri is None:
             raise UsageError("--to mlflow needs --tracking-uri, e.g. sqlite:///mlflow.db")
-        runs, warnings = cmp.find_runs(paths)
-        for warning in warnings:
-            display.warn(warning)
-        if not runs:
-            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        runs = _found_runs(paths)
         if to is ExportTarget.tensorboard:
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
             exp.to_mlflow(runs, tracking_uri, experiment)
             display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
+
+
+def _found_runs(paths: list[Path]) -> list:
+    """The runs under `paths`; each one that cannot be read is a warning; none at all is bad input."""
+    from bnbench import compare as cmp
+
+    runs, warnings = cmp.find_runs(paths)
+    for warning in warnings:
+        display.warn(warning)
+    if not runs:
+        raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+    return runs
 
 
 def _check_figure_path(option: str, path: Optional[Path]) -> None:
@@ -671,15 +674,10 @@ def plot(
       bnbench plot runs/mlp_none runs/mlp_bn --out curves.png
       bnbench plot runs/ioffe --diagnostics --out inside.png
     """
-    from bnbench import compare as cmp
 
     with reported_errors():
         _check_figure_path("--out", out)
-        runs, warnings = cmp.find_runs(paths)
-        for warning in warnings:
-            display.warn(warning)
-        if not runs:
-            raise UsageError(f"no bnbench runs found in {' '.join(map(str, paths))}")
+        runs = _found_runs(paths)
         _write_figure("--out", out, runs, diagnostics, layer, dpi)
 
 

@@ -289,16 +289,26 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UsageError(f"{source}: nested too deeply to be a config") from None
 
 
+def shipped_names(folder: Path = SHIPPED_CONFIGS) -> list[str]:
+    """The names of the YAML files shipped in `folder` (configs, or configs/studies)."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def shipped_or_given(given: Path, folder: Path = SHIPPED_CONFIGS) -> Path:
+    """`given`, or the file shipped in `folder` under that name (`lenet_bn`) when no such file is here."""
+    shipped = folder / f"{given.name}.yaml"
+    if not given.exists() and not given.is_symlink() and given.parent == Path(".") and shipped.is_file():
+        return shipped
+    return given
+
+
 def shipped_configs() -> list[str]:
-    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    return shipped_names(SHIPPED_CONFIGS)
 
 
 def config_path(given: Path) -> Path:
     """A config file, or the name of a shipped one (`lenet_bn`) when no such file is here."""
-    shipped = SHIPPED_CONFIGS / f"{given.name}.yaml"
-    if not given.exists() and not given.is_symlink() and given.parent == Path(".") and shipped.is_file():
-        return shipped
-    return given
+    return shipped_or_given(given, SHIPPED_CONFIGS)
 
 
 def _read_yaml(path: Path) -> dict:

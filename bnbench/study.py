@@ -30,6 +30,8 @@ from bnbench.config import (
     load_config,
     parse_override,
     parse_yaml,
+    shipped_names,
+    shipped_or_given,
     shorten,
 )
 from bnbench.errors import UsageError
@@ -242,15 +244,12 @@ SHIPPED_STUDIES = SHIPPED_CONFIGS / "studies"
 
 
 def shipped_studies() -> list[str]:
-    return sorted(p.stem for p in SHIPPED_STUDIES.glob("*.yaml"))
+    return shipped_names(SHIPPED_STUDIES)
 
 
 def study_path(given: Path) -> Path:
     """A study file or folder, or the name of a shipped study (`mlp_lr`) when no such file is here."""
-    shipped = SHIPPED_STUDIES / f"{given.name}.yaml"
-    if not given.exists() and not given.is_symlink() and given.parent == Path(".") and shipped.is_file():
-        return shipped
-    return given
+    return shipped_or_given(given, SHIPPED_STUDIES)
 
 
 def is_study_file(path: Path) -> bool:
