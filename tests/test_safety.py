@@ -350,3 +350,14 @@ def test_compare_of_runs_none_of_which_completed_lists_them(tmp_path, cli):
         assert "kind=none-s0" in result.stdout
     result = cli("compare", tmp_path / "runs/st")
     assert "not in the seed groups (not completed): kind=none-s0 (interrupted)" in result.stdout
+
+
+def test_ls_of_a_run_directory_lists_that_run_and_pipes_stay_in_their_cell(tmp_path, cli):
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1})
+    assert cli("run", config, "--name", "a|b", "--out-dir", tmp_path / "runs").exit_code == 0
+    result = cli("ls", tmp_path / "runs/a|b", "--format", "json")
+    assert result.exit_code == 0 and [r["run"] for r in json.loads(result.stdout)] == ["a|b"]
+    markdown = cli("compare", tmp_path / "runs", "--format", "markdown").stdout
+    row = next(line for line in markdown.splitlines() if "a\\|b" in line)
+    header = next(line for line in markdown.splitlines() if line.startswith("| run"))
+    assert row.replace("\\|", "").count("|") == header.count("|")  # the name did not add a column
