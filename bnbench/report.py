@@ -878,6 +878,47 @@ def load_published(path: Path) -> dict:
     return data
 
 
+def _figure(value: float, digits: int = 4) -> str:
+    if not (value == value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def claims_lines(judged: list) -> list[str]:
+    """The declared claims of one study, judged by claims.judge: one table, then what each rests on."""
+    from bnbench.claims import ALPHA
+
+    family = sum(j.claim.expect in ("greater", "less") and j.effect is not None for j in judged)
+    lines = [
+        "### Declared claims",
+        "",
+        f"Effect = the first arm minus the second, mean over seeds (paired by seed where the arms share them), "
+        f"with its 95% confidence interval; p two-sided, Holm-adjusted over this study's {family} difference "
+        f"claims (the family); supported needs the interval on the claimed side and adjusted p < {ALPHA}; "
+        "equivalence by TOST (the 90% interval within ±margin). Inconclusive rows give the smallest effect "
+        "this design detects with 80% power.",
+        "",
+    ]
+    rows = []
+    for j in judged:
+        e = j.effect
+        effect = "-" if e is None else f"{_figure(e.estimate)} [{_figure(e.low)}, {_figure(e.high)}]"
+        detail = j.note or ("" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}")
+        if j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable:
+            detail += f"; detectable: ±{_figure(e.detectable)}"
+        if j.claim.margin is not None:
+            detail += f"; margin {j.claim.margin:g}"
+        source = dict(j.claim.source)
+        cite = source.get("cite", "")
+        if source.get("url"):
+            cite = f"[{cite or 'source'}]({source['url']})"
+        rows.append([f"**{j.claim.id}**: {j.claim.says}", j.claim.metric.describe(), j.claim.expect, effect,
+                     "-" if e is None else _figure(e.p, 3), _figure(j.p_adjusted, 3), f"**{j.verdict}**",
+                     detail.strip("; "), cite or "-"])  # fmt: skip
+    header = ["claim", "metric", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test", "source"]
+    return lines + [table(header, rows), ""]
+
+
 def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
     if not (folder / STUDY_FILE).is_file():
         raise UsageError(f"{folder}: not a study folder (no {STUDY_FILE}; run `bnbench sweep` first)")
@@ -1011,6 +1052,10 @@ def report(folders: list[Path], out: Path, published_path: Path = PUBLISHED) -> 
         if pub.get("claims"):
             lines += ["Published claims:", ""] + [f"- {c['claim']} ({c['source']})" for c in pub["claims"]] + [""]
         lines += sec.lines
+        if sec.s.study.claims:
+            from bnbench.claims import judge
+
+            lines += claims_lines(judge(sec.s.study.claims, sec.s.runs))
         if sec.verdicts:
             lines += ["**Verdict.** " + " ".join(sec.verdicts), ""]
     if warnings:

@@ -37,7 +37,7 @@ from bnbench.config import (
 from bnbench.errors import UsageError
 
 STUDY_FILE = "study.yaml"
-STUDY_KEYS = ("name", "base", "matrix", "seeds", "set")
+STUDY_KEYS = ("name", "base", "matrix", "seeds", "set", "claims")
 MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
 MAX_SEEDS = 10_000
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
@@ -121,6 +121,7 @@ class Study:
     seeds: tuple[int, ...]
     fixed: tuple[tuple[str, Any], ...]
     source: str = field(default="", compare=False)  # where the matrix came from, for messages: a file, --grid
+    claims: tuple = field(default=(), compare=False)  # claims.Claim: what the study tests (not what it runs)
 
     def to_dict(self) -> dict:
         return {
@@ -129,7 +130,7 @@ class Study:
             "matrix": {k: list(v) for k, v in self.matrix},
             "seeds": list(self.seeds),
             "set": dict(self.fixed),
-        }
+        } | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {})
 
     def run_count(self) -> int:
         """Cells x seeds, by arithmetic: nothing is built."""
@@ -286,8 +287,11 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
     for text in extra:
         keys, value = parse_override(text)
         fixed[".".join(keys)] = value
+    from bnbench.claims import parse_claims
+
     return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
-                 tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE))  # fmt: skip
+                 tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE),
+                 claims=parse_claims(raw.get("claims"), source))  # fmt: skip
 
 
 def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,
@@ -369,7 +373,8 @@ def saved_study(folder: Path) -> Study | None:
 def study_differences(saved: Study, wanted: Study) -> list[str]:
     from bnbench.rundir import differences
 
-    return differences(saved.to_dict(), wanted.to_dict())
+    # Claims say what a study tests, not what it runs: editing them never makes a study "another one".
+    return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith("claims")]
 
 
 def dump_study(study: Study) -> str:

@@ -1,0 +1,404 @@
+"""Claims as data and the one engine that judges them, for any study.
+
+A study file declares the claims it tests beside its grid:
+
+    claims:
+      - id: bn_higher_final
+        says: BN reaches a higher final test accuracy than no norm
+        source: {cite: "Ioffe & Szegedy 2015, §4.1", url: "https://arxiv.org/abs/1502.03167"}
+        compare: {norm.kind: torch}          # the runs of one arm: config keys and values
+        against: {norm.kind: none}
+        metric: {column: test_acc, at: final, mean_of_last: 3}   # at: final | {epoch: N} | {step: N}
+        expect: greater                      # greater | less | equivalent | not_worse
+        margin: 0.005                        # needed by equivalent and not_worse
+
+or `metric: {column: train_acc, steps_to: 0.97}` (the first logged step reaching it; rank-based), or
+`metric: {column: test_acc, auc: true}` (the mean over epochs).
+
+Arms are paired by seed when they share their seeds (same initial weights and data order: the norm
+layers draw no random numbers); the effect is the mean difference with its 95% confidence interval.
+Verdicts, with Holm's correction over the claims of a study:
+  supported     the CI excludes zero in the claimed direction and the Holm-adjusted p < 0.05
+                (equivalent: the 90% CI lies within ±margin, TOST; not_worse: the 95% CI lies above -margin)
+  contradicted  the CI excludes the claimed effect (greater: it lies below margin or 0; equivalent: it
+                lies outside ±margin; not_worse: below -margin)
+  inconclusive  otherwise, with the smallest effect the design could have detected (80% power)
+A test that misses p < 0.05 is never evidence against a claim. No torch, no study-specific code here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from bnbench.errors import UsageError
+
+ALPHA = 0.05
+POWER = 0.80
+EXPECTS = ("greater", "less", "equivalent", "not_worse")
+CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin")
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str = "test_acc"
+    at: str | int | None = "final"  # "final", or an epoch number (at_kind "epoch") or a step ("step")
+    at_kind: str = "final"  # final | epoch | step
+    mean_of_last: int = 1
+    steps_to: float | None = None
+    auc: bool = False
+
+    @property
+    def discrete(self) -> bool:
+        return self.steps_to is not None
+
+    def describe(self) -> str:
+        if self.steps_to is not None:
+            return f"steps until {self.column} >= {self.steps_to:g}"
+        if self.auc:
+            return f"mean {self.column} over epochs"
+        if self.at_kind == "final":
+            return f"final {self.column}" + (f" (mean of last {self.mean_of_last})" if self.mean_of_last > 1 else "")
+        return f"{self.column} at {self.at_kind} {self.at}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    says: str
+    compare: tuple[tuple[str, Any], ...]
+    against: tuple[tuple[str, Any], ...]
+    metric: Metric
+    expect: str
+    margin: float | None = None
+    source: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict:
+        metric: dict[str, Any] = {"column": self.metric.column}
+        if self.metric.steps_to is not None:
+            metric["steps_to"] = self.metric.steps_to
+        elif self.metric.auc:
+            metric["auc"] = True
+        elif self.metric.at_kind == "final":
+            metric.update(at="final", mean_of_last=self.metric.mean_of_last)
+        else:
+            metric["at"] = {self.metric.at_kind: self.metric.at}
+        out = {"id": self.id, "says": self.says, "compare": dict(self.compare), "against": dict(self.against),
+               "metric": metric, "expect": self.expect}  # fmt: skip
+        if self.margin is not None:
+            out["margin"] = self.margin
+        if self.source:
+            out["source"] = dict(self.source)
+        return out
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f"{where}: expected a mapping of config keys to values, e.g. {{norm.kind: torch}}")
+    from bnbench.config import parse_override
+
+    for key in value:
+        parse_override(f"{key}=0", where)  # the key exists in the config
+    return value
+
+
+def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
+    """The `claims:` list of a study file, validated: one UsageError naming the claim and the key."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise UsageError(f"{source}: claims: expected a list of claims")
+    claims, seen = [], set()
+    for i, item in enumerate(raw):
+        where = f"{source}: claims[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: expected a mapping with {', '.join(CLAIM_KEYS)}")
+        unknown = [k for k in item if k not in CLAIM_KEYS]
+        if unknown:
+            raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(CLAIM_KEYS)})")
+        for key in ("id", "says", "compare", "against", "expect"):
+            if key not in item:
+                raise UsageError(f"{where}: {key} is missing")
+        claim_id = str(item["id"])
+        where = f"{source}: claim {claim_id}"
+        if claim_id in seen:
+            raise UsageError(f"{where}: two claims have this id")
+        seen.add(claim_id)
+        expect = item["expect"]
+        if expect not in EXPECTS:
+            raise UsageError(f"{where}: expect: {expect!r} is not one of {', '.join(EXPECTS)}")
+        margin = item.get("margin")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+            raise UsageError(f"{where}: margin: expected a number >= 0, got {margin!r}")
+        if expect in ("equivalent", "not_worse") and not margin:
+            raise UsageError(f"{where}: expect {expect} needs a margin > 0 (how close counts as the same)")
+        source_raw = item.get("source") or {}
+        if not isinstance(source_raw, dict):
+            raise UsageError(f"{where}: source: expected a mapping, e.g. {{cite: ..., url: ...}}")
+        claims.append(Claim(claim_id, str(item["says"]), tuple(_mapping(item["compare"], f"{where}: compare").items()),
+                            tuple(_mapping(item["against"], f"{where}: against").items()),
+                            _metric(item.get("metric", {}), f"{where}: metric"), expect,
+                            float(margin) if margin is not None else None,
+                            tuple((str(k), str(v)) for k, v in source_raw.items())))  # fmt: skip
+    return tuple(claims)
+
+
+def _metric(raw: Any, where: str) -> Metric:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected a mapping, e.g. {{column: test_acc, at: final}}")
+    unknown = [k for k in raw if k not in ("column", "at", "mean_of_last", "steps_to", "auc")]
+    if unknown:
+        raise UsageError(f"{where}: {unknown[0]}: unknown key (column, at, mean_of_last, steps_to, auc)")
+    column = str(raw.get("column", "test_acc"))
+    if raw.get("steps_to") is not None:
+        target = raw["steps_to"]
+        if isinstance(target, bool) or not isinstance(target, (int, float)):
+            raise UsageError(f"{where}: steps_to: expected a number, got {target!r}")
+        return Metric(column, None, "final", 1, float(target))
+    if raw.get("auc"):
+        return Metric(column, None, "final", 1, None, True)
+    at = raw.get("at", "final")
+    last = raw.get("mean_of_last", 1)
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise UsageError(f"{where}: mean_of_last: expected an integer >= 1, got {last!r}")
+    if at == "final":
+        return Metric(column, "final", "final", last)
+    if isinstance(at, dict) and len(at) == 1 and next(iter(at)) in ("epoch", "step"):
+        kind, value = next(iter(at.items()))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{where}: at.{kind}: expected an integer >= 1, got {value!r}")
+        return Metric(column, value, kind, 1)
+    raise UsageError(f"{where}: at: expected final, {{epoch: N}} or {{step: N}}, got {at!r}")
+
+
+# --- measuring a run -------------------------------------------------------------------------------------
+
+
+def measure(table: dict[str, list], step_table: dict[str, list], metric: Metric) -> float:
+    """The metric of one run from its metrics.csv and steps.csv columns; NaN when it cannot be read."""
+    if metric.steps_to is not None:
+        source = step_table if metric.column in step_table else table
+        index = "step" if source is step_table else "epoch"
+        for position, value in zip(source.get(index, []), source.get(metric.column, []), strict=True):
+            if value == value and value >= metric.steps_to:
+                return float(position)
+        return math.inf  # never reached: ranks last
+    values = table.get(metric.column, [])
+    if metric.auc:
+        finite = [v for v in values if v == v]
+        return statistics.fmean(finite) if finite else math.nan
+    if metric.at_kind == "final":
+        tail = values[-metric.mean_of_last :]
+        return statistics.fmean(tail) if len(tail) == metric.mean_of_last else math.nan
+    if metric.at_kind == "epoch":
+        epochs = [int(e) for e in table.get("epoch", [])]
+        return values[epochs.index(metric.at)] if metric.at in epochs else math.nan
+    steps = step_table.get("step", [])
+    column = step_table.get(metric.column)
+    if column is None:
+        return math.nan
+    before = [v for s, v in zip(steps, column, strict=True) if s <= metric.at]
+    return before[-1] if before else math.nan
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment (1979): the k-th smallest p times (m - k + 1), kept monotone, capped at 1.
+    NaN p-values (claims with no test) are left out of the family and stay NaN."""
+    indexed = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    m, running, adjusted = len(indexed), 0.0, [math.nan] * len(pvalues)
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass
+class Effect:
+    n: int  # pairs, or the smaller arm when unpaired
+    paired: bool
+    estimate: float  # compare minus against
+    low: float  # 95% CI
+    high: float
+    p: float  # two-sided, for a difference
+    low90: float = math.nan  # 90% CI, for TOST
+    high90: float = math.nan
+    detectable: float = math.nan  # the smallest effect this design detects with 80% power
+    test: str = ""
+
+
+def effect(a: list[float], b: list[float], pairs: list[tuple[float, float]] | None, discrete: bool) -> Effect:
+    """The difference a - b: paired (a list of (a, b) per seed) or not; t-based for continuous measures,
+    rank-based p (Wilcoxon / Mann-Whitney) with a bootstrap CI for discrete ones (steps to a target)."""
+    from scipy import stats
+
+    if pairs is not None:
+        diffs = [x - y for x, y in pairs]
+        n = len(diffs)
+        estimate = statistics.fmean(diffs) if diffs else math.nan
+        if discrete:
+            p = _safe(lambda: stats.wilcoxon(diffs).pvalue) if any(diffs) else 1.0
+            low, high, low90, high90 = _bootstrap(diffs)
+            spread = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.nan
+            return Effect(n, True, estimate, low, high, p, low90, high90, _detectable(spread, n - 1), "Wilcoxon")
+        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.nan
+        dof = n - 1
+        if se == 0:  # every pair differs by the same amount (identical computations: by nothing)
+            p = 1.0 if estimate == 0 else 0.0
+        else:
+            p = _safe(lambda: stats.ttest_1samp(diffs, 0.0).pvalue)
+    else:
+        n = min(len(a), len(b))
+        estimate = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
+        if discrete:
+            p = _safe(lambda: stats.mannwhitneyu(a, b).pvalue)
+            low, high, low90, high90 = _bootstrap(a, b)
+            va, vb = (statistics.variance(x) if len(x) > 1 else math.nan for x in (a, b))
+            spread = math.sqrt(va / len(a) + vb / len(b))
+            return Effect(n, False, estimate, low, high, p, low90, high90, _detectable(spread, n - 1), "Mann-Whitney")
+        va, vb = (statistics.variance(x) if len(x) > 1 else math.nan for x in (a, b))
+        se = math.sqrt(va / len(a) + vb / len(b))
+        dof = (va / len(a) + vb / len(b)) ** 2 / (
+            (va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1)
+        ) if se else max(1, len(a) + len(b) - 2)  # fmt: skip
+        p = _safe(lambda: stats.ttest_ind(a, b, equal_var=False).pvalue) if se else (1.0 if estimate == 0 else 0.0)
+    if not (se == se) or dof < 1:
+        return Effect(n, pairs is not None, estimate, math.nan, math.nan, math.nan, test="too few seeds")
+    t95, t90 = stats.t.ppf(1 - ALPHA / 2, dof), stats.t.ppf(1 - ALPHA, dof)
+    return Effect(n, pairs is not None, estimate, estimate - t95 * se, estimate + t95 * se, float(p),
+                  estimate - t90 * se, estimate + t90 * se, _detectable(se, dof),
+                  "paired t" if pairs is not None else "Welch t")  # fmt: skip
+
+
+def _safe(compute) -> float:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(compute())
+        except ValueError:
+            return math.nan
+
+
+def _detectable(se: float, dof: float) -> float:
+    from scipy import stats
+
+    if not (se == se) or dof < 1:
+        return math.nan
+    return float((stats.t.ppf(1 - ALPHA / 2, dof) + stats.t.ppf(POWER, dof)) * se)
+
+
+def _bootstrap(a: list[float], b: list[float] | None = None, resamples: int = 4000) -> tuple[float, ...]:
+    """Percentile bootstrap of the mean (of a, or of a minus b): 95% and 90% intervals; seeded."""
+    import random
+
+    rng = random.Random(0)
+    finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731 - "never reached" has no mean
+    a = finite(a)
+    b = finite(b) if b is not None else None
+    if not a or (b is not None and not b):
+        return (math.nan,) * 4
+    means = []
+    for _ in range(resamples):
+        sample = statistics.fmean(rng.choices(a, k=len(a)))
+        means.append(sample - statistics.fmean(rng.choices(b, k=len(b))) if b is not None else sample)
+    means.sort()
+
+    def q(x: float) -> float:
+        return means[min(len(means) - 1, max(0, int(x * len(means))))]
+
+    return q(0.025), q(0.975), q(0.05), q(0.95)
+
+
+def verdict(claim: Claim, e: Effect, adjusted_p: float) -> str:
+    """supported, contradicted or inconclusive (see the module's docstring)."""
+    if not (e.low == e.low):
+        return "inconclusive"
+    sign = -1.0 if claim.expect == "less" else 1.0
+    low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # in the claimed direction
+    if claim.expect in ("greater", "less"):
+        if low > 0 and adjusted_p < ALPHA:
+            return "supported"
+        if high < (claim.margin or 0.0):  # the CI rules out any effect (or one of the declared size)
+            return "contradicted"
+        return "inconclusive"
+    m = claim.margin or 0.0
+    if claim.expect == "equivalent":
+        if -m < e.low90 and e.high90 < m:
+            return "supported"
+        if e.low > m or e.high < -m:
+            return "contradicted"
+        return "inconclusive"
+    # not_worse: greater is better; worse by more than the margin is what it rules out
+    if e.low > -m:
+        return "supported"
+    if e.high < -m:
+        return "contradicted"
+    return "inconclusive"
+
+
+# --- a study's claims ------------------------------------------------------------------------------------
+
+
+def _matches(flat_config: dict[str, Any], wanted: tuple[tuple[str, Any], ...]) -> bool:
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0)
+        return str(list(a) if isinstance(a, tuple) else a) == str(b)
+
+    return all(key in flat_config and same(flat_config[key], value) for key, value in wanted)
+
+
+@dataclass
+class Judged:
+    claim: Claim
+    effect: Effect | None
+    verdict: str
+    p_adjusted: float = math.nan
+    n_compare: int = 0
+    n_against: int = 0
+    note: str = ""
+    arms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
+    """Every claim of one study over its completed runs (compare.Run), Holm-adjusted as one family."""
+    from bnbench.compare import flat
+
+    completed = [r for r in runs if r.status == "completed"]
+    flats = [(r, flat(r.config)) for r in completed]
+    judged: list[Judged] = []
+    for claim in claims:
+        arm_a = [(f.get("train.seed"), measure(r.table, r.step_table, claim.metric)) for r, f in flats
+                 if _matches(f, claim.compare)]  # fmt: skip
+        arm_b = [(f.get("train.seed"), measure(r.table, r.step_table, claim.metric)) for r, f in flats
+                 if _matches(f, claim.against)]  # fmt: skip
+        a = [v for _, v in arm_a if v == v]
+        b = [v for _, v in arm_b if v == v]
+        item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b))
+        judged.append(item)
+        if len(a) < 2 or len(b) < 2:
+            item.note = f"needs at least 2 completed runs per arm (has {len(a)} and {len(b)})"
+            continue
+        seeds_a, seeds_b = dict(arm_a), dict(arm_b)
+        paired = len(seeds_a) == len(arm_a) and set(seeds_a) == set(seeds_b)  # one run per seed in each arm
+        pairs = [(seeds_a[s], seeds_b[s]) for s in sorted(seeds_a) if seeds_a[s] == seeds_a[s]
+                 and seeds_b[s] == seeds_b[s]] if paired else None  # fmt: skip
+        if claim.metric.discrete:  # "never reached" ranks last: a large finite stand-in keeps the ranks
+            cap = max([x for x in a + b if math.isfinite(x)] or [0.0]) * 2 + 1
+            a, b = [min(x, cap) for x in a], [min(x, cap) for x in b]
+            pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
+        item.effect = effect(a, b, pairs, claim.metric.discrete)
+        item.arms = {"compare": a, "against": b}
+    if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in ("greater", "less")]:
+        for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
+            j.p_adjusted = adjusted
+    for j in judged:
+        if j.effect is not None:
+            j.verdict = verdict(j.claim, j.effect, j.p_adjusted if j.p_adjusted == j.p_adjusted else j.effect.p)
+    return judged
