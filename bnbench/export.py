@@ -100,6 +100,15 @@ def to_tensorboard(runs: list[Run], out: Path) -> list[Path]:
     return targets
 
 
+def _artifacts_beside(tracking_uri: str) -> str | None:
+    """For a SQLite store, artifacts go in `mlartifacts/` beside the database file, not into whatever folder
+    the command ran in (MLflow's default, `./mlruns`); other stores keep MLflow's default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlartifacts").as_uri()
+
+
 def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str) -> dict[str, str]:
     """Runs as MLflow runs (children of their study's parent run); returns run name -> MLflow run id."""
     import logging
@@ -113,7 +122,10 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str) -> dict[str, 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    if found is None:
+        experiment_id = client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
+    else:
+        experiment_id = found.experiment_id
     parents: dict[Path, str] = {}
     ids = {}
     for run in runs:

@@ -61,8 +61,12 @@ def test_tensorboard_reads_back_every_value_of_the_csvs(study, tmp_path, cli):
     assert again.exit_code == 2 and "exists already" in again.stderr
 
 
-def test_mlflow_has_the_study_as_parent_and_every_value_of_the_csvs(study, tmp_path, cli):
+def test_mlflow_has_the_study_as_parent_and_every_value_of_the_csvs(study, tmp_path, cli, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)  # nothing may be written where the command runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
@@ -88,6 +92,7 @@ def test_mlflow_has_the_study_as_parent_and_every_value_of_the_csvs(study, tmp_p
         assert [m.value for m in history] == pytest.approx(steps["train_loss"].tolist(), rel=1e-12)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"metrics.csv", "steps.csv", "config.yaml", "meta.json"} <= artifacts
+    assert list(here.iterdir()) == [] and (tmp_path / "mlartifacts").is_dir()
 
 
 @pytest.mark.parametrize(("target", "extra"), [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
