@@ -160,7 +160,13 @@ class RunLock:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    holder = ""
+                    for _ in range(20):  # the holder writes its name just after it takes the lock
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                        if holder:
+                            break
+                        time.sleep(0.025)
+                    holder = holder or "another process"
                     os.close(fd)
                     raise LockHeld(f"{self.path.parent}: in use by {holder}") from None
                 time.sleep(0.1)
