@@ -395,6 +395,8 @@ def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
             pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
         item.effect = effect(a, b, pairs, claim.metric.discrete)
         item.arms = {"compare": a, "against": b}
+        if claim.metric.discrete and pairs is not None and len(pairs) <= 5:
+            item.note = f"a signed-rank test on {len(pairs)} pairs cannot reach p < {ALPHA}: at least 6 seeds"
     if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in ("greater", "less")]:
         for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
             j.p_adjusted = adjusted

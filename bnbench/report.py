@@ -902,10 +902,13 @@ def claims_lines(judged: list) -> list[str]:
     rows = []
     for j in judged:
         e = j.effect
-        effect = "-" if e is None else f"{_figure(e.estimate)} [{_figure(e.low)}, {_figure(e.high)}]"
-        detail = j.note or ("" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}")
+        digits = 0 if j.claim.metric.discrete else 4  # steps are counts
+        effect = "-" if e is None else (f"{_figure(e.estimate, digits)} [{_figure(e.low, digits)}, "
+                                        f"{_figure(e.high, digits)}]")  # fmt: skip
+        detail = "" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}"
+        detail = f"{detail}; {j.note}" if j.note else detail
         if j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable:
-            detail += f"; detectable: ±{_figure(e.detectable)}"
+            detail += f"; detectable: ±{_figure(e.detectable, digits)}"
         if j.claim.margin is not None:
             detail += f"; margin {j.claim.margin:g}"
         source = dict(j.claim.source)
