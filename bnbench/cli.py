@@ -196,6 +196,15 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _say_failure(result) -> None:
+    """One line naming the error and the saved traceback, or with --debug the traceback itself."""
+    saved = result.traceback
+    if saved is not None and _debug() and saved.is_file():
+        display.note(saved.read_text().rstrip())
+    where = f" (traceback: {saved}; --debug prints it)" if saved is not None and not _debug() else ""
+    display.error(f"{result.name}: {result.error}{where}", label=result.status)
+
+
 def _report_results(results: list) -> None:
     """The runs table, then per failed run one line (or, with --debug, its traceback) and per stopped run
     the command that continues it."""
@@ -207,11 +216,7 @@ def _report_results(results: list) -> None:
     display.show_table("runs", ["run", "status", "epochs", "final test_acc", "directory"], cells)
     for result in results:
         if result.error and result.status != "interrupted":
-            saved = getattr(result, "traceback", None)
-            if saved is not None and _debug() and saved.is_file():
-                display.note(saved.read_text().rstrip())
-            where = f" (traceback: {saved}; --debug prints it)" if saved is not None and not _debug() else ""
-            display.error(f"{result.name}: {result.error}{where}", label=result.status)
+            _say_failure(result)
         if result.status == "interrupted":
             display.note(f"to continue: bnbench run --resume {result.path}")
 
@@ -397,10 +402,7 @@ def _sweep_summary(plan, results: list) -> None:
     display.say("summary: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
     for result in results:
         if result.status == "failed":
-            saved = getattr(result, "traceback", None)
-            if saved is not None and _debug() and saved.is_file():
-                display.note(saved.read_text().rstrip())
-            display.error(f"{result.name}: {result.error}", label="failed")
+            _say_failure(result)
     runs, _ = cmp.find_runs([plan.folder])
     if runs:
         comparison = cmp.compare(runs)  # the seed groups; `bnbench compare` shows every run and epoch

@@ -8,7 +8,6 @@ longest first. Diagnostics and precise statistics are not timed: the estimate is
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -18,6 +17,7 @@ import torch
 
 from bnbench.config import RunConfig, config_from_dict
 from bnbench.data import SYNTHETIC_SIZES, Data, Split, synthetic, to_inputs
+from bnbench.errors import UsageError
 from bnbench.sweep import Engine, default_jobs
 
 FULL_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}
@@ -37,20 +37,19 @@ def sizes(cfg: RunConfig) -> tuple[int, int]:
 
 
 def recorded_epoch_seconds(folder: Path | None) -> dict[str, list[float]]:
-    """Epoch durations of the runs already in `folder`, by shape."""
+    """Epoch durations of the runs already in `folder`, by shape (read as `compare` reads runs: damaged
+    files are skipped, never waited on)."""
+    from bnbench.compare import find_runs
+
     found: dict[str, list[float]] = {}
     if folder is None or not folder.is_dir():
         return found
-    for metrics in folder.glob("*/metrics.csv"):
+    for run in find_runs([folder])[0]:
         try:
-            import yaml
-
-            cfg = config_from_dict(yaml.safe_load((metrics.parent / "config.yaml").read_text()), "config.yaml")
-            with open(metrics, newline="") as f:
-                seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(f)]
-        except Exception:  # noqa: BLE001 - a damaged run just gives no figure
+            cfg = config_from_dict(run.config, str(run.path / "config.yaml"))
+        except UsageError:  # a config this version no longer reads gives no figure
             continue
-        found.setdefault(shape_of(cfg), []).extend(seconds)
+        found.setdefault(shape_of(cfg), []).extend(run.table.get("epoch_seconds", []))
     return found
 
 

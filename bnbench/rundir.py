@@ -201,6 +201,13 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def config_changes(meta: dict, config: dict) -> list[str]:
+    """Dotted keys in which `config` differs from the config the run started with (meta.json keeps it);
+    the name aside. Empty for a run that kept none."""
+    started = meta.get("config")
+    return [k for k in differences(started, config) if k != "name"] if isinstance(started, dict) else []
+
+
 def _age(iso: object) -> str:
     try:
         when = dt.datetime.fromisoformat(str(iso))

@@ -35,6 +35,7 @@ from bnbench.rundir import (
     RunLock,
     check_writable,
     claim_run_dir,
+    config_changes,
     differences,
     is_alive,
     is_run_dir,
@@ -321,11 +322,9 @@ def decide(path: Path, cfg: RunConfig) -> tuple[str, str]:
         return "skip", f"already {status}"
     if status == "running" and is_alive(meta):
         return "skip", f"running in pid {meta.get('pid')} on {meta.get('hostname')}"
-    started_with = meta.get("config")
-    if isinstance(started_with, dict):
-        changed = [k for k in differences(started_with, cfg.to_dict()) if k != "name"]
-        if changed:
-            return "skip", f"started with another config ({', '.join(changed)}); not resumed"
+    changed = config_changes(meta, cfg.to_dict())
+    if changed:
+        return "skip", f"started with another config ({', '.join(changed)}); not resumed"
     return "resume", ""
 
 
@@ -386,34 +385,23 @@ def run_job(
     try:
         # What to do is decided again under the lock: another sweep may have run it since it was planned.
         action, why = decide(path, job.cfg) if job.path is not None else ("start", "")
-    except BaseException:
-        lock.release()
-        raise
-    if action == "skip":
-        lock.release()
-        return RunResult(path, "skipped", 0, None, 0, why)
-    if action == "resume":
-        run = RunDir.open(path)
-        try:
+        if action == "skip":
+            return RunResult(path, "skipped", 0, None, 0, why)
+        if action == "resume":
+            run = RunDir.open(path)
             first_epoch = prepare_resume(run, job.cfg, trainer) + 1
-        except BaseException:
-            lock.release()
-            raise
-        job = Job(job.cfg, job.run_name, job.source, path=path, resume=True)
-    else:
-        try:
-            for stale in ("checkpoint.pt", "model.pt"):  # bnbench's own files from a run that never recorded
-                (path / stale).unlink(missing_ok=True)
-            run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
-        except BaseException:  # e.g. a full disk: no half-created run directory stays behind
-            lock.release()
-            if job.path is None:
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-    try:
+        else:
+            try:
+                for stale in ("checkpoint.pt", "model.pt"):  # bnbench's own files from a run that never recorded
+                    (path / stale).unlink(missing_ok=True)
+                run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+            except BaseException:  # e.g. a full disk: no half-created run directory stays behind
+                if job.path is None:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
         trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
         asked = out_dir / job.run_name
-        note = f"resuming from epoch {first_epoch}" if job.resume else (
+        note = f"resuming from epoch {first_epoch}" if action == "resume" else (
             f"{asked} was taken" if job.path is None and run.path != asked else "")  # fmt: skip
         trainer.reporter.started(run.path, note, job.cfg.train.batch_size)
         error, saved = None, None

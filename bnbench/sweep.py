@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bnbench.errors import UsageError
 from bnbench.records import atomic_write
-from bnbench.rundir import LockHeld, check_writable, differences, read_meta, status_of
+from bnbench.rundir import LockHeld, check_writable, config_changes, read_meta, status_of
 from bnbench.study import STUDY_FILE, Study, dump_study, in_shard, saved_study, study_differences
 
 # A progress update from a worker: (worker pid, run name, epoch, epochs, steps done, steps, loss).
@@ -86,14 +86,12 @@ def plan_study(
             meta = read_meta(path)
             plan.skipped.append((run.name, f"running in pid {meta.get('pid')} on {meta.get('hostname')}"))
         elif status in ("interrupted", "stale", "failed"):
-            started_with = read_meta(path).get("config")
-            if isinstance(started_with, dict):
-                changed = [k for k in differences(started_with, run.config.to_dict()) if k != "name"]
-                if changed:
-                    raise UsageError(
-                        f"{path}: the run started with another config than the study now asks for "
-                        f"({', '.join(changed)}); put {folder / STUDY_FILE} back, or start the study under another name"
-                    )
+            changed = config_changes(read_meta(path), run.config.to_dict())
+            if changed:
+                raise UsageError(
+                    f"{path}: the run started with another config than the study now asks for "
+                    f"({', '.join(changed)}); put {folder / STUDY_FILE} back, or start the study under another name"
+                )
             plan.jobs.append(Job(run.config, run.name, source, path=path, resume=True))
         elif has_recorded_rows(path):  # epochs on disk but no meta.json: never start over them
             plan.skipped.append((run.name, f"{path / 'metrics.csv'} holds epochs but no meta.json; not touched"))
