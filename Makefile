@@ -30,7 +30,7 @@ clean:
 
 # The evidence (docs/results): every study in configs/studies/, then the report generated from the runs.
 # Resumable: a second `make results` skips every run already done. Needs the real datasets.
-STUDIES := lenet_norms mlp_norms convnet_norms ioffe_mnist lr_sensitivity batch_size accumulation eval_statistics
+STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size
 RESULTS_RUNS ?= runs
 export BNBENCH_DATA_DIR ?= ../shared/data
 

@@ -12,16 +12,24 @@ A study file declares the claims it tests beside its grid:
         expect: greater                      # greater | less | equivalent | not_worse
         margin: 0.005                        # needed by equivalent and not_worse
 
-or `metric: {column: train_acc, steps_to: 0.97}` (the first logged step reaching it; rank-based), or
-`metric: {column: test_acc, auc: true}` (the mean over epochs).
+or `metric: {column: train_acc, steps_to: 0.97}` (the first logged step reaching it; rank-based),
+`metric: {column: test_acc, auc: true}` (the mean over epochs), `metric: {diagnostic: lag_mean, layer: last,
+at: final, mean_of_last: 10}` (a diagnostics.csv quantity of one norm position, `last` = the deepest), and
+`against_column: test_acc` to set two columns of the same runs against each other. `expect: different`
+(with a margin) claims two arms differ by more than the margin, either way.
+
+A study may also say what its claims were published with (`published:`, parse_published): the source,
+the published setup as config keys (every value the runs differ in is printed beside the verdicts),
+notes on what differs beyond the config, and published figures to print beside bnbench's.
 
 Arms are paired by seed when they share their seeds (same initial weights and data order: the norm
 layers draw no random numbers); the effect is the mean difference with its 95% confidence interval.
 Verdicts, with Holm's correction over the claims of a study:
   supported     the CI excludes zero in the claimed direction and the Holm-adjusted p < 0.05
-                (equivalent: the 90% CI lies within ±margin, TOST; not_worse: the 95% CI lies above -margin)
+                (equivalent: the 90% CI lies within ±margin, TOST; not_worse: the 95% CI lies above -margin;
+                different: the 95% CI lies outside ±margin and the adjusted p < 0.05)
   contradicted  the CI excludes the claimed effect (greater: it lies below margin or 0; equivalent: it
-                lies outside ±margin; not_worse: below -margin)
+                lies outside ±margin; not_worse: below -margin; different: TOST puts it within ±margin)
   inconclusive  otherwise, with the smallest effect the design could have detected (80% power)
 A test that misses p < 0.05 is never evidence against a claim. No torch, no study-specific code here.
 """
@@ -30,38 +38,44 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bnbench.errors import UsageError
 
 ALPHA = 0.05
 POWER = 0.80
-EXPECTS = ("greater", "less", "equivalent", "not_worse")
+EXPECTS = ("greater", "less", "equivalent", "not_worse", "different")
+DIFFERENCE_CLAIMS = ("greater", "less", "different")  # tested against zero: the Holm family
 CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin")
 
 
 @dataclass(frozen=True)
 class Metric:
-    column: str = "test_acc"
+    column: str = "test_acc"  # a metrics.csv or steps.csv column, or with `diagnostic` the quantity
     at: str | int | None = "final"  # "final", or an epoch number (at_kind "epoch") or a step ("step")
     at_kind: str = "final"  # final | epoch | step
     mean_of_last: int = 1
     steps_to: float | None = None
     auc: bool = False
+    against_column: str | None = None  # the against arm's column, where it is another one
+    layer: str | None = None  # set for a diagnostics.csv quantity: a norm position, or "last"
 
     @property
     def discrete(self) -> bool:
         return self.steps_to is not None
 
     def describe(self) -> str:
+        name = self.column if self.against_column is None else f"{self.column} vs {self.against_column}"
+        if self.layer is not None:
+            name = f"{self.column} of {self.layer if self.layer != 'last' else 'the last norm'}"
         if self.steps_to is not None:
-            return f"steps until {self.column} >= {self.steps_to:g}"
+            return f"steps until {name} >= {self.steps_to:g}"
         if self.auc:
-            return f"mean {self.column} over epochs"
+            return f"mean {name} over epochs"
         if self.at_kind == "final":
-            return f"final {self.column}" + (f" (mean of last {self.mean_of_last})" if self.mean_of_last > 1 else "")
-        return f"{self.column} at {self.at_kind} {self.at}"
+            return f"final {name}" + (f" (mean of last {self.mean_of_last})" if self.mean_of_last > 1 else "")
+        return f"{name} at {self.at_kind} {self.at}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,10 @@ class Claim:
 
     def to_dict(self) -> dict:
         metric: dict[str, Any] = {"column": self.metric.column}
+        if self.metric.layer is not None:
+            metric = {"diagnostic": self.metric.column, "layer": self.metric.layer}
+        if self.metric.against_column is not None:
+            metric["against_column"] = self.metric.against_column
         if self.metric.steps_to is not None:
             metric["steps_to"] = self.metric.steps_to
         elif self.metric.auc:
@@ -132,7 +150,7 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
         margin = item.get("margin")
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
             raise UsageError(f"{where}: margin: expected a number >= 0, got {margin!r}")
-        if expect in ("equivalent", "not_worse") and not margin:
+        if expect in ("equivalent", "not_worse", "different") and not margin:
             raise UsageError(f"{where}: expect {expect} needs a margin > 0 (how close counts as the same)")
         source_raw = item.get("source") or {}
         if not isinstance(source_raw, dict):
@@ -148,36 +166,74 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
 def _metric(raw: Any, where: str) -> Metric:
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: expected a mapping, e.g. {{column: test_acc, at: final}}")
-    unknown = [k for k in raw if k not in ("column", "at", "mean_of_last", "steps_to", "auc")]
+    keys = ("column", "against_column", "diagnostic", "layer", "at", "mean_of_last", "steps_to", "auc")
+    unknown = [k for k in raw if k not in keys]
     if unknown:
-        raise UsageError(f"{where}: {unknown[0]}: unknown key (column, at, mean_of_last, steps_to, auc)")
-    column = str(raw.get("column", "test_acc"))
+        raise UsageError(f"{where}: {unknown[0]}: unknown key ({', '.join(keys)})")
+    if "diagnostic" in raw and ("column" in raw or "against_column" in raw or "layer" not in raw):
+        raise UsageError(f"{where}: a diagnostic takes a layer (a norm position such as norm2, or last) and no column")
+    if "layer" in raw and "diagnostic" not in raw:
+        raise UsageError(f"{where}: layer: goes with diagnostic (a diagnostics.csv quantity)")
+    column = str(raw.get("diagnostic", raw.get("column", "test_acc")))
+    layer = str(raw["layer"]) if "layer" in raw else None
+    against = str(raw["against_column"]) if raw.get("against_column") is not None else None
+    extra = {"against_column": against, "layer": layer}
     if raw.get("steps_to") is not None:
         target = raw["steps_to"]
-        if isinstance(target, bool) or not isinstance(target, (int, float)):
-            raise UsageError(f"{where}: steps_to: expected a number, got {target!r}")
-        return Metric(column, None, "final", 1, float(target))
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or layer is not None:
+            raise UsageError(f"{where}: steps_to: expected a number (of a metrics.csv or steps.csv column)")
+        return Metric(column, None, "final", 1, float(target), **extra)
     if raw.get("auc"):
-        return Metric(column, None, "final", 1, None, True)
+        return Metric(column, None, "final", 1, None, True, **extra)
     at = raw.get("at", "final")
     last = raw.get("mean_of_last", 1)
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise UsageError(f"{where}: mean_of_last: expected an integer >= 1, got {last!r}")
     if at == "final":
-        return Metric(column, "final", "final", last)
+        return Metric(column, "final", "final", last, **extra)
     if isinstance(at, dict) and len(at) == 1 and next(iter(at)) in ("epoch", "step"):
         kind, value = next(iter(at.items()))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{where}: at.{kind}: expected an integer >= 1, got {value!r}")
-        return Metric(column, value, kind, 1)
+        return Metric(column, value, kind, 1, **extra)
     raise UsageError(f"{where}: at: expected final, {{epoch: N}} or {{step: N}}, got {at!r}")
 
 
 # --- measuring a run -------------------------------------------------------------------------------------
 
 
-def measure(table: dict[str, list], step_table: dict[str, list], metric: Metric) -> float:
-    """The metric of one run from its metrics.csv and steps.csv columns; NaN when it cannot be read."""
+def measure(run: Any, metric: Metric, against: bool = False) -> float:
+    """The metric of one run (compare.Run) from its metrics.csv, steps.csv or diagnostics.csv; NaN when it
+    cannot be read. `against`: the against arm's column where the metric names another one."""
+    if against and metric.against_column is not None:
+        metric = replace(metric, column=metric.against_column, against_column=None)
+    if metric.layer is not None:
+        return _diagnostic(run, metric)
+    return _measure(run.table, run.step_table, metric)
+
+
+def _diagnostic(run: Any, metric: Metric) -> float:
+    """A diagnostics.csv quantity of one norm position ("last": the deepest), at its last probes, or at
+    the last probe of an epoch or at or before a step."""
+    d = run.diagnostics
+    if d.empty:
+        return math.nan
+    d = d[d["quantity"] == metric.column]
+    layers = sorted(set(d["layer"]) - {"model"}, key=lambda name: (len(name), name))  # norm2 before norm10
+    layer = layers[-1] if metric.layer == "last" and layers else metric.layer
+    values = d[d["layer"] == layer].sort_values("step")
+    if metric.at_kind == "epoch":
+        values = values[values["epoch"] == metric.at].tail(1)
+    elif metric.at_kind == "step":
+        values = values[values["step"] <= metric.at].tail(1)
+    else:
+        values = values.tail(metric.mean_of_last)
+    if values.empty or (metric.at_kind == "final" and len(values) < metric.mean_of_last):
+        return math.nan
+    return float(values["value"].mean())
+
+
+def _measure(table: dict[str, list], step_table: dict[str, list], metric: Metric) -> float:
     if metric.steps_to is not None:
         source = step_table if metric.column in step_table else table
         index = "step" if source is step_table else "epoch"
@@ -328,6 +384,12 @@ def verdict(claim: Claim, e: Effect, adjusted_p: float) -> str:
             return "contradicted"
         return "inconclusive"
     m = claim.margin or 0.0
+    if claim.expect == "different":
+        if (e.low > m or e.high < -m) and adjusted_p < ALPHA:
+            return "supported"
+        if -m < e.low90 and e.high90 < m:
+            return "contradicted"
+        return "inconclusive"
     if claim.expect == "equivalent":
         if -m < e.low90 and e.high90 < m:
             return "supported"
@@ -374,9 +436,8 @@ def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
     flats = [(r, flat(r.config)) for r in completed]
     judged: list[Judged] = []
     for claim in claims:
-        arm_a = [(f.get("train.seed"), measure(r.table, r.step_table, claim.metric)) for r, f in flats
-                 if _matches(f, claim.compare)]  # fmt: skip
-        arm_b = [(f.get("train.seed"), measure(r.table, r.step_table, claim.metric)) for r, f in flats
+        arm_a = [(f.get("train.seed"), measure(r, claim.metric)) for r, f in flats if _matches(f, claim.compare)]
+        arm_b = [(f.get("train.seed"), measure(r, claim.metric, against=True)) for r, f in flats
                  if _matches(f, claim.against)]  # fmt: skip
         a = [v for _, v in arm_a if v == v]
         b = [v for _, v in arm_b if v == v]
@@ -397,10 +458,108 @@ def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
         item.arms = {"compare": a, "against": b}
         if claim.metric.discrete and pairs is not None and len(pairs) <= 5:
             item.note = f"a signed-rank test on {len(pairs)} pairs cannot reach p < {ALPHA}: at least 6 seeds"
-    if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in ("greater", "less")]:
+    if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in DIFFERENCE_CLAIMS]:
         for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
             j.p_adjusted = adjusted
     for j in judged:
         if j.effect is not None:
             j.verdict = verdict(j.claim, j.effect, j.p_adjusted if j.p_adjusted == j.p_adjusted else j.effect.p)
     return judged
+
+
+# --- what the claims were published with -----------------------------------------------------------------
+
+PUBLISHED_KEYS = ("source", "setup", "notes", "figures")
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    """One published number (`value`) or range (`low`..`high`) of a column, for the runs of one arm."""
+
+    arm: tuple[tuple[str, Any], ...]
+    column: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    source: tuple[tuple[str, str], ...] = ()
+    setup: tuple[tuple[str, Any], ...] = ()  # config keys: the published values
+    notes: tuple[str, ...] = ()  # what differs beyond config keys
+    figures: tuple[PublishedFigure, ...] = ()
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {}
+        if self.source:
+            out["source"] = dict(self.source)
+        if self.setup:
+            out["setup"] = dict(self.setup)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.figures:
+            out["figures"] = [{"arm": dict(f.arm), "column": f.column}
+                              | {k: v for k in ("value", "low", "high") if (v := getattr(f, k)) is not None}
+                              for f in self.figures]  # fmt: skip
+        return out
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def parse_published(raw: Any, source: str) -> Published | None:
+    """A study's `published:` mapping, validated: one UsageError naming the key."""
+    if raw is None:
+        return None
+    where = f"{source}: published"
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected a mapping with {', '.join(PUBLISHED_KEYS)}")
+    unknown = [k for k in raw if k not in PUBLISHED_KEYS]
+    if unknown:
+        raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(PUBLISHED_KEYS)})")
+    cite = raw.get("source") or {}
+    if not isinstance(cite, dict):
+        raise UsageError(f"{where}.source: expected a mapping, e.g. {{cite: ..., url: ...}}")
+    setup = _mapping(raw["setup"], f"{where}.setup") if raw.get("setup") is not None else {}
+    notes = raw.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise UsageError(f"{where}.notes: expected a list of lines of text")
+    figures = []
+    for i, item in enumerate(raw.get("figures") or []):
+        at = f"{where}.figures[{i}]"
+        if not isinstance(item, dict) or "arm" not in item or "column" not in item:
+            raise UsageError(f"{at}: expected {{arm: {{norm.kind: torch}}, column: test_acc, value: 0.83}} "
+                             "(or low and high for a range)")  # fmt: skip
+        unknown = [k for k in item if k not in ("arm", "column", "value", "low", "high")]
+        if unknown:
+            raise UsageError(f"{at}: {unknown[0]}: unknown key (arm, column, value, low, high)")
+        value = _number(item["value"], f"{at}.value") if "value" in item else None
+        low = _number(item["low"], f"{at}.low") if "low" in item else None
+        high = _number(item["high"], f"{at}.high") if "high" in item else None
+        if (value is None) == (low is None or high is None):
+            raise UsageError(f"{at}: give a value, or low and high")
+        figures.append(PublishedFigure(tuple(_mapping(item["arm"], f"{at}.arm").items()), str(item["column"]),
+                                       value, low, high))  # fmt: skip
+    return Published(tuple((str(k), str(v)) for k, v in cite.items()), tuple(setup.items()), tuple(notes),
+                     tuple(figures))  # fmt: skip
+
+
+def deviations(published: Published | None, claim: Claim, runs: list) -> list[str]:
+    """Where the runs of a claim's two arms differ from the published setup: one line per config key
+    (`train.epochs: 5 here, 10 published`), then the published notes."""
+    if published is None:
+        return []
+    from bnbench.compare import flat
+
+    flats = [flat(r.config) for r in runs if r.status == "completed"]
+    used = [f for f in flats if _matches(f, claim.compare) or _matches(f, claim.against)]
+    out = []
+    for key, value in published.setup:
+        here = list(dict.fromkeys(str(f[key]) for f in used if key in f and not _matches(f, ((key, value),))))
+        if here:
+            out.append(f"{key}: {', '.join(here)} here, {value} published")
+    return out + list(published.notes)

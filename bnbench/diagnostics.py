@@ -6,7 +6,9 @@ that pass. Recorded per position (`norm1`, `norm2`, ...; the same names for ever
 
 * act_*: the activation's input (after the norm when the norm comes first): mean, std, and the
   15/50/85th percentiles over the layer (`act_p15`...) and for one fixed unit (`unit_p15`...: feature 0,
-  or channel 0 at the centre pixel); `saturated`: the fraction of sigmoid inputs with |x| > 4 or tanh
+  or channel 0 at the centre pixel); `units_path`: how far every unit's 15/50/85th percentiles have
+  moved so far, summed over the probes (mean over units and percentiles of |q_now - q_before|; the
+  probe batch is fixed, so weights that do not change add exactly 0); `saturated`: the fraction of sigmoid inputs with |x| > 4 or tanh
   inputs with |x| > 2, or for ReLU the fraction of units that are off for every probe example;
 * norm_in_mean, norm_in_std: the norm's input;
 * weight_*, bias_*: the norm's gamma and beta (mean, std); for BN also running_mean_* and running_var_*,
@@ -56,6 +58,11 @@ def unit_of(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0] if x.dim() == 2 else x[:, 0, x.shape[2] // 2, x.shape[3] // 2]
 
 
+def units_of(x: torch.Tensor) -> torch.Tensor:
+    """Every unit's values over the batch: (batch, features), or each channel at the centre pixel."""
+    return x.flatten(1) if x.dim() == 2 else x[:, :, x.shape[2] // 2, x.shape[3] // 2]
+
+
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and unbiased variance, as BN computes them for its running statistics."""
     dims = (0,) if x.dim() == 2 else (0, 2, 3)
@@ -78,12 +85,21 @@ class Diagnostics:
         self.steps_per_epoch = steps_per_epoch
         # Each norm position and the Linear or Conv layer that feeds it (the last one before it).
         self.positions: dict[str, tuple[NormAct, nn.Module | None]] = {}
+        self.unit_quantiles: dict[str, torch.Tensor] = {}  # per position, at the last probe: for units_path
+        self.units_path: dict[str, torch.Tensor] = {}
         feeding = None
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 feeding = module
             elif isinstance(module, NormAct):
                 self.positions[name] = (module, feeding)
+
+    def state(self) -> dict:
+        return {"unit_quantiles": dict(self.unit_quantiles), "units_path": dict(self.units_path)}
+
+    def load_state(self, state: dict) -> None:
+        self.unit_quantiles = dict(state.get("unit_quantiles", {}))
+        self.units_path = dict(state.get("units_path", {}))
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step in self.landscape_at or step % self.steps_per_epoch == 0
@@ -147,6 +163,13 @@ class Diagnostics:
             out.append((name, f"act_p{p}", value))
         for p, value in zip(PERCENTILES, percentiles(unit_of(act_in)), strict=True):
             out.append((name, f"unit_p{p}", value))
+        levels = torch.tensor([p / 100 for p in PERCENTILES], device=act_in.device)
+        quantiles = torch.quantile(units_of(act_in).float(), levels, dim=0)
+        before = self.unit_quantiles.get(name)
+        moved = (quantiles - before).abs().mean() if before is not None else quantiles.new_zeros(())
+        self.units_path[name] = self.units_path.get(name, quantiles.new_zeros(())) + moved
+        self.unit_quantiles[name] = quantiles
+        out.append((name, "units_path", self.units_path[name]))
         activation = self.cfg.model.activation
         if activation in SATURATION:
             out.append((name, "saturated", (act_in.abs() > SATURATION[activation]).float().mean()))

@@ -9,6 +9,10 @@ A study is data, validated at the edge like a config: every cell and seed is res
     # keys joined by a comma vary together: {train.batch_size,train.lr: [[32, 0.0125], [256, 0.1]]}
     seeds: [0, 1, 2]              # or "0-4", or one integer
     set: {train.epochs: 5}        # fixed overrides for every run (optional)
+
+What the study asks and tests, for `bnbench report` (optional; none of it changes a run): `question`,
+`claims` (claims.py), `published` (the setup the claims were published with: claims.py) and `figures`
+(the report's figures: figures.py).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from bnbench.config import (
 from bnbench.errors import UsageError
 
 STUDY_FILE = "study.yaml"
-STUDY_KEYS = ("name", "base", "matrix", "seeds", "set", "claims")
+STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims")
 MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
 MAX_SEEDS = 10_000
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
@@ -122,6 +126,9 @@ class Study:
     fixed: tuple[tuple[str, Any], ...]
     source: str = field(default="", compare=False)  # where the matrix came from, for messages: a file, --grid
     claims: tuple = field(default=(), compare=False)  # claims.Claim: what the study tests (not what it runs)
+    question: str = field(default="", compare=False)
+    published: Any = field(default=None, compare=False)  # claims.Published
+    figures: tuple = field(default=(), compare=False)  # figures.FigureSpec
 
     def to_dict(self) -> dict:
         return {
@@ -130,7 +137,10 @@ class Study:
             "matrix": {k: list(v) for k, v in self.matrix},
             "seeds": list(self.seeds),
             "set": dict(self.fixed),
-        } | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {})
+        } | ({"question": self.question} if self.question else {}) \
+          | ({"published": self.published.to_dict()} if self.published else {}) \
+          | ({"figures": [f.to_dict() for f in self.figures]} if self.figures else {}) \
+          | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {})  # fmt: skip
 
     def run_count(self) -> int:
         """Cells x seeds, by arithmetic: nothing is built."""
@@ -287,11 +297,17 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
     for text in extra:
         keys, value = parse_override(text)
         fixed[".".join(keys)] = value
-    from bnbench.claims import parse_claims
+    from bnbench.claims import parse_claims, parse_published
+    from bnbench.figures import parse_figures
 
+    question = raw.get("question", "")
+    if not isinstance(question, str):
+        raise UsageError(f"{source}: question: expected one line of text")
     return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
                  tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE),
-                 claims=parse_claims(raw.get("claims"), source))  # fmt: skip
+                 claims=parse_claims(raw.get("claims"), source), question=question.strip(),
+                 published=parse_published(raw.get("published"), source),
+                 figures=parse_figures(raw.get("figures"), source))  # fmt: skip
 
 
 def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,
@@ -373,8 +389,9 @@ def saved_study(folder: Path) -> Study | None:
 def study_differences(saved: Study, wanted: Study) -> list[str]:
     from bnbench.rundir import differences
 
-    # Claims say what a study tests, not what it runs: editing them never makes a study "another one".
-    return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith("claims")]
+    # What a study asks and tests is not what it runs: editing it never makes a study "another one".
+    about = ("claims", "question", "published", "figures")
+    return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith(about)]
 
 
 def dump_study(study: Study) -> str:

@@ -312,6 +312,8 @@ class Trainer:
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
             },
+            # units_path is a running sum over probes: a resumed run goes on from it, not from 0
+            "diagnostics": self.diagnostics.state() if self.diagnostics else {},
         }
 
     def load_state(self, state: dict) -> int:
@@ -323,4 +325,6 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
+        if self.diagnostics and state.get("diagnostics"):
+            self.diagnostics.load_state(state["diagnostics"])
         return state["epoch"]

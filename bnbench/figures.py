@@ -1,0 +1,302 @@
+"""The report's figures: what a study file asks for under `figures:`, and the small named plot functions
+that draw them from any study's runs.
+
+    figures:
+      - {plot: curves}                                   # train loss and test accuracy per epoch, a line per cell
+      - {plot: curves, x: step, columns: [train_loss, train_acc], until: 2000, panels: norm.kind}
+      - {plot: sweep, x: train.lr, lines: norm.kind, panels: model.name, column: test_acc}
+      - {plot: diagnostics, layer: norm3}                # what the norm does inside the network (plots.py)
+
+Every figure's title names the model, the dataset and what varies; series are named as in the report's
+tables; a swept axis is ticked at the values that ran; series that coincide are named in the caption.
+A study with no `figures:` gets curves of every cell.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnbench.errors import UsageError
+
+PLOTS = ("curves", "sweep", "diagnostics")
+SPEC_KEYS = ("plot", "x", "columns", "column", "lines", "panels", "until", "layer")
+NORM_NAMES = {
+    "none": "no norm",
+    "scratch": "hand-written BN",
+    "torch": "nn.BatchNorm",
+    "layer": "LayerNorm",
+    "torch_layer": "nn.LayerNorm",
+    "group": "GroupNorm",
+    "torch_group": "nn.GroupNorm",
+    "ghost": "ghost BN",
+    "renorm": "batch renorm",
+}
+KEY_NAMES = {"train.lr": "lr", "train.batch_size": "batch", "train.accumulate": "micro-batches",
+             "norm.momentum": "momentum", "train.precise_bn": "precise statistics", "model.name": "",
+             "norm.kind": ""}  # fmt: skip
+COLUMN_NAMES = {"train_loss": "train loss", "train_acc": "train accuracy", "test_acc": "test accuracy",
+                "test_acc_batch_stats": "test accuracy, batch statistics"}  # fmt: skip
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic": "synthetic data"}
+MODELS = {"mlp": "MLP", "convnet": "conv net", "lenet": "LeNet"}
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    plot: str = "curves"
+    x: str = "epoch"  # curves: epoch or step; sweep: the swept config key
+    columns: tuple[str, ...] = ("train_loss", "test_acc")  # curves
+    column: str = "test_acc"  # sweep
+    lines: tuple[str, ...] = ()  # sweep: the keys a line stands for (default: every other matrix key)
+    panels: str | None = None  # a config key: one panel per value
+    until: int | None = None  # curves: the last x shown
+    layer: str | None = None  # diagnostics
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"plot": self.plot}
+        default = FigureSpec()
+        for key in SPEC_KEYS[1:]:
+            value = getattr(self, key)
+            if value != getattr(default, key):
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def name(self) -> str:
+        """The figure's file name inside the report (after the study's name)."""
+        if self.plot == "sweep":
+            return f"{self.column}_vs_{self.x.rsplit('.', 1)[-1]}"
+        if self.plot == "diagnostics":
+            return f"diagnostics_{self.layer}"
+        return f"curves_by_{self.x}" + (f"_{'_'.join(self.columns)}" if self.columns != FigureSpec.columns else "")
+
+
+def parse_figures(raw: Any, source: str) -> tuple[FigureSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise UsageError(f"{source}: figures: expected a list, e.g. [{{plot: curves}}]")
+    from bnbench.config import parse_override
+
+    specs = []
+    for i, item in enumerate(raw):
+        where = f"{source}: figures[{i}]"
+        if not isinstance(item, dict) or item.get("plot") not in PLOTS:
+            raise UsageError(f"{where}: expected a mapping with plot: {' | '.join(PLOTS)}")
+        unknown = [k for k in item if k not in SPEC_KEYS]
+        if unknown:
+            raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(SPEC_KEYS)})")
+        plot = item["plot"]
+        lines = item.get("lines", [])
+        lines = [lines] if isinstance(lines, str) else lines
+        keys = [*lines, *([item["panels"]] if item.get("panels") else [])]
+        if plot == "sweep":
+            if "x" not in item:
+                raise UsageError(f"{where}: a sweep names its x: a config key the study varies, e.g. train.lr")
+            keys.append(item["x"])
+        for key in keys:
+            parse_override(f"{key}=0", where)  # a config key that exists
+        if plot == "curves" and item.get("x", "epoch") not in ("epoch", "step"):
+            raise UsageError(f"{where}: x: curves are drawn by epoch or by step")
+        if plot == "diagnostics" and not item.get("layer"):
+            raise UsageError(f"{where}: a diagnostics figure names its layer (a norm position, e.g. norm2)")
+        until = item.get("until")
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 1):
+            raise UsageError(f"{where}: until: expected an integer >= 1")
+        columns = item.get("columns", list(FigureSpec.columns))
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise UsageError(f"{where}: columns: expected a list of metric names, e.g. [train_loss, test_acc]")
+        specs.append(FigureSpec(plot, str(item.get("x", "epoch")), tuple(columns), str(item.get("column", "test_acc")),
+                                tuple(str(k) for k in lines), item.get("panels"), until, item.get("layer")))  # fmt: skip
+    return tuple(specs)
+
+
+# --- names a reader knows --------------------------------------------------------------------------------
+
+
+def value_label(key: str, value: Any) -> str:
+    """`norm.kind` torch -> nn.BatchNorm; `train.lr` 0.1 -> lr 0.1; `train.precise_bn` None -> running."""
+    from bnbench.study import format_value
+
+    if key == "norm.kind":
+        return NORM_NAMES.get(str(value), str(value))
+    if key == "model.name":
+        return MODELS.get(str(value), str(value))
+    if key == "train.precise_bn":
+        return "running statistics" if value is None else f"precise statistics ({value} batches)"
+    name = KEY_NAMES.get(key, key.rsplit(".", 1)[-1])
+    return f"{name} {format_value(value)}".strip()
+
+
+def cell_label(keys: list[str], values: tuple) -> str:
+    return ", ".join(value_label(k, v) for k, v in zip(keys, values, strict=True)) or "all runs"
+
+
+def title_of(runs: list, varies: list[str]) -> str:
+    """`LeNet (sigmoid) on Fashion-MNIST, by norm and lr`: what every run shares and what varies."""
+    from bnbench.compare import flat
+
+    flats = [flat(r.config) for r in runs]
+    models = dict.fromkeys(f"{MODELS.get(f.get('model.name'), f.get('model.name'))} ({f.get('model.activation')})"
+                           for f in flats)  # fmt: skip
+    datasets = dict.fromkeys(DATASETS.get(str(f.get("data.dataset")), str(f.get("data.dataset"))) for f in flats)
+    named = [KEY_NAMES.get(k) or k.rsplit(".", 1)[-1] for k in varies]
+    named = ["norm" if k == "kind" else ("model" if k == "name" else k) for k in named]
+    return f"{' / '.join(models)} on {' + '.join(datasets)}" + (f", by {' and '.join(named)}" if named else "")
+
+
+# --- the plot functions: each draws one PNG and returns caption notes ------------------------------------
+
+
+def _groups(runs: list, keys: list[str]) -> dict[tuple, list]:
+    from bnbench.compare import flat
+
+    out: dict[tuple, list] = {}
+    for run in runs:
+        f = flat(run.config)
+        out.setdefault(tuple(_hashable(f.get(k)) for k in keys), []).append(run)
+    return out
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if v == v]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _coinciding(series: dict[str, list[float]]) -> list[str]:
+    """Pairs of series whose means agree at every point to 1e-3 of their range: the caption names them."""
+    notes = []
+    names = list(series)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            xs, ys = series[a], series[b]
+            scale = max((abs(v) for v in xs + ys if v == v), default=1.0) or 1.0
+            if len(xs) == len(ys) and xs and all(abs(x - y) <= 1e-3 * scale for x, y in zip(xs, ys, strict=True)):
+                notes.append(f"{a} and {b} coincide")
+    return notes
+
+
+def _curve(members: list, x: str, column: str, until: int | None) -> tuple[list[float], list[float], list[float]]:
+    """Mean and std over seeds of `column` at each epoch (metrics.csv) or logged step (steps.csv)."""
+    by_x: dict[float, list[float]] = {}
+    for run in members:
+        table = run.step_table if x == "step" and column in run.step_table else run.table
+        index = "step" if table is run.step_table else "epoch"
+        scale = 1.0
+        if x == "step" and index == "epoch" and run.step_table.get("step") and run.table.get("epoch"):
+            scale = max(run.step_table["step"]) / max(run.table["epoch"])  # each epoch at the step that ended it
+        for at, value in zip(table.get(index, []), table.get(column, []), strict=True):
+            if until is None or at * scale <= until:
+                by_x.setdefault(at * scale, []).append(value)
+    xs = sorted(by_x)
+    stats = [_mean_std(by_x[v]) for v in xs]
+    return xs, [m for m, _ in stats], [s for _, s in stats]
+
+
+def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
+    """A column of panels per `spec.panels` value, a row per metric; a line per cell, mean ± std over seeds."""
+    from bnbench.plots import _pyplot, _style
+
+    plt = _pyplot()
+    panel_keys = [spec.panels] if spec.panels else []
+    line_keys = [k for k in keys if k not in panel_keys]
+    panels = _groups(runs, panel_keys)
+    fig, axes = plt.subplots(len(spec.columns), len(panels), figsize=(4.6 * len(panels) + 1.4, 3.3 * len(spec.columns)),
+                             squeeze=False)  # fmt: skip
+    notes: list[str] = []
+    all_lines = list(_groups(runs, line_keys))
+    for col, (panel, members) in enumerate(panels.items()):
+        lines = _groups(members, line_keys)
+        for row, column in enumerate(spec.columns):
+            ax = axes[row][col]
+            means = {}
+            for cell, group in lines.items():
+                i = all_lines.index(cell)
+                xs, mean, std = _curve(group, spec.x, column, spec.until)
+                if not xs:
+                    continue
+                label = f"{cell_label(line_keys, cell)} (n={len(group)})"
+                ax.plot(xs, mean, label=label, markevery=max(1, len(xs) // 12), **_style(i))
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
+                                [m + s for m, s in zip(mean, std, strict=True)], color=_style(i)["color"], alpha=0.15,
+                                linewidth=0)  # fmt: skip
+                means[cell_label(line_keys, cell) + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "")] = mean
+            if column.endswith("loss"):
+                ax.set_yscale("log")
+            ax.set_title((f"{cell_label(panel_keys, panel)}: " if panel_keys else "") + COLUMN_NAMES.get(column, column),
+                         fontsize=10)  # fmt: skip
+            ax.set_xlabel(spec.x)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == len(panels) - 1:
+                ax.legend(fontsize=7, loc="best")
+            notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
+    fig.suptitle(title_of(runs, keys) + " (mean ± std over seeds)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return notes
+
+
+def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
+    """`spec.column` at the end against the swept `spec.x` (log axis ticked at the values that ran): a panel per
+    `spec.panels` value, a line per `spec.lines` cell, error bars = std over seeds."""
+    from bnbench.plots import _pyplot, _style
+    from bnbench.study import format_value
+
+    plt = _pyplot()
+    panel_keys = [spec.panels] if spec.panels else []
+    line_keys = list(spec.lines) or [k for k in keys if k not in panel_keys and k != spec.x]
+    panels = _groups(runs, panel_keys)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.0, 4), squeeze=False)
+    notes: list[str] = []
+    all_lines = list(_groups(runs, line_keys))
+    for ax, (panel, members) in zip(axes[0], panels.items(), strict=True):
+        means = {}
+        xs_run = sorted({x for x in _groups(members, [spec.x]) if isinstance(x[0], (int, float))})
+        for cell, group in _groups(members, line_keys).items():
+            points = _groups(group, [spec.x])
+            xs = sorted(x for (x,) in points if isinstance(x, (int, float)))
+            stats = [_mean_std([r.table.get(spec.column, [math.nan])[-1] if r.table.get(spec.column) else math.nan
+                                for r in points[(x,)]]) for x in xs]  # fmt: skip
+            if not xs or all(m != m for m, _ in stats):
+                continue
+            label = cell_label(line_keys, cell)
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], label=label, capsize=3,
+                        **_style(all_lines.index(cell)))  # fmt: skip
+            means[label] = [m for m, _ in stats]
+        ax.set_xscale("log")
+        ticks = [x for (x,) in xs_run]
+        ax.set_xticks(ticks, [format_value(x) for x in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel(KEY_NAMES.get(spec.x) or spec.x)
+        ax.set_ylabel(f"final {COLUMN_NAMES.get(spec.column, spec.column)}")
+        if panel_keys:
+            ax.set_title(cell_label(panel_keys, panel), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        notes += [f"{n}" + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "") for n in _coinciding(means)]
+    fig.suptitle(title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}, mean ± std over seeds",
+                 fontsize=11)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return notes
+
+
+def diagnostics(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
+    from bnbench.plots import diagnostics_figure
+
+    diagnostics_figure(runs, path, [spec.layer] if spec.layer else None, dpi=80)
+    return []
+
+
+DRAW = {"curves": curves, "sweep": sweep, "diagnostics": diagnostics}
