@@ -557,11 +557,9 @@ def report(
     out: Annotated[
         Optional[Path], typer.Option(help="Folder for README.md and its figures (default: STUDY/report).")
     ] = None,
-    published: Annotated[
-        Optional[Path], typer.Option(help="Published figures to set beside the runs (default: the shipped file).")
-    ] = None,
 ) -> None:
-    """Write the evidence report: per study, tables over seeds, figures, published figures and verdicts. A
+    """Write the evidence report: per study, its cells over seeds, figures, the published setup and figures,
+    and a verdict for every claim the study file declares (supported, contradicted or inconclusive). A
     folder is written only if it is new, empty, or holds a report bnbench wrote (only its files change).
 
     \b
@@ -574,7 +572,7 @@ def report(
     with reported_errors():
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
-        path = rep.report(studies, target, published or rep.PUBLISHED)
+        path = rep.report(studies, target)
         display.say(f"report: {path}")
 
 

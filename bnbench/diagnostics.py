@@ -8,8 +8,9 @@ that pass. Recorded per position (`norm1`, `norm2`, ...; the same names for ever
   15/50/85th percentiles over the layer (`act_p15`...) and for one fixed unit (`unit_p15`...: feature 0,
   or channel 0 at the centre pixel); `units_path`: how far every unit's 15/50/85th percentiles have
   moved so far, summed over the probes (mean over units and percentiles of |q_now - q_before|; the
-  probe batch is fixed, so weights that do not change add exactly 0); `saturated`: the fraction of sigmoid inputs with |x| > 4 or tanh
-  inputs with |x| > 2, or for ReLU the fraction of units that are off for every probe example;
+  probe batch is fixed, so weights that do not change add exactly 0); `saturated`: the fraction of
+  sigmoid inputs with |x| > 4 or tanh inputs with |x| > 2, or for ReLU the fraction of units that are
+  off for every probe example;
 * norm_in_mean, norm_in_std: the norm's input;
 * weight_*, bias_*: the norm's gamma and beta (mean, std); for BN also running_mean_* and running_var_*,
   and the lag of the running statistics behind the probe batch's own, averaged over channels:

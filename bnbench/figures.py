@@ -109,8 +109,9 @@ def parse_figures(raw: Any, source: str) -> tuple[FigureSpec, ...]:
         columns = item.get("columns", list(FigureSpec.columns))
         if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
             raise UsageError(f"{where}: columns: expected a list of metric names, e.g. [train_loss, test_acc]")
-        specs.append(FigureSpec(plot, str(item.get("x", "epoch")), tuple(columns), str(item.get("column", "test_acc")),
-                                tuple(str(k) for k in lines), item.get("panels"), until, item.get("layer")))  # fmt: skip
+        x, column = str(item.get("x", "epoch")), str(item.get("column", "test_acc"))
+        specs.append(FigureSpec(plot, x, tuple(columns), column, tuple(str(k) for k in lines), item.get("panels"),
+                                until, item.get("layer")))  # fmt: skip
     return tuple(specs)
 
 
@@ -229,11 +230,13 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
                                 [m + s for m, s in zip(mean, std, strict=True)], color=_style(i)["color"], alpha=0.15,
                                 linewidth=0)  # fmt: skip
-                means[cell_label(line_keys, cell) + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "")] = mean
+                means[cell_label(line_keys, cell) + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "")] = (
+                    mean
+                )
             if column.endswith("loss"):
                 ax.set_yscale("log")
-            ax.set_title((f"{cell_label(panel_keys, panel)}: " if panel_keys else "") + COLUMN_NAMES.get(column, column),
-                         fontsize=10)  # fmt: skip
+            where = f"{cell_label(panel_keys, panel)}: " if panel_keys else ""
+            ax.set_title(where + COLUMN_NAMES.get(column, column), fontsize=10)
             ax.set_xlabel(spec.x)
             ax.grid(alpha=0.3)
             if row == 0 and col == len(panels) - 1:

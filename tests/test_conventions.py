@@ -131,7 +131,7 @@ def test_config_show_prints_every_default_and_the_overrides(tmp_path, cli):
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_the_wheel_ships_configs_studies_and_published_figures(tmp_path):
+def test_the_wheel_ships_configs_and_studies(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     build = subprocess.run(
         [
@@ -158,7 +158,6 @@ def test_the_wheel_ships_configs_studies_and_published_figures(tmp_path):
     assert {
         "bnbench/configs/lenet_bn.yaml",
         "bnbench/configs/studies/lenet_norms.yaml",
-        "bnbench/published.yaml",
     } <= names
 
 

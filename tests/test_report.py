@@ -14,21 +14,21 @@ import yaml
 
 from bnbench.config import BATCH_STATISTICS_KINDS
 from bnbench.records import METRIC_COLUMNS, metrics_schema
-from bnbench.report import SECTIONS
 from bnbench.study import SHIPPED_CONFIGS, dump_study, load_study
 
 from conftest import write_config
 
 STUDIES = sorted(p.stem for p in (SHIPPED_CONFIGS / "studies").glob("*.yaml"))
-REPORTED = list(SECTIONS)  # the studies `make results` runs and the report has a section for
 REPO = Path(__file__).resolve().parent.parent
+REPORTED = re.search(r"^STUDIES := (.*)$", (REPO / "Makefile").read_text(), flags=re.M).group(1).split()
 BN_GAIN = 0.05  # the fabricated runs: BN adds this to the test accuracy
 
 
 def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 3) -> Path:
     """The shipped study's runs (two or three seeds, a few epochs) with known numbers: accuracy 0.8 + BN_GAIN
     for BN kinds, plus 0.001 * seed; diagnostics where the study records them."""
-    study = dataclasses.replace(load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml"), seeds=seeds)
+    study = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml")
+    study = dataclasses.replace(study, seeds=seeds, fixed=(*study.fixed, ("train.epochs", epochs)))
     folder = root / study.name
     folder.mkdir(parents=True)
     (folder / "study.yaml").write_text(dump_study(study))
@@ -73,23 +73,26 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
             diag = [
                 {"step": 10 * e, "epoch": e, "layer": layer, "quantity": q, "value": v * (e + 1)}
                 for e in range(0, epochs + 1)
-                for layer in ("norm1", "norm2")
+                for layer in ("norm1", "norm2", "norm3")
                 for q, v in (
                     ("unit_p15", -1.0),
                     ("unit_p50", 0.1),
                     ("unit_p85", 1.0),
                     ("lag_mean", 0.2),
                     ("grad_weight_norm", 0.5),
+                    ("units_path", 0.3),
                 )
             ]
             pd.DataFrame(diag).to_csv(path / "diagnostics.csv", index=False)
     return folder
 
 
-def test_make_results_runs_every_study_the_report_knows():
+def test_make_results_runs_every_shipped_study_that_declares_claims():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^STUDIES := (.*)$", makefile, flags=re.M).group(1).split() == REPORTED
     assert set(REPORTED) <= set(STUDIES)
+    with_claims = {name for name in STUDIES if load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").claims}
+    assert with_claims <= set(REPORTED) and len(with_claims) >= 8
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -101,8 +104,14 @@ def test_each_shipped_study_expands_and_validates_in_a_dry_run(name, tmp_path, c
     assert not (tmp_path / "runs").exists()
 
 
-def test_study_one_keeps_five_seeds():
-    assert load_study(SHIPPED_CONFIGS / "studies" / "lenet_norms.yaml").seeds == (0, 1, 2, 3, 4)
+@pytest.mark.parametrize(("name", "seeds"), [("mlp_norms", 10), ("ioffe_mnist", 10), ("lenet_norms", 8)])
+def test_studies_keep_the_seeds_their_effects_need(name, seeds):
+    assert len(load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").seeds) == seeds
+
+
+def test_report_engine_knows_no_study_by_name():
+    source = (REPO / "bnbench" / "report.py").read_text()
+    assert not [name for name in STUDIES if name in source]
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +128,21 @@ def full_report(tmp_path_factory) -> tuple[Path, str]:
     return out, (out / "README.md").read_text()
 
 
-def test_report_has_a_section_per_study_with_command_and_verdict(full_report):
+def section_of(text: str, name: str) -> str:
+    return text.split(f"\n## {name}\n")[1].split("\n## ")[0]
+
+
+def test_report_has_a_section_per_study_with_command_and_claims(full_report):
     _, text = full_report
     for name in REPORTED:
-        section = text.split(f"\n## {name}\n")[1].split("\n## ")[0]
+        section = section_of(text, name)
         assert f"bnbench sweep configs/studies/{name}.yaml" in section
-        assert "**Verdict.**" in section, name
+        study = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml")
+        if study.question:
+            assert f"*{study.question}*" in section
+        for claim in study.claims:  # every declared claim gets one of the three verdicts
+            row = next(line for line in section.splitlines() if line.startswith(f"| **{claim.id}**"))
+            assert re.search(r"\| (supported|\*\*contradicted\*\*|inconclusive) \|", row), row
 
 
 def test_every_linked_figure_exists_and_is_a_png(full_report):
@@ -145,42 +163,35 @@ def test_tables_parse_with_a_constant_column_count(full_report):
         assert len(widths) == 1, block
 
 
-def test_numbers_come_from_the_runs(full_report):
+def test_numbers_and_verdicts_come_from_the_runs(full_report):
     _, text = full_report
-    lenet = text.split("\n## lenet_norms\n")[1].split("\n## ")[0]
-    # no norm: 0.8 + 0.001 * seed over seeds 0-2 -> 0.801 ± 0.001; BN: +0.05, Welch p tiny
-    assert "| no norm | 3 | 0.333 ± 0.000 | 0.801 ± 0.001 | 0.768 ± 0.001 |" in lenet
-    assert "| nn.BatchNorm | 3 |" in lenet and "+0.050" in lenet
-    assert "nn.BatchNorm beats no norm: holds" in lenet
+    lenet = section_of(text, "lenet_norms")
+    # no norm: 0.8 + 0.001 * seed over seeds 0-2 -> 0.801 ± 0.001; BN: +0.05 on every seed
+    assert "| no norm | 3 | 3 completed | 0.333 ± 0.000 | 0.801 ± 0.001 | 0.768 ± 0.001 |" in lenet
+    row = next(line for line in lenet.splitlines() if line.startswith("| **bn_higher_final**"))
+    assert "| supported |" in row and "0.0500 [0.0500, 0.0500]" in row and "paired t, n 3 pairs" in row
+    # scratch and torch are one computation: identical numbers, equivalent within the margin
+    row = next(line for line in lenet.splitlines() if line.startswith("| **scratch_is_torch**"))
+    assert "| supported |" in row
+    assert "coincide" not in lenet  # its figure has a panel per norm: nothing hides
+    assert "hand-written BN and nn.BatchNorm coincide" in section_of(text, "mlp_norms")  # the caption says so
+    verdicts = text.split("\n## Verdicts\n")[1].split("\n## ")[0]
+    assert "lenet_norms" in verdicts and "bn_higher_final" in verdicts
 
 
-def test_published_figures_are_read_from_the_data_file(tmp_path, full_report):
+def test_published_figures_and_deviations_come_from_the_study_file(full_report):
     _, text = full_report
-    published = yaml.safe_load((REPO / "bnbench" / "published.yaml").read_text())
-    for ref in published["lenet_norms"]["runs"]:
-        assert f"| {ref['source']} |" in text and str(ref["test_acc"]) in text
-    folder = fake_study(tmp_path, "mlp_norms", seeds=(0, 1))
-    mine = tmp_path / "published.yaml"
-    mine.write_text(
-        yaml.safe_dump(
-            {
-                "mlp_norms": {
-                    "question": "Is this my question?",
-                    "epochs": 10,
-                    "claims": [{"source": "me", "claim": "it works"}],
-                }
-            }
-        )
-    )
-    from typer.testing import CliRunner
-
-    from bnbench.cli import app
-
-    result = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r"), "--published", str(mine)])
-    assert result.exit_code == 0, result.output
-    text = (tmp_path / "r" / "README.md").read_text()
-    assert "*Is this my question?*" in text and "- it works (me)" in text
-    assert "Cut to fit `make results`:** 3 epochs where the published setting trains 10" in text
+    lenet = section_of(text, "lenet_norms")
+    study = load_study(SHIPPED_CONFIGS / "studies" / "lenet_norms.yaml")
+    assert "[Dive into Deep Learning, §8.5 Batch Normalization](https://d2l.ai/" in lenet
+    for item in study.published.figures:
+        assert f"| norm.kind={dict(item.arm)['norm.kind']} | {item.column} | {item.value:g} |" in lenet
+    # the fabricated runs train 3 epochs where the published setup trains 10: beside every verdict
+    assert "train.epochs: 3 here, 10 published" in lenet
+    row = next(line for line in lenet.splitlines() if line.startswith("| **bn_higher_final**"))
+    assert "train.epochs: 3 here, 10 published" in row
+    ioffe = section_of(text, "ioffe_mnist")
+    assert "the paper names no optimizer" in ioffe
 
 
 def test_report_from_a_real_tiny_sweep(tmp_path, cli, mnist_dir):
@@ -205,8 +216,41 @@ def test_report_from_a_real_tiny_sweep(tmp_path, cli, mnist_dir):
     result = cli("report", tmp_path / "runs" / "tiny", "--out", tmp_path / "results")
     assert result.exit_code == 0, result.output
     text = (tmp_path / "results" / "README.md").read_text()
-    assert "## tiny" in text and "| norm.kind=none | 2 |" in text and "| norm.kind=torch | 2 |" in text
-    assert (tmp_path / "results" / "tiny_curves.png").is_file()
+    assert "## tiny" in text and "| no norm | 2 | 2 completed |" in text and "| nn.BatchNorm | 2 |" in text
+    assert (tmp_path / "results" / "tiny_curves_by_epoch.png").is_file()
+
+
+def test_a_users_own_study_file_with_claims_gets_verdicts(tmp_path, cli, mnist_dir):
+    base = write_config(tmp_path / "tiny.yaml", data={"dataset": "mnist"}, train={"epochs": 2})
+    study = {
+        "name": "mine",
+        "question": "Does my BN help my tiny net?",
+        "base": str(base),
+        "matrix": {"norm.kind": ["none", "torch"]},
+        "seeds": "0-2",
+        "published": {"setup": {"train.epochs": 20}, "notes": ["my paper used a bigger net"]},
+        "figures": [{"plot": "curves", "x": "step", "columns": ["train_loss"]}],
+        "claims": [
+            {"id": "bn_helps", "says": "BN lowers the final train loss", "compare": {"norm.kind": "torch"},
+             "against": {"norm.kind": "none"}, "metric": {"column": "train_loss", "at": "final"}, "expect": "less"},
+            {"id": "same_as_itself", "says": "no norm equals itself", "compare": {"norm.kind": "none"},
+             "against": {"norm.kind": "none"}, "metric": {"column": "test_acc"}, "expect": "equivalent",
+             "margin": 0.01},
+        ],
+    }  # fmt: skip
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(study))
+    args = ["--data-dir", mnist_dir, "--out-dir", tmp_path / "runs", "--jobs", "1"]
+    assert cli("sweep", tmp_path / "mine.yaml", *args).exit_code == 0
+    result = cli("report", tmp_path / "runs" / "mine")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "runs" / "mine" / "report" / "README.md").read_text()
+    assert "*Does my BN help my tiny net?*" in text and "my paper used a bigger net" in text
+    assert "train.epochs: 2 here, 20 published" in text
+    row = next(line for line in text.splitlines() if line.startswith("| **same_as_itself**"))
+    assert "| supported |" in row and "0.0000 [0.0000, 0.0000]" in row
+    row = next(line for line in text.splitlines() if line.startswith("| **bn_helps**"))
+    assert re.search(r"\| (supported|\*\*contradicted\*\*|inconclusive) \|", row)
+    assert (tmp_path / "runs" / "mine" / "report" / "mine_curves_by_step_train_loss.png").is_file()
 
 
 def test_bad_report_inputs_are_one_line_exit_2(tmp_path, cli):
