@@ -1,4 +1,4 @@
-"""The verdict engine on planted data, and a user's own study with declared claims through `bnbench report`."""
+"""The verdict engine on planted data (a user's own study through `bnbench report`: test_report.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import random
 from pathlib import Path
 
 import pytest
-import yaml
 
-from bnbench.claims import Claim, Metric, effect, holm, judge, parse_claims, verdict
+from bnbench.claims import Claim, Metric, deviations, effect, holm, judge, parse_claims, parse_published, verdict
 from bnbench.compare import Run
 from bnbench.errors import UsageError
-
-from conftest import write_config
 
 
 def _claim(expect: str = "greater", margin: float | None = None, metric: Metric | None = None) -> Claim:
@@ -106,32 +103,62 @@ def test_bad_claims_are_one_line_naming_the_claim(raw, message):
         parse_claims(raw, "st.yaml")
 
 
-def test_a_users_own_study_with_claims_gets_verdicts_from_report(tmp_path, cli):
-    base = write_config(tmp_path / "base.yaml", data={"train_subset": 256}, train={"epochs": 2})
-    study = {
-        "name": "mine", "base": str(base), "matrix": {"norm.kind": ["none", "torch"]}, "seeds": "0-2",
-        "claims": [
-            {"id": "bn_better", "says": "BN ends higher", "compare": {"norm.kind": "torch"},
-             "against": {"norm.kind": "none"}, "metric": {"column": "test_acc", "at": "final"}, "expect": "greater",
-             "source": {"cite": "Ioffe & Szegedy 2015", "url": "https://arxiv.org/abs/1502.03167"}},
-            {"id": "same_loss", "says": "the first epoch's loss is the same", "compare": {"norm.kind": "torch"},
-             "against": {"norm.kind": "none"}, "metric": {"column": "train_loss", "at": {"epoch": 1}},
-             "expect": "equivalent", "margin": 0.001},
-        ],
-    }  # fmt: skip
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(study))
-    assert cli("sweep", tmp_path / "mine.yaml", "--jobs", "1", "--out-dir", tmp_path / "runs").exit_code == 0
-    result = cli("report", tmp_path / "runs/mine")
-    assert result.exit_code == 0, result.stderr
-    text = (tmp_path / "runs/mine/report/README.md").read_text()
-    assert "### Declared claims" in text and "**bn_better**: BN ends higher" in text
-    assert "[Ioffe & Szegedy 2015](https://arxiv.org/abs/1502.03167)" in text
-    rows = [line for line in text.splitlines() if line.startswith("| **")]
-    assert len(rows) == 2 and all(any(f"**{v}**" in r for v in ("supported", "contradicted", "inconclusive"))
-                                  for r in rows)  # fmt: skip
-    assert "paired t, n 3 pairs" in text
-    # editing the claims is not another study: the re-run is allowed and skips every run
-    study["claims"][0]["says"] = "BN ends higher, edited"
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(study))
-    again = cli("sweep", tmp_path / "mine.yaml", "--jobs", "1", "--out-dir", tmp_path / "runs")
-    assert again.exit_code == 0 and "6 already done or skipped" in again.stdout
+def test_different_is_supported_beyond_its_margin_and_contradicted_within_it():
+    rng = random.Random(2)
+    base = [0.80 + rng.gauss(0, 0.01) for _ in range(6)]
+    assert _verdict({"torch": [b + 0.05 for b in base], "none": base}, "different", 0.01) == "supported"
+    assert _verdict({"torch": [b - 0.05 for b in base], "none": base}, "different", 0.01) == "supported"
+    assert _verdict({"torch": base, "none": base}, "different", 0.01) == "contradicted"
+    noisy = [b + rng.gauss(0, 0.03) for b in base[:3]]
+    assert _verdict({"torch": noisy, "none": base[:3]}, "different", 0.01) == "inconclusive"
+
+
+def test_against_column_sets_two_columns_of_the_same_runs_against_each_other():
+    runs = _runs({"torch": [0.90, 0.92, 0.91]})
+    for run in runs:
+        run.table["test_acc_batch_stats"] = [v + 0.02 for v in run.table["test_acc"]]
+    (claim,) = parse_claims([{"id": "b", "says": "s", "compare": {"norm.kind": "torch"},
+                              "against": {"norm.kind": "torch"}, "expect": "greater",
+                              "metric": {"column": "test_acc_batch_stats", "against_column": "test_acc"}}],
+                            "st")  # fmt: skip
+    (judged,) = judge((claim,), runs)
+    assert judged.effect.paired and judged.effect.estimate == pytest.approx(0.02)
+    assert judged.verdict == "supported" and "test_acc_batch_stats vs test_acc" in claim.metric.describe()
+
+
+def test_a_diagnostic_is_read_from_the_layer_named_or_the_deepest(tmp_path):
+    runs = []
+    for kind, path_length in (("torch", 1.0), ("none", 3.0)):
+        for seed in range(4):
+            folder = tmp_path / f"{kind}-s{seed}"
+            folder.mkdir()
+            rows = ["step,epoch,layer,quantity,value"]
+            for step in (0, 50, 100):  # norm10 is deeper than norm2
+                for layer, scale in (("norm2", 1.0), ("norm10", 10.0)):
+                    rows.append(f"{step},1,{layer},units_path,{scale * path_length * step / 100 + 0.01 * seed}")
+            (folder / "diagnostics.csv").write_text("\n".join(rows) + "\n")
+            config = {"norm": {"kind": kind}, "train": {"seed": seed}, "model": {}, "data": {}}
+            runs.append(Run(folder, config, {"status": "completed"}, {"epoch": [1.0], "test_acc": [0.9]}, {}))
+    for layer, expected in (("norm2", -2.0), ("last", -20.0)):
+        (claim,) = parse_claims([{"id": "d", "says": "s", "compare": {"norm.kind": "torch"},
+                                  "against": {"norm.kind": "none"}, "expect": "less",
+                                  "metric": {"diagnostic": "units_path", "layer": layer, "at": "final"}}],
+                                "st")  # fmt: skip
+        (judged,) = judge((claim,), runs)
+        assert judged.effect.estimate == pytest.approx(expected) and judged.verdict == "supported"
+    with pytest.raises(UsageError, match="a diagnostic takes a layer"):
+        parse_claims([{"id": "d", "says": "s", "compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"},
+                       "expect": "less", "metric": {"diagnostic": "units_path"}}], "st")  # fmt: skip
+
+
+def test_published_setup_deviations_are_named_per_claim():
+    published = parse_published({"setup": {"train.epochs": 10, "norm.kind": "torch"}, "notes": ["other data"]}, "st")
+    runs = _runs({"torch": [0.9, 0.91], "none": [0.8, 0.81]})
+    for run in runs:
+        run.config["train"]["epochs"] = 3
+    lines = deviations(published, _claim(), runs)
+    assert lines == ["train.epochs: 3 here, 10 published", "norm.kind: none here, torch published", "other data"]
+    for raw, message in (({"setup": {"train.nope": 1}}, "unknown key"), ({"figures": [{"arm": {"norm.kind": "x"}}]},
+                         "expected {arm"), ({"colour": 1}, "colour: unknown key")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            parse_published(raw, "st")

@@ -136,3 +136,14 @@ def test_plot_diagnostics_writes_each_format_and_refuses_runs_without_diagnostic
     assert cli("run", plain, "--out-dir", tmp_path / "other").exit_code == 0
     none = cli("plot", tmp_path / "other", "--diagnostics", "--out", png)
     assert none.exit_code == 2 and "no run recorded diagnostics" in none.stderr
+
+
+def test_units_path_starts_at_zero_and_only_grows():
+    trainer = _trainer(diagnostics="true")
+    _, rows = trainer.train_epoch(1)
+    from bnbench.records import DIAGNOSTICS
+
+    path = [r for r in rows[DIAGNOSTICS] if r["quantity"] == "units_path" and r["layer"] == "norm1"]
+    values = [r["value"] for r in sorted(path, key=lambda r: r["step"])]
+    assert values[0] == 0.0 and values[-1] > 0.0
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
