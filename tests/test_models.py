@@ -106,3 +106,24 @@ def test_avg_pool_2x2_equals_nn_avgpool2d_bit_for_bit(shape):
     grad = torch.randn_like(ref)
     assert torch.equal(ours, ref)
     assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_seed_fixes_the_initial_weights_and_data_order_whatever_the_norm(name):
+    """Why claims pair runs by seed: the norm layers draw no random numbers, so the same seed gives every
+    norm the same initial Linear/Conv weights and the same order of training examples."""
+    from bnbench.config import load_config
+    from bnbench.data import load_data
+    from bnbench.train import Trainer
+
+    def start(kind: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        cfg = load_config(None, ["data.dataset=synthetic", f"model.name={name}", f"norm.kind={kind}", "train.seed=7"])
+        trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
+        weights = [m.weight.detach().clone() for m in trainer.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        return weights, torch.randperm(100, generator=trainer.order)
+
+    reference, order = start("none")
+    for kind in NORM_KINDS[1:]:
+        weights, other = start(kind)
+        assert all(torch.equal(a, b) for a, b in zip(reference, weights, strict=True)), kind
+        assert torch.equal(order, other), kind
