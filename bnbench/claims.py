@@ -193,8 +193,9 @@ def _metric(raw: Any, where: str) -> Metric:
         return Metric(column, "final", "final", last, **extra)
     if isinstance(at, dict) and len(at) == 1 and next(iter(at)) in ("epoch", "step"):
         kind, value = next(iter(at.items()))
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{where}: at.{kind}: expected an integer >= 1, got {value!r}")
+        low = 0 if kind == "step" else 1  # step 0: the network as initialized (diagnostics probe it)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"{where}: at.{kind}: expected an integer >= {low}, got {value!r}")
         return Metric(column, value, kind, 1, **extra)
     raise UsageError(f"{where}: at: expected final, {{epoch: N}} or {{step: N}}, got {at!r}")
 

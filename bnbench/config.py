@@ -65,6 +65,7 @@ class NormConfig:
     rmax: float = field(default=3.0, metadata=_range(1.0))  # renorm: r is clipped to [1/rmax, rmax]
     dmax: float = field(default=5.0, metadata=_range(0.0))  # renorm: d is clipped to [-dmax, dmax]
     renorm_warmup: int = field(default=1000, metadata=_range(0))  # renorm: steps over which rmax, dmax open up
+    noise: float = field(default=0.0, metadata=_range(0.0))  # > 0: a moving shift and scale after the norm
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ w - t * lr * g for each t in `train.landscape_steps` and records the loss there 
 their min and max: the variation band), gradient predictiveness `grad_change_max` = max_t |g_t - g|,
 and effective beta-smoothness `beta_smoothness` = max_t |g_t - g| / |w_t - w|.
 
-Everything a probe changes (weights, gradients, BN buffers) is put back bit for bit, and the
+Everything a probe changes (weights, gradients, BN buffers, noise draws) is put back bit for bit, and the
 optimizer is never touched, so a run's metrics are the same with and without diagnostics.
 """
 
@@ -38,7 +38,7 @@ from torch import nn
 from bnbench.config import RunConfig
 from bnbench.data import Split
 from bnbench.models import NormAct
-from bnbench.norms import is_batch_norm
+from bnbench.norms import is_batch_norm, keep_noise_draws
 from bnbench.records import DIAGNOSTICS
 
 POINTS_PER_EPOCH = 10
@@ -133,6 +133,8 @@ class Diagnostics:
         was_training = model.training
         model.train()
         model.zero_grad(set_to_none=True)
+        draws = keep_noise_draws(model)
+        draws.__enter__()  # noise counters (norm.noise) are put back with everything else, below
         try:
             loss = self._forward_backward()
         finally:
@@ -148,6 +150,7 @@ class Diagnostics:
                 p.grad = g
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
+        draws.__exit__()
         model.train(was_training)
         numbers = torch.stack([v.detach().float().reshape(()) for _, _, v in values]).tolist()  # one read
         return [

@@ -6,6 +6,7 @@ that draw them from any study's runs.
       - {plot: curves, x: step, columns: [train_loss, train_acc], until: 2000, panels: norm.kind}
       - {plot: sweep, x: train.lr, lines: norm.kind, panels: model.name, column: test_acc}
       - {plot: diagnostics, layer: norm3}                # what the norm does inside the network (plots.py)
+      - {plot: layers, column: grad_weight_norm, step: 0, panels: model.activation}   # a quantity by depth
 
 Every figure's title names the model, the dataset and what varies; series are named as in the report's
 tables; a swept axis is ticked at the values that ran; series that coincide are named in the caption.
@@ -22,8 +23,8 @@ from typing import Any
 
 from bnbench.errors import UsageError
 
-PLOTS = ("curves", "sweep", "diagnostics")
-SPEC_KEYS = ("plot", "x", "columns", "column", "lines", "panels", "until", "layer")
+PLOTS = ("curves", "sweep", "diagnostics", "layers")
+SPEC_KEYS = ("plot", "x", "columns", "column", "lines", "panels", "until", "layer", "step")
 NORM_NAMES = {
     "none": "no norm",
     "scratch": "hand-written BN",
@@ -54,6 +55,7 @@ class FigureSpec:
     panels: str | None = None  # a config key: one panel per value
     until: int | None = None  # curves: the last x shown
     layer: str | None = None  # diagnostics
+    step: int = 0  # layers: the diagnostic step shown (0: the network as initialized)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"plot": self.plot}
@@ -71,6 +73,8 @@ class FigureSpec:
             return f"{self.column}_vs_{self.x.rsplit('.', 1)[-1]}"
         if self.plot == "diagnostics":
             return f"diagnostics_{self.layer}"
+        if self.plot == "layers":
+            return f"{self.column}_by_layer_at_step_{self.step}"
         return f"curves_by_{self.x}" + (f"_{'_'.join(self.columns)}" if self.columns != FigureSpec.columns else "")
 
 
@@ -109,9 +113,12 @@ def parse_figures(raw: Any, source: str) -> tuple[FigureSpec, ...]:
         columns = item.get("columns", list(FigureSpec.columns))
         if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
             raise UsageError(f"{where}: columns: expected a list of metric names, e.g. [train_loss, test_acc]")
+        step = item.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UsageError(f"{where}: step: expected an integer >= 0")
         x, column = str(item.get("x", "epoch")), str(item.get("column", "test_acc"))
         specs.append(FigureSpec(plot, x, tuple(columns), column, tuple(str(k) for k in lines), item.get("panels"),
-                                until, item.get("layer")))  # fmt: skip
+                                until, item.get("layer"), step))  # fmt: skip
     return tuple(specs)
 
 
@@ -302,4 +309,43 @@ def diagnostics(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> li
     return []
 
 
-DRAW = {"curves": curves, "sweep": sweep, "diagnostics": diagnostics}
+def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
+    """A diagnostics quantity (`spec.column`) at every norm position, first to last, at diagnostic step
+    `spec.step`: a panel per `spec.panels` value, a line per cell (mean over seeds), log scale."""
+    from bnbench.plots import _pyplot, _style
+
+    plt = _pyplot()
+    panel_keys = [spec.panels] if spec.panels else []
+    line_keys = [k for k in keys if k not in panel_keys]
+    panels = _groups(runs, panel_keys)
+    all_lines = list(_groups(runs, line_keys))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.0, 4), squeeze=False)
+    for ax, (panel, members) in zip(axes[0], panels.items(), strict=True):
+        for cell, group in _groups(members, line_keys).items():
+            by_layer: dict[int, list[float]] = {}
+            for run in group:
+                d = run.diagnostics
+                if d.empty:
+                    continue
+                d = d[(d["quantity"] == spec.column) & (d["step"] == spec.step) & (d["layer"] != "model")]
+                for layer, value in zip(d["layer"], d["value"], strict=True):
+                    by_layer.setdefault(int("".join(c for c in str(layer) if c.isdigit()) or 0), []).append(value)
+            if by_layer:
+                xs = sorted(by_layer)
+                ax.plot(xs, [_mean_std(by_layer[x])[0] for x in xs], label=cell_label(line_keys, cell),
+                        markevery=max(1, len(xs) // 12), **_style(all_lines.index(cell)))  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("norm position (1 = first hidden layer)")
+        ax.set_ylabel(spec.column)
+        if panel_keys:
+            ax.set_title(cell_label(panel_keys, panel), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title_of(runs, keys)}: {spec.column} at step {spec.step}, mean over seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return []
+
+
+DRAW = {"curves": curves, "sweep": sweep, "diagnostics": diagnostics, "layers": layers}

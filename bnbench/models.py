@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnbench.config import MODEL_NAMES, ModelConfig
-from bnbench.norms import NormFactory
+from bnbench.norms import NormFactory, ShiftNoise
 
 
 class _AvgPool2x2Fn(torch.autograd.Function):
@@ -47,15 +47,23 @@ class NormAct(nn.Module):
     """One normalization position: the norm and the activation, in the configured order. Every model
     names these `norm1`, `norm2`, ... whatever the norm (nn.Identity for none), so runs line up."""
 
-    def __init__(self, norm: nn.Module, act: nn.Module, norm_first: bool = True) -> None:
+    def __init__(
+        self, norm: nn.Module, act: nn.Module, norm_first: bool = True, noise: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.norm, self.act, self.norm_first = norm, act, norm_first
+        if noise is not None:  # norm.noise > 0: after the norm, wherever it sits (Santurkar et al.'s noisy BN)
+            self.noise = noise
 
     def extra_repr(self) -> str:
         return "norm, then activation" if self.norm_first else "activation, then norm"
 
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.noise(x) if hasattr(self, "noise") else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(x)) if self.norm_first else self.norm(self.act(x))
+        return self.act(self._norm(x)) if self.norm_first else self._norm(self.act(x))
 
 
 # A builder gets `block(shape)`, which makes the NormAct for features of that shape: (C,) or (C, H, W).
@@ -134,8 +142,10 @@ def init_weights(model: nn.Module, scheme: str) -> None:
             fill(module.weight)
 
 
-def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", position: str = "before") -> nn.Module:
-    """`norm` makes the normalization layer for a features shape; `position`: before or after the activation."""
+def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", position: str = "before",
+                noise: float = 0.0) -> nn.Module:  # fmt: skip
+    """`norm` makes the normalization layer for a features shape; `position`: before or after the activation;
+    `noise` > 0 adds ShiftNoise of that strength after every norm."""
     act = ACTIVATIONS[cfg.activation]
     if cfg.name in MODELS:
         builder = MODELS[cfg.name]
@@ -143,6 +153,10 @@ def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", posi
         from bnbench import plugins
 
         builder = plugins.resolve(cfg.name, "model")
-    model = builder(lambda shape: NormAct(norm(shape), act(), position == "before"), cfg)
+
+    def block(shape: tuple[int, ...]) -> NormAct:
+        return NormAct(norm(shape), act(), position == "before", ShiftNoise(shape[0], noise) if noise > 0 else None)
+
+    model = builder(block, cfg)
     init_weights(model, init)
     return model

@@ -23,6 +23,7 @@ Backward variants (`backward=`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -404,12 +405,64 @@ def precise_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> Non
         m.momentum = None  # None: cumulative average, each batch weighted 1/count
     was_training = model.training
     model.train()
-    for x in batches:
-        model(x)
+    with keep_noise_draws(model):
+        for x in batches:
+            model(x)
     model.train(was_training)
     for m, (momentum, count, training) in zip(layers, saved, strict=True):
         m.momentum, m.training = momentum, training
         m.num_batches_tracked.copy_(count)  # renorm's warm-up counts training steps only
+
+
+class ShiftNoise(nn.Module):
+    """Santurkar et al. 2018's "noisy BN" (§2.1, Fig. 2): after the norm, every unit (channel) is scaled and
+    shifted by amounts drawn anew at every training forward pass, so its distribution keeps moving: covariate
+    shift injected on purpose. shift ~ U(-s, s), log scale ~ U(-log(1 + s), log(1 + s)), s = `strength`.
+    Off in eval mode. The draws come from a generator of its own, seeded by the run's seed and a counter kept
+    in the state dict: initial weights and data order are the same run's without noise, and a resumed run
+    draws what it would have drawn."""
+
+    def __init__(self, channels: int, strength: float) -> None:
+        super().__init__()
+        self.channels, self.strength = channels, strength
+        self.seed = torch.initial_seed()  # the run's seed (seed_everything ran before the model is built)
+        self.draws = 0
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength}"
+
+    def get_extra_state(self) -> dict:
+        return {"draws": self.draws}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.draws = int(state["draws"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.draws) % 2**63)
+        self.draws += 1
+        uniform = torch.rand(2, self.channels, generator=generator) * 2 - 1
+        shift, scale = uniform[0] * self.strength, torch.exp(uniform[1] * math.log1p(self.strength))
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        return x * scale.view(shape).to(x.device, x.dtype, non_blocking=True) + shift.view(shape).to(
+            x.device, x.dtype, non_blocking=True
+        )
+
+
+class keep_noise_draws:
+    """Context: a pass that is not a training step (a diagnostic probe, precise statistics) leaves the
+    noise counters as they were, so training draws the same noise with or without it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, ShiftNoise)]
+
+    def __enter__(self) -> None:
+        self.saved = [m.draws for m in self.layers]
+
+    def __exit__(self, *exc: object) -> None:
+        for m, draws in zip(self.layers, self.saved, strict=True):
+            m.draws = draws
 
 
 class batch_stats_eval:

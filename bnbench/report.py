@@ -204,7 +204,8 @@ def figure_lines(s: StudyRuns, out: Path, written: list[str]) -> list[str]:
         notes = DRAW[spec.plot](completed, spec, s.keys, out / name)
         written.append(name)
         caption = {"curves": f"{', '.join(spec.columns)} by {spec.x}", "sweep": f"final {spec.column} by {spec.x}",
-                   "diagnostics": f"what the norm does at {spec.layer}"}[spec.plot]  # fmt: skip
+                   "diagnostics": f"what the norm does at {spec.layer}",
+                   "layers": f"{spec.column} by layer at step {spec.step}"}[spec.plot]  # fmt: skip
         lines += [f"![{s.name}: {caption}]({name})", ""]
         if notes:
             lines += ["In this figure " + "; ".join(notes) + " (one line lies under the other).", ""]

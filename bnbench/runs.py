@@ -122,8 +122,8 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
         raise UsageError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}); start a new run") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise UsageError(f"--resume {path}: not a bnbench checkpoint (expected {', '.join(CHECKPOINT_KEYS)})")
-    model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+    want = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}  # noise: a dict
     have = state["model"] if isinstance(state["model"], dict) else {}
     got = {k: tuple(getattr(v, "shape", ())) for k, v in have.items()}
     if got != want:

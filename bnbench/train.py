@@ -164,7 +164,9 @@ class Trainer:
     @classmethod
     def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
         seed_everything(cfg.train.seed)
-        model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position).to(device)
+        model = build_model(
+            cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise
+        ).to(device)
         step_fn = model
         if cfg.train.compile:
             # CUDA graphs (reduce-overhead) replay the step with no launch overhead; every epoch has

@@ -69,8 +69,12 @@ def test_a_probe_puts_back_weights_gradients_buffers_and_removes_its_hooks():
 def test_metrics_are_identical_with_and_without_diagnostics(tmp_path, cli):
     out = tmp_path / "runs"
     for name, on in (("off", False), ("on", True)):
-        config = write_config(tmp_path / f"{name}.yaml", model={"name": "lenet"}, norm={"kind": "torch"},
-                              train={"diagnostics": on})  # fmt: skip
+        config = write_config(
+            tmp_path / f"{name}.yaml",
+            model={"name": "lenet"},
+            norm={"kind": "torch", "noise": 0.5},
+            train={"diagnostics": on},
+        )  # fmt: skip (noise: a probe must not draw it either)
         assert cli("run", config, "--out-dir", out).exit_code == 0
     off, on = read_run(out / "off"), read_run(out / "on")
     pd.testing.assert_frame_equal(off[1].drop(columns=TIMING), on[1].drop(columns=TIMING))
@@ -92,7 +96,8 @@ def test_layers_and_quantities_line_up_across_norms(tmp_path, cli):
 
 
 def test_resume_leaves_diagnostics_identical_to_an_uninterrupted_run(tmp_path, cli, monkeypatch):
-    config = write_config(tmp_path / "c.yaml", norm={"kind": "torch"}, train={"epochs": 3, "diagnostics": True})
+    config = write_config(tmp_path / "c.yaml", norm={"kind": "torch", "noise": 0.5},  # the noise draws resume too
+                          train={"epochs": 3, "diagnostics": True})  # fmt: skip
     out = tmp_path / "runs"
     assert cli("run", config, "--out-dir", out, "--name", "straight").exit_code == 0
 

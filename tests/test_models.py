@@ -127,3 +127,36 @@ def test_a_seed_fixes_the_initial_weights_and_data_order_whatever_the_norm(name)
         weights, other = start(kind)
         assert all(torch.equal(a, b) for a, b in zip(reference, weights, strict=True)), kind
         assert torch.equal(order, other), kind
+
+
+def test_noise_moves_every_unit_each_training_step_and_is_off_in_eval():
+    from bnbench.norms import ShiftNoise, keep_noise_draws
+
+    torch.manual_seed(3)
+    noise = ShiftNoise(4, 1.0)
+    x = torch.randn(256, 4, 3, 3)
+    first, second = noise(x), noise(x)
+    assert not torch.equal(first, second) and noise.draws == 2  # a new shift and scale every step
+    shifted = (first - x * (first / x).mean((0, 2, 3), keepdim=True)).mean((0, 2, 3))
+    assert shifted.abs().max() <= 1.0 + 1e-4  # the shift stays within the strength
+    with keep_noise_draws(nn.Sequential(noise)):
+        noise(x)
+    assert noise.draws == 2  # a probe's pass leaves the counter as it was
+    again = ShiftNoise(4, 1.0)
+    again.load_state_dict(noise.state_dict())  # a resumed run draws what the first would have drawn next
+    assert torch.equal(again(x), noise(x))
+    noise.eval()
+    assert torch.equal(noise(x), x)
+
+
+def test_noise_zero_adds_no_module_and_noise_keeps_the_initial_weights():
+    cfg = ModelConfig(name="mlp", activation="sigmoid", hidden=(8, 8))
+
+    def build(noise: float) -> nn.Module:
+        torch.manual_seed(0)
+        return build_model(cfg, make_norm_factory(NormConfig(kind="torch")), "xavier", "before", noise)
+
+    plain, noisy = build(0.0), build(0.5)
+    assert not any("noise" in name for name, _ in plain.named_modules())
+    assert sum("noise" in name for name, _ in noisy.named_modules()) == 2
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), noisy.parameters(), strict=True))
