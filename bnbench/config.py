@@ -94,6 +94,7 @@ class TrainConfig:
     accumulate: int = field(default=1, metadata=_range(1))  # micro-batches of batch_size / accumulate per step
     precise_bn: int | None = field(default=None, metadata=_range(1))  # batches for exact running statistics
     diagnostics: bool = False  # record what the norm does inside the network (diagnostics.csv)
+    trainable: Literal["all", "norm", "norm_output", "random"] = "all"  # which parameters train (train.py)
     diag_every: int | None = field(default=None, metadata=_range(1))  # steps; None: about 10 points per epoch
     probe_size: int = field(default=256, metadata=_range(2))  # examples in the fixed diagnostic probe batch
     landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata=_range(0.0, open_low=True))
@@ -445,6 +446,19 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             source_of("norm.track_running_stats"),
             "norm.track_running_stats",
             "renorm corrects batch statistics towards the running ones, so it needs them (true)",
+        )
+    if tc.trainable in ("norm", "norm_output", "random") and (nc.kind == "none" or not nc.affine):
+        raise ConfigError(
+            source_of("train.trainable"),
+            "train.trainable",
+            f"{tc.trainable} trains the norms' scale and shift (or as many others), so it needs a norm with "
+            f"them; norm.kind {nc.kind}, norm.affine {str(nc.affine).lower()} has none",
+        )
+    if tc.trainable == "random" and tc.weight_decay:
+        raise ConfigError(
+            source_of("train.weight_decay"),
+            "train.weight_decay",
+            "train.trainable random freezes values by masking their gradients; weight decay would still move them",
         )
     if nc.kind == "renorm" and nc.backward == "manual":
         raise ConfigError(source_of("norm.backward"), "norm.backward", "renorm has no manual backward; use autograd")

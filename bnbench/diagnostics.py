@@ -12,7 +12,8 @@ that pass. Recorded per position (`norm1`, `norm2`, ...; the same names for ever
   sigmoid inputs with |x| > 4 or tanh inputs with |x| > 2, or for ReLU the fraction of units that are
   off for every probe example;
 * norm_in_mean, norm_in_std: the norm's input;
-* weight_*, bias_*: the norm's gamma and beta (mean, std); for BN also running_mean_* and running_var_*,
+* weight_*, bias_*: the norm's gamma and beta (mean, std; weight_off: the fraction with |gamma| < 0.1);
+  for BN also running_mean_* and running_var_*,
   and the lag of the running statistics behind the probe batch's own, averaged over channels:
   lag_mean = |batch mean - running mean| / sqrt(running var), lag_var = batch var / running var;
 * grad_weight_norm (the Linear or Conv layer feeding the position) and grad_input_norm (its output).
@@ -184,6 +185,8 @@ class Diagnostics:
             tensor = getattr(norm, param, None)
             if isinstance(tensor, torch.Tensor):
                 out += [(name, f"{param}_mean", tensor.mean()), (name, f"{param}_std", tensor.std())]
+                if param == "weight":  # features the norm switches (nearly) off
+                    out.append((name, "weight_off", (tensor.detach().abs() < 0.1).float().mean()))
         if is_batch_norm(norm) and norm.running_mean is not None:
             prefix = next(k for k, v in self.model.named_modules() if v is norm)
             running_mean, running_var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]

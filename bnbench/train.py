@@ -25,7 +25,7 @@ from bnbench.config import RunConfig, TrainConfig
 from bnbench.data import Data, Split
 from bnbench.diagnostics import Diagnostics
 from bnbench.errors import UsageError
-from bnbench.models import build_model
+from bnbench.models import NormAct, build_model
 from bnbench.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
 from bnbench.records import DIAGNOSTICS, STEPS, Schema, metrics_schema
 
@@ -96,6 +96,37 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(is_batch_norm(m) for m in model.modules())
+
+
+def restrict_training(model: nn.Module, which: str, seed: int) -> int:
+    """Frankle, Schwab & Morcos 2021: train only the norms' scale and shift (`norm`), those and the output
+    layer (`norm_output`), or as many randomly chosen other values as the norms have (`random`: the rest
+    frozen by a gradient mask drawn from the seed); `all` trains everything. Returns the trainable count."""
+    params = list(model.parameters())
+    if which == "all":
+        return sum(p.numel() for p in params)
+    norms = {id(p) for m in model.modules() if isinstance(m, NormAct) for p in m.norm.parameters()}
+    output = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    keep = norms | ({id(p) for p in output.parameters()} if which == "norm_output" else set())
+    if which != "random":
+        for p in params:
+            p.requires_grad_(id(p) in keep)
+        return sum(p.numel() for p in params if id(p) in keep)
+    others = [p for p in params if id(p) not in norms]
+    count = sum(p.numel() for p in params if id(p) in norms)
+    total = sum(p.numel() for p in others)
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
+    flat_mask = torch.zeros(total)
+    flat_mask[chosen] = 1.0
+    start = 0
+    for p in params:
+        if id(p) in norms:
+            p.requires_grad_(False)
+            continue
+        mask = flat_mask[start : start + p.numel()].view_as(p).to(p.device)
+        start += p.numel()
+        p.register_hook(lambda grad, mask=mask: grad * mask)
+    return count
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -173,6 +204,7 @@ class Trainer:
             # the same batch shapes, so there are at most two graphs (full and last batch).
             mode = "reduce-overhead" if device.type == "cuda" else "default"
             step_fn = torch.compile(model, mode=mode, dynamic=False)
+        restrict_training(model, cfg.train.trainable, cfg.train.seed)
         order = torch.Generator().manual_seed(cfg.train.seed)
         trainer = cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
         if cfg.train.diagnostics:

@@ -160,3 +160,37 @@ def test_noise_zero_adds_no_module_and_noise_keeps_the_initial_weights():
     assert not any("noise" in name for name, _ in plain.named_modules())
     assert sum("noise" in name for name, _ in noisy.named_modules()) == 2
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), noisy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("which", ["norm", "norm_output", "random"])
+def test_trainable_subsets_move_only_what_they_name(which):
+    from bnbench.config import load_config
+    from bnbench.data import load_data
+    from bnbench.train import Trainer
+
+    cfg = load_config(None, ["data.dataset=synthetic", "model.name=lenet", f"train.trainable={which}"])
+    trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train_epoch(1, max_steps=3)
+    moved = {n: int((p.detach() != before[n]).sum()) for n, p in trainer.model.named_parameters()}
+    norm_values = sum(p.numel() for n, p in trainer.model.named_parameters() if ".norm." in n)
+    output = [n for n, _ in trainer.model.named_parameters()][-2:]  # the last Linear's weight and bias
+    for name, count in moved.items():
+        if ".norm." in name:
+            assert (count > 0) == (which != "random"), name
+        elif name in output and which == "norm_output":
+            assert count > 0, name
+        elif which != "random":
+            assert count == 0, name
+    if which == "random":  # as many values as the norms have, chosen among the others
+        assert 0 < sum(moved.values()) <= norm_values
+
+
+def test_trainable_subsets_need_a_norm_with_scale_and_shift(tmp_path, cli):
+    from conftest import write_config
+
+    for train, norm in (({"trainable": "norm"}, {"kind": "none"}), ({"trainable": "random", "weight_decay": 0.1}, {})):
+        config = write_config(tmp_path / "c.yaml", train={"epochs": 1, **train}, norm=norm)
+        result = cli("run", config, "--out-dir", tmp_path / "runs")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
