@@ -94,7 +94,9 @@ class TrainConfig:
     accumulate: int = field(default=1, metadata=_range(1))  # micro-batches of batch_size / accumulate per step
     precise_bn: int | None = field(default=None, metadata=_range(1))  # batches for exact running statistics
     diagnostics: bool = False  # record what the norm does inside the network (diagnostics.csv)
-    trainable: Literal["all", "norm", "norm_output", "random"] = "all"  # which parameters train (train.py)
+    trainable: Literal["all", "norm", "norm_output", "random", "all_but_output"] = "all"  # which train (train.py)
+    schedule: Literal["constant", "exponential", "cosine"] = "constant"  # the learning rate over steps
+    lr_factor: float = field(default=1.0, metadata=_range(0.0, open_low=True))  # exponential: lr *= this per step
     diag_every: int | None = field(default=None, metadata=_range(1))  # steps; None: about 10 points per epoch
     probe_size: int = field(default=256, metadata=_range(2))  # examples in the fixed diagnostic probe batch
     landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata=_range(0.0, open_low=True))
@@ -453,6 +455,13 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             "train.trainable",
             f"{tc.trainable} trains the norms' scale and shift (or as many others), so it needs a norm with "
             f"them; norm.kind {nc.kind}, norm.affine {str(nc.affine).lower()} has none",
+        )
+    if tc.lr_factor != 1.0 and tc.schedule != "exponential":
+        raise ConfigError(
+            source_of("train.lr_factor"),
+            "train.lr_factor",
+            f"train.lr_factor multiplies the learning rate after every step of an exponential schedule; "
+            f"train.schedule is {tc.schedule}",
         )
     if tc.trainable == "random" and tc.weight_decay:
         raise ConfigError(

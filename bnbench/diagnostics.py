@@ -16,7 +16,8 @@ that pass. Recorded per position (`norm1`, `norm2`, ...; the same names for ever
   for BN also running_mean_* and running_var_*,
   and the lag of the running statistics behind the probe batch's own, averaged over channels:
   lag_mean = |batch mean - running mean| / sqrt(running var), lag_var = batch var / running var;
-* grad_weight_norm (the Linear or Conv layer feeding the position) and grad_input_norm (its output).
+* weight_norm, effective_lr = lr / weight_norm^2 and grad_weight_norm of the Linear or Conv layer feeding the
+  position, and grad_input_norm (its output).
 
 The loss-landscape probe (Santurkar et al. 2018) runs at step 0, three times in the first epoch and at
 the end of every epoch, as layer `model`: from the current weights w with probe gradient g, it steps to
@@ -143,7 +144,7 @@ class Diagnostics:
                 hook.remove()
         values: list[tuple[str, str, torch.Tensor]] = [("model", "loss", loss)]
         for name, (position, feeding) in self.positions.items():
-            values += self._position_values(name, position, feeding, captured[name], buffers)
+            values += self._position_values(name, position, feeding, captured[name], buffers, lr)
         if step in self.landscape_at or step % self.steps_per_epoch == 0:
             values += self._landscape(params, lr, buffers)
         with torch.no_grad():
@@ -160,7 +161,7 @@ class Diagnostics:
         ]
 
     def _position_values(
-        self, name: str, position: NormAct, feeding: nn.Module | None, seen: dict, buffers: dict
+        self, name: str, position: NormAct, feeding: nn.Module | None, seen: dict, buffers: dict, lr: float
     ) -> list[tuple[str, str, torch.Tensor]]:
         act_in, norm_in, norm = seen["act_in"], seen["norm_in"], position.norm
         out = [(name, "act_mean", act_in.mean()), (name, "act_std", act_in.std())]
@@ -199,6 +200,9 @@ class Diagnostics:
                 (name, "lag_mean", ((batch_mean - running_mean).abs() / running_var.sqrt()).mean()),
                 (name, "lag_var", (batch_var / running_var).mean()),
             ]
+        if feeding is not None:  # the feeding layer's weights: with BN after them, a scale-invariant direction
+            weight_norm = feeding.weight.detach().norm()
+            out += [(name, "weight_norm", weight_norm), (name, "effective_lr", lr / weight_norm.square())]
         if feeding is not None and feeding.weight.grad is not None:
             out.append((name, "grad_weight_norm", feeding.weight.grad.norm()))
         if seen["input"].grad is not None:

@@ -98,15 +98,28 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(is_batch_norm(m) for m in model.modules())
 
 
+def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
+    """The learning rate of step `step` (0 = the first): constant, tc.lr * tc.lr_factor ** step, or a cosine
+    from tc.lr to 0 over the run. Computed from the step alone, so a resumed run continues it exactly."""
+    if tc.schedule == "exponential":
+        return tc.lr * tc.lr_factor**step
+    if tc.schedule == "cosine":
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    return tc.lr
+
+
 def restrict_training(model: nn.Module, which: str, seed: int) -> int:
     """Frankle, Schwab & Morcos 2021: train only the norms' scale and shift (`norm`), those and the output
     layer (`norm_output`), or as many randomly chosen other values as the norms have (`random`: the rest
-    frozen by a gradient mask drawn from the seed); `all` trains everything. Returns the trainable count."""
+    frozen by a gradient mask drawn from the seed); `all_but_output` freezes the output layer (what makes a
+    BN network scale-invariant, van Laarhoven 2017); `all` trains everything. Returns the trainable count."""
     params = list(model.parameters())
     if which == "all":
         return sum(p.numel() for p in params)
     norms = {id(p) for m in model.modules() if isinstance(m, NormAct) for p in m.norm.parameters()}
     output = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    if which == "all_but_output":
+        norms = {id(p) for p in params} - {id(p) for p in output.parameters()}
     keep = norms | ({id(p) for p in output.parameters()} if which == "norm_output" else set())
     if which != "random":
         for p in params:
@@ -249,6 +262,10 @@ class Trainer:
             if self.should_stop():
                 raise Interrupted
             idx = perm[start:end]
+            if tc.schedule != "constant":
+                lr = lr_at(first_step + i, tc, tc.epochs * self.steps_per_epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, correct = accumulate_gradients(
                 self.step_fn, train.x.index_select(0, idx), train.y.index_select(0, idx), tc.accumulate

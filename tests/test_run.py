@@ -9,6 +9,7 @@ import torch
 import bnbench.train as train_module
 from bnbench.config import load_config
 from bnbench.data import Data, load_data
+from bnbench.errors import UsageError
 from bnbench.records import METRIC_COLUMNS, STEPS
 from bnbench.train import LOG_POINTS_PER_EPOCH, Trainer
 
@@ -165,3 +166,40 @@ def test_every_new_norm_trains_through_the_cli(tmp_path, cli, kind):
     assert result.exit_code == 0, result.output
     metrics = read_run(tmp_path / "runs/c")[1]
     assert ("test_acc_batch_stats" in metrics) == (kind in ("ghost", "renorm"))
+
+
+def test_learning_rate_schedules_are_computed_from_the_step():
+    from bnbench.train import lr_at
+
+    tc = load_config(None, ["train.schedule=exponential", "train.lr=0.5", "train.lr_factor=1.01"]).train
+    assert lr_at(0, tc, 100) == 0.5 and lr_at(10, tc, 100) == pytest.approx(0.5 * 1.01**10)
+    tc = load_config(None, ["train.schedule=cosine", "train.lr=0.5"]).train
+    assert lr_at(0, tc, 100) == 0.5 and lr_at(50, tc, 100) == pytest.approx(0.25) and lr_at(100, tc, 100) == 0.0
+    with pytest.raises(UsageError, match="lr_factor"):
+        load_config(None, ["train.lr_factor=1.01"])
+
+
+def test_with_bn_weight_decay_is_a_learning_rate_schedule():
+    """van Laarhoven 2017: with BN (no affine) after every trainable layer and the output layer frozen, SGD with
+    weight decay lam at lr eta takes the same steps in direction as no decay at lr eta * (1 - eta*lam)^-(2t+1):
+    the two runs' losses agree step by step (and differ from no decay at constant lr)."""
+    eta, lam = 0.1, 0.05
+    common = ["data.dataset=synthetic", "model.name=mlp", "model.hidden=[32, 32]", "norm.kind=torch",
+              "norm.affine=false", "train.trainable=all_but_output", "train.batch_size=64"]  # fmt: skip
+    runs = {
+        "decay": [f"train.lr={eta}", f"train.weight_decay={lam}"],
+        "schedule": [
+            "train.schedule=exponential",
+            f"train.lr={eta / (1 - eta * lam)!r}",
+            f"train.lr_factor={(1 - eta * lam) ** -2!r}",
+        ],  # fmt: skip
+        "constant": [f"train.lr={eta}"],
+    }
+    losses = {}
+    for name, overrides in runs.items():
+        cfg = load_config(None, common + overrides)
+        trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
+        _, rows = trainer.train_epoch(1)
+        losses[name] = [r["train_loss"] for r in next(iter(rows.values()))]
+    assert losses["decay"] == pytest.approx(losses["schedule"], rel=1e-4)
+    assert losses["decay"] != pytest.approx(losses["constant"], rel=1e-3)
