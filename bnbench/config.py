@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy seeds no more
     log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
     eval_bn: Literal["running", "batch"] = "running"
+    eval_order: Literal["stored", "shuffled", "class_sorted"] = "stored"  # the test batches' makeup (train.py)
     on_nan: Literal["stop", "continue"] = "stop"
     checkpoint_every: int = field(default=1, metadata=_range(1))
     compile: bool = False

@@ -300,15 +300,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: Split, batch_stats: bool) -> tuple[float, float]:
-        """(mean loss, accuracy) over `split` with running (eval mode) or per-batch BN statistics."""
+        """(mean loss, accuracy) over `split` with running (eval mode) or per-batch BN statistics. The batches
+        hold the examples as stored, shuffled (i.i.d., fixed by the seed) or sorted by class (each batch one or
+        two classes: the non-i.i.d. batches of Wu & Johnson 2021, §4), per train.eval_order."""
         self.model.eval()
-        loss_sum = torch.zeros((), device=split.x.device)
-        correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+        x, y = split.x, split.y
+        if self.cfg.train.eval_order == "shuffled":
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.cfg.train.seed)).to(y.device)
+            x, y = x.index_select(0, order), y.index_select(0, order)
+        elif self.cfg.train.eval_order == "class_sorted":
+            order = torch.argsort(y, stable=True)
+            x, y = x.index_select(0, order), y.index_select(0, order)
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
         with batch_stats_eval(self.model) if batch_stats else contextlib.nullcontext():
-            for start, end in batch_bounds(len(split), self.cfg.train.eval_batch_size):
-                logits = self.model(split.x[start:end])
-                loss_sum += F.cross_entropy(logits, split.y[start:end], reduction="sum")
-                correct += (logits.argmax(1) == split.y[start:end]).sum()
+            for start, end in batch_bounds(len(y), self.cfg.train.eval_batch_size):
+                logits = self.model(x[start:end])
+                loss_sum += F.cross_entropy(logits, y[start:end], reduction="sum")
+                correct += (logits.argmax(1) == y[start:end]).sum()
         loss_total, correct_total = read_back(loss_sum, correct)
         return loss_total / len(split), correct_total / len(split)
 

@@ -203,3 +203,16 @@ def test_with_bn_weight_decay_is_a_learning_rate_schedule():
         losses[name] = [r["train_loss"] for r in next(iter(rows.values()))]
     assert losses["decay"] == pytest.approx(losses["schedule"], rel=1e-4)
     assert losses["decay"] != pytest.approx(losses["constant"], rel=1e-3)
+
+
+def test_eval_order_changes_only_what_batch_statistics_see():
+    results = {}
+    for order in ("stored", "shuffled", "class_sorted"):
+        cfg = load_config(None, ["data.dataset=synthetic", "model.name=mlp", "norm.kind=torch",
+                                 f"train.eval_order={order}", "train.eval_batch_size=32"])  # fmt: skip
+        trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
+        trainer.train_epoch(1)
+        results[order] = (trainer.evaluate(trainer.data.test, False)[1], trainer.evaluate(trainer.data.test, True)[1])
+    running = [r[0] for r in results.values()]
+    assert running == pytest.approx([running[0]] * 3)  # running statistics: each example alone
+    assert results["class_sorted"][1] != pytest.approx(results["shuffled"][1], abs=1e-3)  # one class per batch
