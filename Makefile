@@ -28,9 +28,11 @@ bench: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# The evidence (docs/results): every study in configs/studies/, then the report generated from the runs.
+# The evidence (docs/results): every study in configs/studies/ that declares claims (the why-studies last),
+# then the report generated from the runs.
 # Resumable: a second `make results` skips every run already done. Needs the real datasets.
-STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size
+STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size \
+	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only
 RESULTS_RUNS ?= runs
 export BNBENCH_DATA_DIR ?= ../shared/data
 

@@ -133,6 +133,13 @@ def value_label(key: str, value: Any) -> str:
         return NORM_NAMES.get(str(value), str(value))
     if key == "model.name":
         return MODELS.get(str(value), str(value))
+    if key == "model.hidden" and isinstance(value, (list, tuple)):
+        same = len(set(value)) == 1
+        return (
+            f"{len(value)} hidden layer{'s' if len(value) > 1 else ''} of {value[0]}"
+            if same
+            else f"hidden {format_value(value)}"
+        )
     if key == "train.precise_bn":
         return "running statistics" if value is None else f"precise statistics ({value} batches)"
     name = KEY_NAMES.get(key, key.rsplit(".", 1)[-1])
@@ -167,6 +174,12 @@ def _groups(runs: list, keys: list[str]) -> dict[tuple, list]:
         f = flat(run.config)
         out.setdefault(tuple(_hashable(f.get(k)) for k in keys), []).append(run)
     return out
+
+
+def _line_keys(candidates: list[str], panels: dict[tuple, list]) -> list[str]:
+    """The keys that tell a panel's lines apart (a key tied to the panel's, e.g. the init that goes with
+    an activation, is left out of the labels)."""
+    return [k for k in candidates if any(len(_groups(members, [k])) > 1 for members in panels.values())]
 
 
 def _hashable(value: Any) -> Any:
@@ -216,8 +229,8 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
-    line_keys = [k for k in keys if k not in panel_keys]
     panels = _groups(runs, panel_keys)
+    line_keys = _line_keys([k for k in keys if k not in panel_keys], panels)
     fig, axes = plt.subplots(len(spec.columns), len(panels), figsize=(4.6 * len(panels) + 1.4, 3.3 * len(spec.columns)),
                              squeeze=False)  # fmt: skip
     notes: list[str] = []
@@ -264,8 +277,8 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
-    line_keys = list(spec.lines) or [k for k in keys if k not in panel_keys and k != spec.x]
     panels = _groups(runs, panel_keys)
+    line_keys = list(spec.lines) or _line_keys([k for k in keys if k not in panel_keys and k != spec.x], panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.0, 4), squeeze=False)
     notes: list[str] = []
     all_lines = list(_groups(runs, line_keys))
@@ -316,8 +329,8 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
-    line_keys = [k for k in keys if k not in panel_keys]
     panels = _groups(runs, panel_keys)
+    line_keys = _line_keys([k for k in keys if k not in panel_keys], panels)
     all_lines = list(_groups(runs, line_keys))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.0, 4), squeeze=False)
     for ax, (panel, members) in zip(axes[0], panels.items(), strict=True):

@@ -249,7 +249,7 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
 
 
 def _arm(values: tuple) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in values)
+    return cell_label([k for k, _ in values], tuple(v for _, v in values))
 
 
 # --- assembly ---------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from conftest import write_config
 
 STUDIES = sorted(p.stem for p in (SHIPPED_CONFIGS / "studies").glob("*.yaml"))
 REPO = Path(__file__).resolve().parent.parent
-REPORTED = re.search(r"^STUDIES := (.*)$", (REPO / "Makefile").read_text(), flags=re.M).group(1).split()
+REPORTED = re.search(r"^STUDIES := ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), flags=re.M).group(1).split()
+REPORTED = [name for name in REPORTED if name != "\\"]  # the studies `make results` runs
 BN_GAIN = 0.05  # the fabricated runs: BN adds this to the test accuracy
 
 
@@ -89,7 +90,7 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
 
 def test_make_results_runs_every_shipped_study_that_declares_claims():
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^STUDIES := (.*)$", makefile, flags=re.M).group(1).split() == REPORTED
+    assert len(REPORTED) == len(set(REPORTED))
     assert set(REPORTED) <= set(STUDIES)
     with_claims = {name for name in STUDIES if load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").claims}
     assert with_claims <= set(REPORTED) and len(with_claims) >= 8
