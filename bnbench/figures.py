@@ -258,6 +258,10 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             where = f"{cell_label(panel_keys, panel)}: " if panel_keys else ""
             ax.set_title(where + COLUMN_NAMES.get(column, column), fontsize=10)
             ax.set_xlabel(spec.x)
+            if spec.x == "epoch":
+                from matplotlib.ticker import MaxNLocator
+
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
             ax.grid(alpha=0.3)
             if row == 0 and col == len(panels) - 1:
                 ax.legend(fontsize=7, loc="best")
