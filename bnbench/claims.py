@@ -41,6 +41,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bnbench.config import check_keys, parse_override
 from bnbench.errors import UsageError
 
 ALPHA = 0.05
@@ -115,8 +116,6 @@ class Claim:
 def _mapping(value: Any, where: str) -> dict:
     if not isinstance(value, dict) or not value:
         raise UsageError(f"{where}: expected a mapping of config keys to values, e.g. {{norm.kind: torch}}")
-    from bnbench.config import parse_override
-
     for key in value:
         parse_override(f"{key}=0", where)  # the key exists in the config
     return value
@@ -131,11 +130,7 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
     claims, seen = [], set()
     for i, item in enumerate(raw):
         where = f"{source}: claims[{i}]"
-        if not isinstance(item, dict):
-            raise UsageError(f"{where}: expected a mapping with {', '.join(CLAIM_KEYS)}")
-        unknown = [k for k in item if k not in CLAIM_KEYS]
-        if unknown:
-            raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(CLAIM_KEYS)})")
+        check_keys(item, CLAIM_KEYS, where)
         for key in ("id", "says", "compare", "against", "expect"):
             if key not in item:
                 raise UsageError(f"{where}: {key} is missing")
@@ -164,12 +159,8 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
 
 
 def _metric(raw: Any, where: str) -> Metric:
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: expected a mapping, e.g. {{column: test_acc, at: final}}")
     keys = ("column", "against_column", "diagnostic", "layer", "at", "mean_of_last", "steps_to", "auc")
-    unknown = [k for k in raw if k not in keys]
-    if unknown:
-        raise UsageError(f"{where}: {unknown[0]}: unknown key ({', '.join(keys)})")
+    check_keys(raw, keys, where, "a mapping, e.g. {column: test_acc, at: final}")
     if "diagnostic" in raw and ("column" in raw or "against_column" in raw or "layer" not in raw):
         raise UsageError(f"{where}: a diagnostic takes a layer (a norm position such as norm2, or last) and no column")
     if "layer" in raw and "diagnostic" not in raw:
@@ -517,11 +508,7 @@ def parse_published(raw: Any, source: str) -> Published | None:
     if raw is None:
         return None
     where = f"{source}: published"
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: expected a mapping with {', '.join(PUBLISHED_KEYS)}")
-    unknown = [k for k in raw if k not in PUBLISHED_KEYS]
-    if unknown:
-        raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(PUBLISHED_KEYS)})")
+    check_keys(raw, PUBLISHED_KEYS, where)
     cite = raw.get("source") or {}
     if not isinstance(cite, dict):
         raise UsageError(f"{where}.source: expected a mapping, e.g. {{cite: ..., url: ...}}")
@@ -532,12 +519,10 @@ def parse_published(raw: Any, source: str) -> Published | None:
     figures = []
     for i, item in enumerate(raw.get("figures") or []):
         at = f"{where}.figures[{i}]"
-        if not isinstance(item, dict) or "arm" not in item or "column" not in item:
-            raise UsageError(f"{at}: expected {{arm: {{norm.kind: torch}}, column: test_acc, value: 0.83}} "
-                             "(or low and high for a range)")  # fmt: skip
-        unknown = [k for k in item if k not in ("arm", "column", "value", "low", "high")]
-        if unknown:
-            raise UsageError(f"{at}: {unknown[0]}: unknown key (arm, column, value, low, high)")
+        example = "{arm: {norm.kind: torch}, column: test_acc, value: 0.83} (or low and high for a range)"
+        check_keys(item, ("arm", "column", "value", "low", "high"), at, example)
+        if "arm" not in item or "column" not in item:
+            raise UsageError(f"{at}: expected {example}")
         value = _number(item["value"], f"{at}.value") if "value" in item else None
         low = _number(item["low"], f"{at}.low") if "low" in item else None
         high = _number(item["high"], f"{at}.high") if "high" in item else None

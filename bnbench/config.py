@@ -420,6 +420,16 @@ def load_config(
     return cfg
 
 
+def check_keys(raw: Any, keys: tuple[str, ...], where: str, expected: str = "") -> dict:
+    """`raw` as a mapping of known keys only, or one UsageError naming the first unknown key."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected {expected or 'a mapping with ' + ', '.join(keys)}")
+    unknown = [k for k in raw if k not in keys]
+    if unknown:
+        raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(keys)})")
+    return raw
+
+
 def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
     """Rules that involve more than one key."""
     tc, nc = cfg.train, cfg.norm

@@ -83,16 +83,14 @@ def parse_figures(raw: Any, source: str) -> tuple[FigureSpec, ...]:
         return ()
     if not isinstance(raw, list):
         raise UsageError(f"{source}: figures: expected a list, e.g. [{{plot: curves}}]")
-    from bnbench.config import parse_override
+    from bnbench.config import check_keys, parse_override
 
     specs = []
     for i, item in enumerate(raw):
         where = f"{source}: figures[{i}]"
-        if not isinstance(item, dict) or item.get("plot") not in PLOTS:
-            raise UsageError(f"{where}: expected a mapping with plot: {' | '.join(PLOTS)}")
-        unknown = [k for k in item if k not in SPEC_KEYS]
-        if unknown:
-            raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(SPEC_KEYS)})")
+        check_keys(item, SPEC_KEYS, where)
+        if item.get("plot") not in PLOTS:
+            raise UsageError(f"{where}: plot: expected one of {' | '.join(PLOTS)}")
         plot = item["plot"]
         lines = item.get("lines", [])
         lines = [lines] if isinstance(lines, str) else lines

@@ -29,6 +29,7 @@ from bnbench.config import (
     MAX_NAME_BYTES,
     SHIPPED_CONFIGS,
     RunConfig,
+    check_keys,
     config_from_dict,
     config_path,
     load_config,
@@ -200,12 +201,7 @@ def _read(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a readable study file ({type(exc).__name__})") from None
     raw = parse_yaml(text, str(path))
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path}: a study must be a YAML mapping with {', '.join(STUDY_KEYS)}")
-    unknown = [k for k in raw if k not in STUDY_KEYS]
-    if unknown:
-        raise UsageError(f"{path}: {unknown[0]}: unknown key (valid keys: {', '.join(STUDY_KEYS)})")
-    return raw
+    return check_keys(raw, STUDY_KEYS, str(path), f"a study to be a YAML mapping with {', '.join(STUDY_KEYS)}")
 
 
 def _base_path(base: Any, relative_to: Path) -> Path:
