@@ -229,8 +229,13 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
     panel_keys = [spec.panels] if spec.panels else []
     panels = _groups(runs, panel_keys)
     line_keys = _line_keys([k for k in keys if k not in panel_keys], panels)
-    fig, axes = plt.subplots(len(spec.columns), len(panels), figsize=(4.6 * len(panels) + 1.4, 3.3 * len(spec.columns)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(spec.columns),
+        len(panels),
+        figsize=(4.6 * len(panels) + 1.4, 3.3 * len(spec.columns)),
+        squeeze=False,
+        sharey="row",
+    )  # fmt: skip (panels side by side compare on one scale)
     notes: list[str] = []
     all_lines = list(_groups(runs, line_keys))
     for col, (panel, members) in enumerate(panels.items()):
@@ -253,7 +258,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
                 )
             if column.endswith("loss"):
                 ax.set_yscale("log")
-            where = f"{cell_label(panel_keys, panel)}: " if panel_keys else ""
+            where = f"{cell_label(panel_keys, panel)} (n={len(members)}): " if panel_keys else ""
             ax.set_title(where + COLUMN_NAMES.get(column, column), fontsize=10)
             ax.set_xlabel(spec.x)
             if spec.x == "epoch":
@@ -261,7 +266,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
             ax.grid(alpha=0.3)
-            if row == 0 and col == len(panels) - 1:
+            if row == 0 and col == len(panels) - 1 and line_keys:
                 ax.legend(fontsize=7, loc="best")
             notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
     fig.suptitle(title_of(runs, keys) + " (mean ± std over seeds)", fontsize=11)

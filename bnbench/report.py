@@ -170,14 +170,13 @@ def published_lines(published: Published | None, s: StudyRuns) -> list[str]:
             values = [final(r, item.column) for r in members]
             finite = [v for v in values if v == v]
             if item.value is not None:
-                shown_value = f"{item.value:g}"
+                shown_value = figure(item.value, 3)
                 inside = "–" if not finite else ("yes" if min(finite) <= item.value <= max(finite) else "no")
             else:
                 shown_value = f"{item.low:g}–{item.high:g}"
                 inside = "–" if not finite else f"{sum(item.low <= v <= item.high for v in finite)}/{len(finite)} seeds"
             spread = f"{min(finite):.3f}–{max(finite):.3f}" if finite else "–"
-            arm = ", ".join(f"{k}={format_value(v)}" for k, v in item.arm)
-            rows.append([arm, item.column, shown_value, mean_std(values), spread, inside])
+            rows.append([_arm(item.arm), item.column, shown_value, mean_std(values), spread, inside])
         lines += [
             "Published figures beside bnbench's seeds (a published single run inside the seeds' range is "
             "what the spread over seeds allows):",

@@ -186,7 +186,8 @@ def test_published_figures_and_deviations_come_from_the_study_file(full_report):
     study = load_study(SHIPPED_CONFIGS / "studies" / "lenet_norms.yaml")
     assert "[Dive into Deep Learning, §8.5 Batch Normalization](https://d2l.ai/" in lenet
     for item in study.published.figures:
-        assert f"| norm.kind={dict(item.arm)['norm.kind']} | {item.column} | {item.value:g} |" in lenet
+        name = {"scratch": "hand-written BN", "torch": "nn.BatchNorm"}[dict(item.arm)["norm.kind"]]
+        assert f"| {name} | {item.column} | {item.value:.3f} |" in lenet
     # the fabricated runs train 3 epochs where the published setup trains 10: beside every verdict
     assert "train.epochs: 3 here, 10 published" in lenet
     row = next(line for line in lenet.splitlines() if line.startswith("| **bn_higher_final**"))
