@@ -399,7 +399,7 @@ def verdict(claim: Claim, e: Effect, adjusted_p: float) -> str:
 # --- a study's claims ------------------------------------------------------------------------------------
 
 
-def _matches(flat_config: dict[str, Any], wanted: tuple[tuple[str, Any], ...]) -> bool:
+def matches(flat_config: dict[str, Any], wanted: tuple[tuple[str, Any], ...]) -> bool:
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0)
@@ -428,9 +428,9 @@ def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
     flats = [(r, flat(r.config)) for r in completed]
     judged: list[Judged] = []
     for claim in claims:
-        arm_a = [(f.get("train.seed"), measure(r, claim.metric)) for r, f in flats if _matches(f, claim.compare)]
+        arm_a = [(f.get("train.seed"), measure(r, claim.metric)) for r, f in flats if matches(f, claim.compare)]
         arm_b = [(f.get("train.seed"), measure(r, claim.metric, against=True)) for r, f in flats
-                 if _matches(f, claim.against)]  # fmt: skip
+                 if matches(f, claim.against)]  # fmt: skip
         a = [v for _, v in arm_a if v == v]
         b = [v for _, v in arm_b if v == v]
         item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b))
@@ -534,18 +534,18 @@ def parse_published(raw: Any, source: str) -> Published | None:
                      tuple(figures))  # fmt: skip
 
 
-def deviations(published: Published | None, claim: Claim, runs: list) -> list[str]:
-    """Where the runs of a claim's two arms differ from the published setup: one line per config key
-    (`train.epochs: 5 here, 10 published`), then the published notes."""
+def deviations(published: Published | None, claim: Claim | None, runs: list) -> list[str]:
+    """Where the runs of a claim's two arms (or all runs, with no claim) differ from the published setup:
+    one line per config key (`train.epochs: 5 here, 10 published`), then the published notes."""
     if published is None:
         return []
     from bnbench.compare import flat
 
     flats = [flat(r.config) for r in runs if r.status == "completed"]
-    used = [f for f in flats if _matches(f, claim.compare) or _matches(f, claim.against)]
+    used = [f for f in flats if claim is None or matches(f, claim.compare) or matches(f, claim.against)]
     out = []
     for key, value in published.setup:
-        here = list(dict.fromkeys(str(f[key]) for f in used if key in f and not _matches(f, ((key, value),))))
+        here = list(dict.fromkeys(str(f[key]) for f in used if key in f and not matches(f, ((key, value),))))
         if here:
             out.append(f"{key}: {', '.join(here)} here, {value} published")
     return out + list(published.notes)

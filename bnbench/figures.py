@@ -209,6 +209,8 @@ def _curve(members: list, x: str, column: str, until: int | None) -> tuple[list[
     by_x: dict[float, list[float]] = {}
     for run in members:
         table = run.step_table if x == "step" and column in run.step_table else run.table
+        if column not in table:  # e.g. batch-statistics accuracy of a run with no BN
+            continue
         index = "step" if table is run.step_table else "epoch"
         scale = 1.0
         if x == "step" and index == "epoch" and run.step_table.get("step") and run.table.get("epoch"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bnbench.claims import ALPHA, Judged, Published, deviations, judge
+from bnbench.claims import ALPHA, Judged, Published, deviations, judge, matches
 from bnbench.compare import Run, find_runs, flat
 from bnbench.errors import UsageError
 from bnbench.figures import DRAW, FigureSpec, cell_label
@@ -151,22 +151,15 @@ def published_lines(published: Published | None, s: StudyRuns) -> list[str]:
     setup = ", ".join(f"{k}={format_value(v)}" for k, v in published.setup)
     if cite or setup:
         lines += [f"Published: {cite or 'no source named'}" + (f"; setup {setup}." if setup else "."), ""]
-    every = [d for claim in s.study.claims for d in deviations(published, claim, s.runs)]
-    if not s.study.claims:  # a study with no claims: its deviations over all runs
-        from bnbench.claims import Claim, Metric
-
-        anything = Claim("all", "", (), (), Metric(), "greater")
-        every = deviations(published, anything, s.runs)
-    every = list(dict.fromkeys(every))
+    claims = s.study.claims or (None,)  # no claims: the deviations of all runs
+    every = list(dict.fromkeys(d for claim in claims for d in deviations(published, claim, s.runs)))
     if every:
         lines += ["Deviations from the published setup (beside every verdict below):", ""]
         lines += [f"- {d}" for d in every] + [""]
     if published.figures:
-        from bnbench.claims import _matches
-
         rows = []
         for item in published.figures:
-            members = [r for r in s.runs if r.status == "completed" and _matches(flat(r.config), item.arm)]
+            members = [r for r in s.runs if r.status == "completed" and matches(flat(r.config), item.arm)]
             values = [final(r, item.column) for r in members]
             finite = [v for v in values if v == v]
             if item.value is not None:

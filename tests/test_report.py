@@ -89,7 +89,6 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
 
 
 def test_make_results_runs_every_shipped_study_that_declares_claims():
-    makefile = (REPO / "Makefile").read_text()
     assert len(REPORTED) == len(set(REPORTED))
     assert set(REPORTED) <= set(STUDIES)
     with_claims = {name for name in STUDIES if load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").claims}
