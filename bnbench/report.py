@@ -231,13 +231,20 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
         if j.claim.margin is not None:
             detail += f"; margin {j.claim.margin:g}"
         arms = f"{_arm(j.claim.compare)} vs {_arm(j.claim.against)}"
-        rows.append([f"**{j.claim.id}**: {j.claim.says}", arms, j.claim.metric.describe(), j.claim.expect, effect,
+        means = " vs ".join(_mean(j.arms.get(side, []), digits) for side in ("compare", "against"))
+        rows.append([f"**{j.claim.id}**: {j.claim.says}", arms, j.claim.metric.describe(), means, j.claim.expect,
+                     effect,
                      "–" if e is None else p_text(e.p), p_text(j.p_adjusted), VERDICT_MARKS[j.verdict],
                      detail.strip("; "), "; ".join(deviations(published, j.claim, runs)) or "none",
                      _cite(dict(j.claim.source)) or "–"])  # fmt: skip
-    header = ["claim", "arms", "metric", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test",
+    header = ["claim", "arms", "metric", "means", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test",
               "deviations from the published setup", "source"]  # fmt: skip
     return lines + [table(header, rows), ""]
+
+
+def _mean(values: list[float], digits: int) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    return figure(statistics.fmean(finite), digits) if finite else "–"
 
 
 def _arm(values: tuple) -> str:
