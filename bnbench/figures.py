@@ -153,8 +153,14 @@ def title_of(runs: list, varies: list[str]) -> str:
     from bnbench.compare import flat
 
     flats = [flat(r.config) for r in runs]
-    models = dict.fromkeys(f"{MODELS.get(f.get('model.name'), f.get('model.name'))} ({f.get('model.activation')})"
-                           for f in flats)  # fmt: skip
+
+    def model(f: dict) -> str:
+        name = MODELS.get(f.get("model.name"), f.get("model.name"))
+        if f.get("model.name") == "mlp" and "model.hidden" not in varies:  # the MLP's shape: 784-100-10
+            name += " 784-" + "-".join(str(h) for h in f.get("model.hidden", [])) + "-10"
+        return f"{name} ({f.get('model.activation')})"
+
+    models = dict.fromkeys(model(f) for f in flats)
     datasets = dict.fromkeys(DATASETS.get(str(f.get("data.dataset")), str(f.get("data.dataset"))) for f in flats)
     named = [KEY_NAMES.get(k) or k.rsplit(".", 1)[-1] for k in varies]
     named = ["norm" if k == "kind" else ("model" if k == "name" else k) for k in named]
