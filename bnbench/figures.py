@@ -37,8 +37,9 @@ NORM_NAMES = {
     "renorm": "batch renorm",
 }
 KEY_NAMES = {"train.lr": "lr", "train.batch_size": "batch", "train.accumulate": "micro-batches",
-             "norm.momentum": "momentum", "train.precise_bn": "precise statistics", "model.name": "",
-             "norm.kind": ""}  # fmt: skip
+             "norm.momentum": "momentum", "norm.noise": "noise", "train.precise_bn": "precise statistics",
+             "train.eval_batch_size": "eval batch", "train.eval_order": "eval order", "train.trainable": "trains",
+             "model.name": "", "norm.kind": ""}  # fmt: skip
 COLUMN_NAMES = {"train_loss": "train loss", "train_acc": "train accuracy", "test_acc": "test accuracy",
                 "test_acc_batch_stats": "test accuracy, batch statistics"}  # fmt: skip
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic": "synthetic data"}
@@ -333,7 +334,8 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
 def diagnostics(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     from bnbench.plots import diagnostics_figure
 
-    diagnostics_figure(runs, path, [spec.layer] if spec.layer else None, dpi=80)
+    groups = {cell_label(keys, cell): members for cell, members in _groups(runs, keys).items()}
+    diagnostics_figure(runs, path, [spec.layer] if spec.layer else None, dpi=80, groups=groups)
     return []
 
 

@@ -95,13 +95,16 @@ def training_curves(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = None, dpi: int = 110) -> None:
+def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = None, dpi: int = 110,
+                       groups: dict[str, list[Run]] | None = None) -> None:  # fmt: skip
     """Ioffe & Szegedy's Fig. 1 b/c and Santurkar et al.'s Fig. 4, for any runs that recorded diagnostics:
     per norm position, the 15/50/85th percentiles of one unit's activation input over steps (a panel per
     run or seed group, shared y); gradient norms per position; the loss-landscape band, gradient
-    predictiveness and beta-smoothness; the running statistics' lag."""
+    predictiveness and beta-smoothness; the running statistics' lag. `groups`: named seed groups (default:
+    compare's groups of the runs)."""
     plt = _pyplot()
-    groups = group_runs([r for r in runs if len(r.diagnostics)])
+    groups = {name: [r for r in ms if len(r.diagnostics)] for name, ms in (groups or group_runs(runs)).items()}
+    groups = {name: ms for name, ms in groups.items() if ms}
     if not groups:
         raise ValueError("no run recorded diagnostics (train.diagnostics: true)")
     found = sorted({layer for ms in groups.values() for r in ms for layer in r.diagnostics["layer"]} - {"model"})
