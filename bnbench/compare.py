@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from bnbench.config import flat
 from bnbench.errors import UsageError
 from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
 from bnbench.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
@@ -68,17 +69,6 @@ class Run:
         config = {k: v for k, v in self.config.items() if k != "name"}
         config["train"] = {k: v for k, v in config.get("train", {}).items() if k != "seed"}
         return json.dumps(config, sort_keys=True)
-
-
-def flat(config: dict, prefix: str = "") -> dict[str, object]:
-    """{'train': {'lr': 1.0}} -> {'train.lr': 1.0}; lists become tuples so values compare and hash."""
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -420,6 +420,17 @@ def load_config(
     return cfg
 
 
+def flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'lr': 1.0}} -> {'train.lr': 1.0}; lists become tuples so values compare and hash."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def check_keys(raw: Any, keys: tuple[str, ...], where: str, expected: str = "") -> dict:
     """`raw` as a mapping of known keys only, or one UsageError naming the first unknown key."""
     if not isinstance(raw, dict):

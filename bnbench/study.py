@@ -32,6 +32,7 @@ from bnbench.config import (
     check_keys,
     config_from_dict,
     config_path,
+    flat,
     load_config,
     parse_override,
     parse_yaml,
@@ -299,11 +300,28 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
     question = raw.get("question", "")
     if not isinstance(question, str):
         raise UsageError(f"{source}: question: expected one line of text")
-    return Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
-                 tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE),
-                 claims=parse_claims(raw.get("claims"), source), question=question.strip(),
-                 published=parse_published(raw.get("published"), source),
-                 figures=parse_figures(raw.get("figures"), source))  # fmt: skip
+    study = Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
+                  tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE),
+                  claims=parse_claims(raw.get("claims"), source), question=question.strip(),
+                  published=parse_published(raw.get("published"), source),
+                  figures=parse_figures(raw.get("figures"), source))  # fmt: skip
+    check_claim_arms(study, source)
+    return study
+
+
+def check_claim_arms(study: Study, source: str) -> None:
+    """Every claim's two arms select runs of this study: a typo in a value is one line now, not an
+    inconclusive verdict with no runs after hours of training."""
+    from bnbench.claims import matches
+
+    if not study.claims:
+        return
+    cells = [flat(run.config.to_dict()) for run in study.runs() if run.config.train.seed == study.seeds[0]]
+    for claim in study.claims:
+        for side, wanted in (("compare", claim.compare), ("against", claim.against)):
+            if not any(matches(cell, wanted) for cell in cells):
+                shown = ", ".join(f"{k}: {v}" for k, v in wanted)
+                raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches no cell of the study")
 
 
 def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,

@@ -6,10 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bnbench.claims import Claim, Metric, deviations, effect, holm, judge, parse_claims, parse_published, verdict
 from bnbench.compare import Run
 from bnbench.errors import UsageError
+
+from conftest import write_config
 
 
 def _claim(expect: str = "greater", margin: float | None = None, metric: Metric | None = None) -> Claim:
@@ -162,3 +165,15 @@ def test_published_setup_deviations_are_named_per_claim():
                          "expected {arm"), ({"colour": 1}, "colour: unknown key")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             parse_published(raw, "st")
+
+
+def test_a_claim_whose_arm_matches_no_cell_is_refused_when_the_study_loads(tmp_path):
+    from bnbench.study import load_study
+
+    base = write_config(tmp_path / "base.yaml", train={"epochs": 1})
+    study = {"name": "st", "base": str(base), "matrix": {"norm.kind": ["none", "torch"]}, "seeds": "0-1",
+             "claims": [{"id": "typo", "says": "s", "compare": {"norm.kind": "torhc"}, "against": {"norm.kind": "none"},
+                         "expect": "greater"}]}  # fmt: skip
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(UsageError, match=r"claim typo: compare \{norm.kind: torhc\} matches no cell"):
+        load_study(tmp_path / "st.yaml")
