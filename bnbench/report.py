@@ -221,9 +221,6 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
     for j in judged:
         e = j.effect
         digits = 0 if j.claim.metric.discrete else 4  # steps are counts
-        effect = (
-            "–" if e is None else f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
-        )
         detail = "" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}"
         detail = f"{detail}; {j.note}" if j.note else detail
         if j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable:
@@ -233,13 +230,18 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
         arms = f"{_arm(j.claim.compare)} vs {_arm(j.claim.against)}"
         means = " vs ".join(_mean(j.arms.get(side, []), digits) for side in ("compare", "against"))
         rows.append([f"**{j.claim.id}**: {j.claim.says}", arms, j.claim.metric.describe(), means, j.claim.expect,
-                     effect,
-                     "–" if e is None else p_text(e.p), p_text(j.p_adjusted), VERDICT_MARKS[j.verdict],
+                     effect_text(j), "–" if e is None else p_text(e.p), p_text(j.p_adjusted), VERDICT_MARKS[j.verdict],
                      detail.strip("; "), "; ".join(deviations(published, j.claim, runs)) or "none",
                      _cite(dict(j.claim.source)) or "–"])  # fmt: skip
     header = ["claim", "arms", "metric", "means", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test",
               "deviations from the published setup", "source"]  # fmt: skip
     return lines + [table(header, rows), ""]
+
+
+def effect_text(j: Judged) -> str:
+    """`0.0356 [0.0302, 0.0411]`: the effect and its 95% interval (steps to a target: whole steps)."""
+    e, digits = j.effect, 0 if j.claim.metric.discrete else 4
+    return "–" if e is None else f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
 
 
 def _mean(values: list[float], digits: int) -> str:
@@ -389,14 +391,8 @@ def report(folders: list[Path], out: Path) -> Path:
                     f"[{s.name}](#{s.name})",
                     f"{j.claim.id}: {j.claim.says}",
                     VERDICT_MARKS[j.verdict],
-                    "–"
-                    if j.effect is None
-                    else (
-                        f"{figure(j.effect.estimate, 0 if j.claim.metric.discrete else 4)} "
-                        f"[{figure(j.effect.low, 0 if j.claim.metric.discrete else 4)}, "
-                        f"{figure(j.effect.high, 0 if j.claim.metric.discrete else 4)}]"
-                    ),
-                    figure(j.p_adjusted, 3),
+                    effect_text(j),
+                    p_text(j.p_adjusted),
                     "; ".join(deviations(s.study.published, j.claim, s.runs)) or "none",
                 ]
                 for s, j in verdicts
