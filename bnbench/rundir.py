@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnbench.config import config_from_dict
 from bnbench.errors import UsageError
 from bnbench.records import MAX_SMALL_FILE, atomic_write, read_run_file
 
@@ -205,7 +206,13 @@ def config_changes(meta: dict, config: dict) -> list[str]:
     """Dotted keys in which `config` differs from the config the run started with (meta.json keeps it);
     the name aside. Empty for a run that kept none."""
     started = meta.get("config")
-    return [k for k in differences(started, config) if k != "name"] if isinstance(started, dict) else []
+    if not isinstance(started, dict):
+        return []
+    try:  # keys added to bnbench since the run started take their defaults, which it trained with
+        started = config_from_dict(started, "meta.json").to_dict()
+    except UsageError:
+        pass
+    return [k for k in differences(started, config) if k != "name"]
 
 
 def _age(iso: object) -> str:

@@ -285,7 +285,9 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
         base = raw.get("base")
         if not isinstance(base, dict):
             raise UsageError(f"{path / STUDY_FILE}: base: expected the resolved config")
-        config_from_dict(base, f"{path / STUDY_FILE}: base")
+        # Resolved again: a key added to bnbench since the study was saved takes its default, which is
+        # what the saved runs trained with, so it is no difference.
+        base = config_from_dict(base, f"{path / STUDY_FILE}: base").to_dict()
     else:
         base = load_config(_base_path(raw.get("base"), path)).to_dict()
     name = raw.get("name", path.stem if not path.is_dir() else path.name)

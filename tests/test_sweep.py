@@ -230,3 +230,21 @@ def test_jobs_takes_a_number_or_auto(tmp_path, cli):
     assert not (tmp_path / "runs").exists()
     result = cli("sweep", config, "--grid", "train.lr=0.1,0.2", "--jobs", "auto", "--dry-run")
     assert result.exit_code == 0 and "2 runs; 2 to run" in result.stdout
+
+
+def test_a_study_and_runs_saved_before_a_key_existed_still_match(tmp_path, cli):
+    """Upgrading bnbench adds config keys with defaults: a saved study, and a run's meta.json, that lack them
+    trained with those defaults, so neither differs (the real case: issue 19's new keys)."""
+    study, out = _study(tmp_path, epochs=2), tmp_path / "runs"
+    assert cli("sweep", study, "--out-dir", out, "--jobs", "1").exit_code == 0
+    folder = out / "st"
+    saved = yaml.safe_load((folder / "study.yaml").read_text())
+    del saved["base"]["train"]["schedule"], saved["base"]["norm"]["noise"]
+    (folder / "study.yaml").write_text(yaml.safe_dump(saved))
+    meta = json.loads((folder / "kind=none-s0" / "meta.json").read_text())
+    del meta["config"]["train"]["schedule"]
+    meta["status"] = "interrupted"
+    (folder / "kind=none-s0" / "meta.json").write_text(json.dumps(meta))
+    again = cli("sweep", study, "--out-dir", out, "--jobs", "1")
+    assert again.exit_code == 0, again.output
+    assert "1 to run, 3 skipped" in again.stdout
