@@ -20,7 +20,8 @@ at: final, mean_of_last: 10}` (a diagnostics.csv quantity of one norm position, 
 
 A study may also say what its claims were published with (`published:`, parse_published): the source,
 the published setup as config keys (every value the runs differ in is printed beside the verdicts),
-notes on what differs beyond the config, and published figures to print beside bnbench's.
+notes on what differs beyond the config, and published figures to print beside bnbench's. A claim's own
+`source: {deviates: ...}` says how its test differs from its paper's (printed beside that verdict only).
 
 Arms are paired by seed when they share their seeds (same initial weights and data order: the norm
 layers draw no random numbers); the effect is the mean difference with its 95% confidence interval.
@@ -41,7 +42,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bnbench.config import check_keys, parse_override
+from bnbench.config import check_keys, flat, parse_override
 from bnbench.errors import UsageError
 
 ALPHA = 0.05
@@ -422,8 +423,6 @@ class Judged:
 
 def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
     """Every claim of one study over its completed runs (compare.Run), Holm-adjusted as one family."""
-    from bnbench.compare import flat
-
     completed = [r for r in runs if r.status == "completed"]
     flats = [(r, flat(r.config)) for r in completed]
     judged: list[Judged] = []
@@ -536,10 +535,11 @@ def parse_published(raw: Any, source: str) -> Published | None:
 
 def deviations(published: Published | None, claim: Claim | None, runs: list) -> list[str]:
     """Where the runs of a claim's two arms (or all runs, with no claim) differ from the published setup:
-    one line per config key (`train.epochs: 5 here, 10 published`), then the published notes."""
+    one line per config key (`train.epochs: 5 here, 10 published`), the published notes, then the claim's
+    own (`source: {deviates: ...}`)."""
+    own = [dict(claim.source)["deviates"]] if claim is not None and dict(claim.source).get("deviates") else []
     if published is None:
-        return []
-    from bnbench.compare import flat
+        return own
 
     flats = [flat(r.config) for r in runs if r.status == "completed"]
     used = [f for f in flats if claim is None or matches(f, claim.compare) or matches(f, claim.against)]
@@ -548,4 +548,4 @@ def deviations(published: Published | None, claim: Claim | None, runs: list) -> 
         here = list(dict.fromkeys(str(f[key]) for f in used if key in f and not matches(f, ((key, value),))))
         if here:
             out.append(f"{key}: {', '.join(here)} here, {value} published")
-    return out + list(published.notes)
+    return out + list(published.notes) + own

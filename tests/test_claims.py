@@ -161,6 +161,11 @@ def test_published_setup_deviations_are_named_per_claim():
         run.config["train"]["epochs"] = 3
     lines = deviations(published, _claim(), runs)
     assert lines == ["train.epochs: 3 here, 10 published", "norm.kind: none here, torch published", "other data"]
+    (own,) = parse_claims([{"id": "o", "says": "s", "compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"},
+                            "expect": "greater", "source": {"cite": "p", "deviates": "their net was deeper"}}],
+                          "st")  # fmt: skip
+    assert deviations(None, own, runs) == ["their net was deeper"]
+    assert deviations(published, own, runs)[-2:] == ["other data", "their net was deeper"]
     for raw, message in (({"setup": {"train.nope": 1}}, "unknown key"), ({"figures": [{"arm": {"norm.kind": "x"}}]},
                          "expected {arm"), ({"colour": 1}, "colour: unknown key")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
