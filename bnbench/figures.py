@@ -171,6 +171,13 @@ def title_of(runs: list, varies: list[str]) -> str:
 # --- the plot functions: each draws one PNG and returns caption notes ------------------------------------
 
 
+def _title(fig: Any, text: str) -> None:
+    """The figure's title, wrapped to its width (a narrow figure never cuts its title off)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, width=max(40, int(fig.get_figwidth() * 12))), fontsize=11)
+
+
 def _groups(runs: list, keys: list[str]) -> dict[tuple, list]:
     from bnbench.compare import flat
 
@@ -278,7 +285,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             if row == 0 and col == len(panels) - 1 and line_keys:
                 ax.legend(fontsize=7, loc="best")
             notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
-    fig.suptitle(title_of(runs, keys) + " (mean ± std over seeds)", fontsize=11)
+    _title(fig, title_of(runs, keys) + " (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -323,8 +330,7 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         notes += [f"{n}" + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "") for n in _coinciding(means)]
-    fig.suptitle(title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}, mean ± std over seeds",
-                 fontsize=11)  # fmt: skip
+    _title(fig, title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -371,7 +377,7 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             ax.set_title(cell_label(panel_keys, panel), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title_of(runs, keys)}: {spec.column} at step {spec.step}, mean over seeds", fontsize=11)
+    _title(fig, f"{title_of(runs, keys)}: {spec.column} at step {spec.step}, mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
