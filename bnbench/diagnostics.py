@@ -124,7 +124,8 @@ class Diagnostics:
             store = captured[name]
 
             def keep_input(_m: nn.Module, inputs: tuple, _out: torch.Tensor, store: dict = store) -> None:
-                inputs[0].retain_grad()
+                if inputs[0].requires_grad:  # not when every layer before it is frozen (train.trainable)
+                    inputs[0].retain_grad()
                 store["input"] = inputs[0]
 
             hooks += [

@@ -168,7 +168,9 @@ def test_trainable_subsets_move_only_what_they_name(which):
     from bnbench.data import load_data
     from bnbench.train import Trainer
 
-    cfg = load_config(None, ["data.dataset=synthetic", "model.name=lenet", f"train.trainable={which}"])
+    cfg = load_config(
+        None, ["data.dataset=synthetic", "model.name=lenet", f"train.trainable={which}", "train.diagnostics=true"]
+    )  # fmt: skip (a probe sees frozen layers too)
     trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train_epoch(1, max_steps=3)
