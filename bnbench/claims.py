@@ -422,8 +422,9 @@ class Judged:
 
 
 def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
-    """Every claim of one study over its completed runs (compare.Run), Holm-adjusted as one family."""
-    completed = [r for r in runs if r.status == "completed"]
+    """Every claim of one study over its finished runs (compare.Run): completed, and diverged ones with what
+    they recorded (leaving out the runs that diverged would hide the worst outcomes); Holm-adjusted as one family."""
+    completed = [r for r in runs if r.status in ("completed", "diverged")]
     flats = [(r, flat(r.config)) for r in completed]
     judged: list[Judged] = []
     for claim in claims:

@@ -260,9 +260,8 @@ def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
     if not (folder / STUDY_FILE).is_file():
         raise UsageError(f"{folder}: not a study folder (no {STUDY_FILE}; run `bnbench sweep` first)")
     study = load_study(folder)
-    runs, warnings = find_runs([folder])
-    runs = [r for r in runs if r.table.get("epoch")]
-    if not runs:
+    runs, warnings = find_runs([folder])  # all of them: a run that diverged before its first epoch still counts
+    if not any(r.table.get("epoch") for r in runs):
         raise UsageError(f"{folder}: no run in this study has recorded an epoch yet")
     return StudyRuns(study.name, folder, study, runs), warnings
 
