@@ -282,7 +282,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
             ax.grid(alpha=0.3)
-            if row == 0 and col == len(panels) - 1 and line_keys:
+            if row == 0 and line_keys and ax.lines:  # each panel names its own lines (they differ by panel)
                 ax.legend(fontsize=7, loc="best")
             notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
     _title(fig, title_of(runs, keys) + " (mean ± std over seeds)")

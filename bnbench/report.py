@@ -190,7 +190,7 @@ def _cite(source: dict) -> str:
 def figure_lines(s: StudyRuns, out: Path, written: list[str]) -> list[str]:
     specs = s.study.figures or (FigureSpec(),)
     lines = []
-    completed = [r for r in s.runs if r.table.get("epoch")]
+    completed = [r for members in s.cells().values() for r in members if r.table.get("epoch")]  # the study's order
     for spec in specs:
         name = f"{s.name}_{spec.name}.png"
         notes = DRAW[spec.plot](completed, spec, s.keys, out / name)
