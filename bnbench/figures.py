@@ -163,7 +163,11 @@ def title_of(runs: list, varies: list[str]) -> str:
 
     models = dict.fromkeys(model(f) for f in flats)
     datasets = dict.fromkeys(DATASETS.get(str(f.get("data.dataset")), str(f.get("data.dataset"))) for f in flats)
-    named = [KEY_NAMES.get(k) or k.rsplit(".", 1)[-1] for k in varies]
+    kept: list[str] = []
+    for key in varies:  # a key that varies with an earlier one (keys zipped in the matrix) is not named again
+        if len(_groups(runs, [*kept, key])) > len(_groups(runs, kept)):
+            kept.append(key)
+    named = [KEY_NAMES.get(k) or k.rsplit(".", 1)[-1] for k in kept]
     named = ["norm" if k == "kind" else ("model" if k == "name" else k) for k in named]
     return f"{' / '.join(models)} on {' + '.join(datasets)}" + (f", by {' and '.join(named)}" if named else "")
 
