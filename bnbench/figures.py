@@ -357,7 +357,7 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
     panels = _groups(runs, panel_keys)
-    line_keys = _line_keys([k for k in keys if k not in panel_keys], panels)
+    line_keys = list(spec.lines) or _line_keys([k for k in keys if k not in panel_keys], panels)
     all_lines = list(_groups(runs, line_keys))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.0, 4), squeeze=False)
     for ax, (panel, members) in zip(axes[0], panels.items(), strict=True):
