@@ -117,11 +117,9 @@ def restrict_training(model: nn.Module, which: str, seed: int) -> int:
     if which == "all":
         return sum(p.numel() for p in params)
     norms = {id(p) for m in model.modules() if isinstance(m, NormAct) for p in m.norm.parameters()}
-    output = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-    if which == "all_but_output":
-        norms = {id(p) for p in params} - {id(p) for p in output.parameters()}
-    keep = norms | ({id(p) for p in output.parameters()} if which == "norm_output" else set())
-    if which != "random":
+    output = {id(p) for p in [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1].parameters()}
+    keep = {"norm": norms, "norm_output": norms | output, "all_but_output": {id(p) for p in params} - output}.get(which)
+    if keep is not None:
         for p in params:
             p.requires_grad_(id(p) in keep)
         return sum(p.numel() for p in params if id(p) in keep)
