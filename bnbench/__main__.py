@@ -1,3 +1,3 @@
-from bnbench.cli import main
+from bnbench.cli.app import main
 
 main()

@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
     args = parser.parse_args()
-    from bnbench import compare as cmp
+    from bnbench.evidence import compare as cmp
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = make_runs(Path(tmp), args.runs)

@@ -11,8 +11,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from bnbench.cli import app
-from bnbench.data import synthetic
+from bnbench.cli.app import app
+from bnbench.training.data import synthetic
 
 
 def write_idx(path: Path, tensor: torch.Tensor, magic: int) -> None:

@@ -164,7 +164,7 @@ def test_the_wheel_ships_configs_and_studies(tmp_path):
 def test_tables_drop_columns_on_a_narrow_terminal_and_never_split_a_number():
     from rich.console import Console
 
-    from bnbench.tables import fitted
+    from bnbench.evidence.tables import fitted
 
     header = ["run", "status", "final acc", "examples to 0.97", "wall s"]
     rows = [["kind=torch,lr=0.1-s0", "completed", "0.9812", "1,234,567 (9,999)", "12.5"]]

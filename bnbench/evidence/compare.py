@@ -1,0 +1,680 @@
+"""`bnbench compare`: run directories side by side, seed groups with mean ± std, Welch t-tests, plots.
+
+Reads what `bnbench run` writes (config.yaml, meta.json, metrics.csv, steps.csv) and writes nothing
+into run directories.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bnbench.config import flat
+from bnbench.errors import UsageError
+from bnbench.naming import cell_name, format_value, short_keys
+from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
+from bnbench.runs.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
+
+SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
+TEST_NAME = "Welch's t-test (unequal variances), two-sided"
+
+
+@dataclass
+class Run:
+    """One run as recorded. Its CSVs are kept as columns of plain values (compare's summaries read them
+    directly: building two DataFrames per run was most of compare's time over 1,000 runs); `metrics` and
+    `steps` give DataFrames on first use, for plots and reports."""
+
+    path: Path
+    config: dict
+    meta: dict
+    table: dict[str, list]  # metrics.csv, column -> values
+    step_table: dict[str, list] = field(default_factory=dict)  # steps.csv
+    name: str = ""  # the directory name; parent/name where two compared runs share one
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.table)
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        return pd.DataFrame(self.step_table)
+
+    @property
+    def status(self) -> str:
+        status = self.meta.get("status", "unknown")
+        return "stale" if status == "running" and not is_alive(self.meta) else status
+
+    @property
+    def diagnostics(self) -> pd.DataFrame:
+        """diagnostics.csv (step, epoch, layer, quantity, value), empty when the run recorded none."""
+        path = self.path / "diagnostics.csv"
+        return _csv(path) if path.exists() else pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
+
+    def group_key(self) -> str:
+        """Runs that differ only in seed and name share this key."""
+        config = {k: v for k, v in self.config.items() if k != "name"}
+        config["train"] = {k: v for k, v in config.get("train", {}).items() if k != "seed"}
+        return json.dumps(config, sort_keys=True)
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """Config keys (dotted) whose values differ between the runs; the name never counts."""
+    flats = [flat(r.config) for r in runs]
+    keys = dict.fromkeys(k for f in flats for k in f)
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader: most of compare's time otherwise
+
+
+def _columns(path: Path) -> dict[str, list]:
+    """A run CSV as columns of numbers (text columns stay text), read once and checked first."""
+    reader = csv.DictReader(io.StringIO(read_run_file(path), newline=""))
+    rows = list(reader)
+    check_rows(path, rows)  # every number parses
+    return {c: [r[c] if c in TEXT_COLUMNS else float(r[c]) for r in rows] for c in reader.fieldnames or ()}
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.DataFrame(_columns(path))
+
+
+def load_run(path: Path) -> Run:
+    """A run's files, each read only if it is a regular file of sane size and the shape bnbench writes;
+    anything else is a DamagedFile naming the file. The config is meta.json's copy (what the run started
+    with, which resume holds config.yaml to); config.yaml only for runs that have none."""
+    try:
+        meta = read_meta(path)
+    except ValueError as exc:
+        raise DamagedFile(path / "meta.json", None, str(exc).removeprefix("meta.json: ")) from None
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        try:
+            config = yaml.load(read_run_file(path / "config.yaml", MAX_SMALL_FILE), Loader=_YAML_LOADER)
+        except yaml.YAMLError:
+            raise DamagedFile(path / "config.yaml", None, "not YAML") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("model", "norm", "data",
+                                                                                               "train")):  # fmt: skip
+        raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
+    metrics = _columns(path / "metrics.csv")
+    missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics]
+    if missing:
+        raise DamagedFile(path / "metrics.csv", 1, f"no {', '.join(missing)} column")
+    steps: dict[str, list] = {}
+    if (path / "steps.csv").exists():
+        steps = _columns(path / "steps.csv")
+        if tuple(steps) != STEPS.columns:
+            raise DamagedFile(path / "steps.csv", 1, f"columns {', '.join(map(str, steps))}; expected "
+                              f"{', '.join(STEPS.columns)}")  # fmt: skip
+    return Run(path, config, meta, metrics, steps)
+
+
+def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
+    """Runs named directly or found at any depth below a folder; anything else is a one-line warning and
+    the rest are still compared."""
+    candidates: list[Path] = []
+    warnings: list[str] = []
+    for path in paths:
+        if is_run_dir(path):
+            candidates.append(path)
+        elif never_recorded(path):
+            warnings.append(f"{path}: started but never recorded anything; nothing to compare")
+        elif path.is_dir():
+            inside = run_dirs_under(path)
+            candidates += [p for p in inside if is_run_dir(p)]
+            warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in inside if not is_run_dir(p)]
+            children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            warnings += [f"{p}: started but never recorded anything; nothing to compare"
+                         for p in children if never_recorded(p)]  # fmt: skip
+            if not inside and not any(never_recorded(p) for p in children):
+                warnings.append(f"{path}: not a run directory and contains none; skipped")
+        else:
+            warnings.append(f"{path}: not a directory; skipped")
+    runs = []
+    for path in {p.resolve(): p for p in reversed(candidates)}.values():  # one run, however it was named
+        try:
+            runs.append(load_run(path))
+        except DamagedFile as exc:
+            warnings.append(f"{exc}; skipped")
+        except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
+    runs.sort(key=lambda r: candidates.index(r.path))
+    for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
+        run.name = name
+    return runs, warnings
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """Each run's directory name, lengthened by parent folders only as far as needed to tell it apart
+    from the others (a/runs/x and b/runs/x become a/runs/x and b/runs/x, not runs/x twice)."""
+    parts = [p.resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
+        clashes = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _best(values: list[float]) -> tuple[float, int | None]:
+    """The largest value (NaN left out) and its index; (NaN, None) when there is none."""
+    finite = [(v, i) for i, v in enumerate(values) if v == v]
+    if not finite:
+        return math.nan, None
+    best = max(v for v, _ in finite)
+    return best, next(i for v, i in finite if v == best)
+
+
+def summarize(run: Run, metric: str, target: float | None) -> dict:
+    m, steps = run.table, run.step_table
+    acc, n = m["test_acc"], len(m["test_acc"])
+    best, at = _best(acc)
+    row = {
+        "name": run.name,
+        "path": str(run.path.resolve()),
+        "model": run.config.get("model", {}).get("name"),
+        "norm": run.config.get("norm", {}).get("kind"),
+        "dataset": run.config.get("data", {}).get("dataset"),
+        "status": run.status,
+        "epochs": n,
+        "final_test_acc": acc[-1] if n else math.nan,
+        "best_test_acc": best,
+        "best_epoch": int(m["epoch"][at]) if at is not None else None,
+        "final_train_loss": m["train_loss"][-1] if n else math.nan,
+        f"final_{metric}": m[metric][-1] if n and metric in m else math.nan,
+        "epochs_to_target": None,
+        "steps_to_target": None,
+        "examples_to_target": None,
+        "examples_per_second": _mean(m.get("examples_per_second", [])),
+        "wall_seconds": sum(v for v in m.get("epoch_seconds", []) if v == v),
+    }
+    if target is not None and n:
+        reached = next((i for i, v in enumerate(acc) if v >= target), None)
+        if reached is not None:
+            epoch = int(m["epoch"][reached])
+            row["epochs_to_target"] = epoch
+            last = [i for i, e in enumerate(steps.get("epoch", [])) if e == epoch]
+            if last:
+                row["steps_to_target"] = int(steps["step"][last[-1]])
+                row["examples_to_target"] = int(steps["examples_seen"][last[-1]])
+    return row
+
+
+def dataset_of(run: Run) -> str:
+    return str(run.config.get("data", {}).get("dataset"))
+
+
+CHANCE = 0.2  # 10 classes: a run whose accuracy stays at or below this has not learned (chance is 0.1)
+
+
+def default_target(runs: list[Run]) -> float | None:
+    """The accuracy every completed run that learned reached by its end (floored to 0.01): a fair finish
+    line. None when no completed run left chance: "epochs to 0.1" would say nothing."""
+    finals = [r.table["test_acc"][-1] for r in runs if r.status == "completed" and r.table["test_acc"]]
+    finals = [f for f in finals if f > CHANCE]
+    return math.floor(min(finals) * 100) / 100 if finals else None
+
+
+def mixed(runs: list[Run]) -> list[str]:
+    """What differs in kind between the runs (datasets, models): comparing those is rarely meant."""
+    out = []
+    for what, key in (("datasets", "data.dataset"), ("models", "model.name")):
+        values = sorted({str(flat(r.config).get(key)) for r in runs})
+        if len(values) > 1:
+            out.append(f"{what} {', '.join(values)}")
+    return out
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Seed groups: runs whose configs differ only in seed and name. A group is named by its runs' common
+    name without the seed suffix; where two groups would share that name, by the keys that differ."""
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.group_key(), []).append(run)
+    stems = []
+    for members in by_key.values():
+        names = {SEED_SUFFIX.sub("", r.name) for r in members}
+        stems.append(names.pop() if len(names) == 1 else str(members[0].config.get("name", members[0].name)))
+    keys = [k for k in differing_keys(runs) if k != "train.seed"]
+    groups = {}
+    for stem, members in zip(stems, by_key.values(), strict=True):
+        if stems.count(stem) > 1 or stem in groups:
+            values = flat(members[0].config)
+            stem = f"{stem}[{cell_name({k: values.get(k) for k in keys})}]"
+        groups[stem] = members
+    return groups
+
+
+GROUP_FIGURES = (
+    "final_test_acc",
+    "best_test_acc",
+    "final_train_loss",
+    "epochs_to_target",
+    "examples_to_target",
+    "examples_per_second",
+    "wall_seconds",
+)
+
+
+def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
+    rows = []
+    for name, members in groups.items():
+        figures = [summaries[r.name] for r in members]
+        row = {
+            "group": name,
+            "n": len(members),
+            "runs": " ".join(r.name for r in members),
+            "reached_target": sum(f["epochs_to_target"] is not None for f in figures),
+        }
+        for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
+            values = [float(v) for f in figures if (v := f[figure]) is not None and v == v]
+            row[f"{figure}_mean"] = statistics.fmean(values) if values else math.nan
+            row[f"{figure}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        rows.append(row)
+    columns = ["group", "n", "runs", "reached_target"] + [
+        f"{f}_{s}" for f in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")) for s in ("mean", "std")
+    ]
+    return pd.DataFrame(rows, columns=columns)  # the columns even with no group (no run completed)
+
+
+def add_baseline(
+    groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
+) -> pd.DataFrame:
+    """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
+
+    if not groups:
+        raise UsageError(f"--baseline {baseline}: no run has completed, so there is no seed group to compare")
+    if baseline not in groups:
+        owner = [g for g, members in groups.items() if baseline in {r.name for r in members}]
+        if not owner:
+            raise UsageError(f"--baseline {baseline}: no such run or group; choose one of {', '.join(groups)}")
+        baseline = owner[0]
+    base = [summaries[r.name][f"final_{metric}"] for r in groups[baseline]]
+    deltas, pvalues = [], []
+    for name in groups_df["group"]:
+        values = [summaries[r.name][f"final_{metric}"] for r in groups[name]]
+        deltas.append(pd.Series(values).mean() - pd.Series(base).mean() if name != baseline else 0.0)
+        p = math.nan
+        if name != baseline and len(values) >= 2 and len(base) >= 2:
+            p = welch_p(values, base)
+        pvalues.append(p)
+    out = groups_df.copy()
+    out[f"delta_final_{metric}"] = deltas
+    out["p_value"] = pvalues
+    out.attrs["baseline"] = baseline
+    return out
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided t-test p-value (NaN values left out); NaN where a side has no spread at all."""
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical values: scipy warns, the p-value is NaN
+        return float(stats.ttest_ind(a, b, equal_var=False, nan_policy="omit").pvalue)
+
+
+def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
+    """`metric` per epoch (rows) and run (columns)."""
+    epochs = sorted({int(e) for r in runs if metric in r.table for e in r.table["epoch"]})
+    columns = {}
+    for r in runs:
+        if metric in r.table:
+            by_epoch = dict(zip((int(e) for e in r.table["epoch"]), r.table[metric], strict=True))
+            columns[r.name] = [by_epoch.get(e, math.nan) for e in epochs]
+    return pd.DataFrame(columns, index=pd.Index(epochs, name="epoch"))
+
+
+@dataclass
+class Comparison:
+    metric: str
+    target: float | None  # None with several datasets: see targets
+    target_is_default: bool
+    runs: pd.DataFrame
+    groups: pd.DataFrame
+    per_epoch: pd.DataFrame
+    baseline: str | None
+    keys: list[str] = field(default_factory=list)  # config keys that differ between the runs
+    targets: dict[str, float | None] = field(default_factory=dict)  # per dataset
+    pivot: pd.DataFrame | None = None  # long form: one row per (pivot value, by value)
+    pivot_keys: tuple[str, str] | None = None
+
+
+def compare(
+    runs: list[Run],
+    metric: str = "test_acc",
+    target: float | None = None,
+    baseline: str | None = None,
+    pivot: str | None = None,
+    by: str | None = None,
+) -> Comparison:
+    if not runs:
+        raise UsageError("no runs to compare")
+    known = sorted(set().union(*(set(r.table) for r in runs)) - {"epoch"})
+    if metric not in known:
+        raise UsageError(f"--metric {metric}: not a metrics.csv column; choose one of {', '.join(known)}")
+    target_is_default = target is None
+    datasets = sorted({dataset_of(r) for r in runs})
+    if target is None:  # per dataset: a finish line on MNIST says nothing about Fashion-MNIST
+        targets = {d: default_target([r for r in runs if dataset_of(r) == d]) for d in datasets}
+    else:
+        targets = dict.fromkeys(datasets, target)
+    keys = differing_keys(runs)
+    summaries = {r.name: summarize(r, metric, targets[dataset_of(r)]) for r in runs}
+    for run in runs:
+        values = flat(run.config)
+        summaries[run.name].update({f"config.{k}": _plain(values.get(k)) for k in keys})
+    pivot_frame = None
+    group_baseline = baseline
+    if pivot is not None or by is not None:
+        if pivot is None or by is None:
+            raise UsageError("--pivot and --by go together: --pivot train.lr --by norm.kind")
+        pivot_frame = pivot_table(runs, summaries, pivot, by, metric, baseline)
+        group_baseline = None
+    # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
+    groups = group_runs([r for r in runs if r.status == "completed"])
+    groups_df = summarize_groups(groups, summaries, metric)
+    groups_df.attrs["left_out"] = [f"{r.name} ({r.status})" for r in runs if r.status != "completed"]
+    if group_baseline is not None:
+        groups_df = add_baseline(groups_df, groups, summaries, group_baseline, metric)
+    return Comparison(
+        metric,
+        targets[datasets[0]] if len(datasets) == 1 else None,
+        target_is_default,
+        pd.DataFrame(list(summaries.values())),
+        groups_df,
+        per_epoch(runs, metric),
+        groups_df.attrs.get("baseline") or (baseline if pivot_frame is not None else None),
+        keys,
+        targets,
+        pivot_frame,
+        (pivot, by) if pivot_frame is not None else None,
+    )
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def pivot_table(
+    runs: list[Run], summaries: dict[str, dict], pivot: str, by: str, metric: str, baseline: str | None
+) -> pd.DataFrame:
+    """Final `metric` per (pivot value, by value): n, mean, std, diverged; with `baseline` ('key=value' of
+    the --by key), each cell's difference from the baseline column in its row and Welch's p-value."""
+
+    flats = {r.name: flat(r.config) for r in runs}
+    for option, key in (("--pivot", pivot), ("--by", by)):
+        if not any(key in f for f in flats.values()):
+            raise UsageError(f"{option} {key}: not a config key of these runs (e.g. train.lr, norm.kind)")
+    base_value = None
+    if baseline is not None:
+        key, sep, text = baseline.partition("=")
+        if not sep or key != by:
+            raise UsageError(f"--baseline {baseline}: with --pivot, name a column of the grid: --baseline {by}=VALUE")
+        values = {repr(f.get(by)): f.get(by) for f in flats.values()}
+        matches = [v for v in values.values() if cell_name({by: v}).split("=", 1)[1] == text]
+        if not matches:
+            shown = ", ".join(cell_name({by: v}).split("=", 1)[1] for v in values.values())
+            raise UsageError(f"--baseline {baseline}: {by} has no value {text}; it has {shown}")
+        base_value = matches[0]
+    cells: dict[tuple, list[tuple[float, str]]] = {}
+    for run in runs:
+        f = flats[run.name]
+        cells.setdefault((repr(f.get(pivot)), repr(f.get(by))), []).append(
+            (summaries[run.name][f"final_{metric}"], run.status)
+        )
+    label = {repr(f.get(k)): f.get(k) for f in flats.values() for k in (pivot, by)}
+    rows = []
+    for (pv, bv), members in cells.items():
+        finals = [v for v, status in members if status != "diverged" and v == v]
+        row = {
+            "pivot": _plain(label[pv]),
+            "by": _plain(label[bv]),
+            "n": len(members),
+            "mean": float(pd.Series(finals).mean()) if finals else math.nan,
+            "std": float(pd.Series(finals).std(ddof=1)) if len(finals) > 1 else math.nan,
+            "diverged": sum(status == "diverged" for _, status in members),
+            "delta": math.nan,
+            "p_value": math.nan,
+        }
+        if base_value is not None and bv != repr(base_value):
+            base = [v for v, status in cells.get((pv, repr(base_value)), []) if status != "diverged" and v == v]
+            if finals and base:
+                row["delta"] = row["mean"] - float(pd.Series(base).mean())
+            if len(finals) >= 2 and len(base) >= 2:
+                row["p_value"] = welch_p(finals, base)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
+    frame["_p"], frame["_b"] = frame["pivot"].map(order), frame["by"].map(order)
+    return frame.sort_values(["_p", "_b"]).drop(columns=["_p", "_b"]).reset_index(drop=True)
+
+
+def pivot_display(comp: Comparison) -> pd.DataFrame:
+    """The grid: rows are pivot values, columns --by values, cells 'mean ± std (n)'."""
+    pivot, by = comp.pivot_keys
+    frame = comp.pivot
+    columns = list(dict.fromkeys(map(format_value, frame["by"])))
+    grid: dict[str, dict[str, str]] = {}
+    for row in frame.itertuples(index=False):
+        text = (
+            f"{_num(row.mean)} ± {_num(row.std)} (n={row.n})" if row.std == row.std else f"{_num(row.mean)} (n={row.n})"
+        )
+        if row.diverged:
+            text += f", {row.diverged} diverged"
+        if row.delta == row.delta:
+            text += f"; Δ {row.delta:+.4f}" + (f", p {row.p_value:.3g}" if row.p_value == row.p_value else "")
+        grid.setdefault(format_value(row.pivot), {})[format_value(row.by)] = text
+    out = pd.DataFrame([{pivot: p, **{c: cells.get(c, "-") for c in columns}} for p, cells in grid.items()])
+    return out.rename(columns={c: f"{by}={c}" for c in columns})
+
+
+def _num(value: object, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
+    mean, std = row[f"{figure}_mean"], row[f"{figure}_std"]
+    if isinstance(std, float) and math.isnan(std):
+        return _num(float(mean), digits)
+    return f"{_num(float(mean), digits)} ± {_num(float(std), digits)}"
+
+
+def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one)."""
+    target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
+    names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
+    if comp.keys:  # the config keys that differ between the runs
+        described = {names[k]: comp.runs[f"config.{k}"].map(format_value) for k in names}
+    else:
+        described = {"model": comp.runs["model"], "norm": comp.runs["norm"], "data": comp.runs["dataset"]}
+    runs = pd.DataFrame(
+        {
+            "run": comp.runs["name"],
+            **described,
+            "status": comp.runs["status"],
+            "epochs": comp.runs["epochs"].map(str),
+            "final acc": comp.runs["final_test_acc"].map(_num),
+            "best acc (epoch)": [
+                f"{_num(a)} ({int(e)})" if pd.notna(e) else "-"
+                for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)
+            ],
+            "final loss": comp.runs["final_train_loss"].map(_num),
+            f"epochs to {target}": [
+                str(int(e)) if pd.notna(e) else "not reached" for e in comp.runs["epochs_to_target"]
+            ],
+            f"steps (examples) to {target}": [
+                f"{s:,} ({x:,})" if s else "-"
+                for s, x in zip(
+                    comp.runs["steps_to_target"].fillna(0).astype(int),
+                    comp.runs["examples_to_target"].fillna(0).astype(int),
+                    strict=True,
+                )
+            ],
+            "ex/s": comp.runs["examples_per_second"].map(lambda v: _num(float(v), 0)),
+            "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
+        }
+    )
+    tables = [("runs", "runs", runs)]
+    if len(comp.groups) and ((comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups"):
+        groups = pd.DataFrame(
+            {
+                "group": comp.groups["group"],
+                "n": comp.groups["n"].map(str),
+                "final acc": [_mean_std(r, "final_test_acc") for _, r in comp.groups.iterrows()],
+                "best acc": [_mean_std(r, "best_test_acc") for _, r in comp.groups.iterrows()],
+                "final loss": [_mean_std(r, "final_train_loss") for _, r in comp.groups.iterrows()],
+                f"epochs to {target}": [
+                    f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
+                    for _, r in comp.groups.iterrows()
+                ],
+                "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
+            }
+        )
+        if f"delta_final_{comp.metric}" in comp.groups:
+            groups[f"Δ final {comp.metric} vs {comp.baseline}"] = [
+                "baseline" if name == comp.baseline else f"{delta:+.4f}"
+                for name, delta in zip(comp.groups["group"], comp.groups[f"delta_final_{comp.metric}"], strict=True)
+            ]
+            groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
+        tables.append(("groups", "seed groups (mean ± std over seeds)", groups))
+    if comp.pivot is not None:
+        pivot, by = comp.pivot_keys
+        title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
+        if comp.baseline is not None:
+            title += f"; Δ and Welch p against {comp.baseline} in the same row"
+        tables.append(("pivot", title, pivot_display(comp)))
+    side = comp.per_epoch.map(_num).reset_index()
+    side["epoch"] = side["epoch"].map(str)
+    tables.append(("epochs", f"{comp.metric} per epoch", side.fillna("-")))
+    if which == "pivot" and comp.pivot is None:
+        raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
+    return [(title, frame) for kind, title, frame in tables if which in (None, kind)]
+
+
+def footnotes(comp: Comparison) -> list[str]:
+    notes = []
+    if comp.target is not None and comp.target_is_default:
+        notes.append(f"target {comp.target:g}: the lowest final test_acc of the completed runs (set it with --target)")
+    elif comp.target is None and comp.targets:
+        per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
+        notes.append(
+            f"targets per dataset: {per}" + (" (the lowest final test_acc there)" if comp.target_is_default else "")
+        )
+    if comp.baseline is not None and comp.pivot is None:
+        notes.append(f"p: {TEST_NAME} on the final {comp.metric}, each group against {comp.baseline}")
+        base = comp.groups[comp.groups["group"] == comp.baseline] if len(comp.groups) else comp.groups
+        if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
+            notes.append(f"warning: the baseline {comp.baseline} never left chance (final test_acc "
+                         f"{base['final_test_acc_mean'].iloc[0]:.4f}); a difference from it says little")  # fmt: skip
+    left_out = comp.groups.attrs.get("left_out", [])
+    if left_out:
+        notes.append(f"not in the seed groups (not completed): {', '.join(left_out)}")
+    if comp.target_is_default and comp.targets and all(t is None for t in comp.targets.values()):
+        notes.append("no epochs-to-target: no completed run left chance (set one with --target)")
+    return notes
+
+
+def to_markdown(comp: Comparison, which: str | None = None) -> str:
+    def cell(value: object) -> str:  # a name is data: a `|` or a line break must not make a new column or row
+        return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+    parts = []
+    for title, frame in display_tables(comp, which):
+        header = "| " + " | ".join(map(cell, frame.columns)) + " |"
+        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+        body = ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+        parts.append("\n".join([f"### {title}", "", header, rule, *body]))
+    parts += [f"_{note}_" for note in footnotes(comp)]
+    return "\n\n".join(parts) + "\n"
+
+
+TABLES = ("runs", "groups", "pivot", "epochs")
+# Counts that pandas turns into floats as soon as one is missing; CSV and JSON write them as integers.
+INTEGER_COLUMNS = {"epochs", "best_epoch", "epochs_to_target", "steps_to_target", "examples_to_target", "n",
+                   "reached_target", "epoch"}  # fmt: skip
+
+
+def with_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for column in out.columns:
+        whole = pd.to_numeric(out[column], errors="coerce")
+        is_count = column in INTEGER_COLUMNS or str(column).startswith("config.")
+        if is_count and whole.notna().sum() == out[column].notna().sum() and (whole.dropna() % 1 == 0).all():
+            if out[column].notna().any() and out[column].map(lambda v: not isinstance(v, bool)).all():
+                out[column] = whole.astype("Int64")
+    return out
+
+
+def raw_table(comp: Comparison, which: str) -> pd.DataFrame:
+    """One table with its numbers as numbers: runs, groups (seed groups), pivot (with --pivot) or epochs."""
+    if which == "runs":
+        return comp.runs
+    if which == "groups":
+        return comp.groups
+    if which == "epochs":
+        return comp.per_epoch.reset_index()
+    if comp.pivot is None:
+        raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
+    pivot, by = comp.pivot_keys
+    return comp.pivot.rename(columns={"pivot": pivot, "by": by})
+
+
+def to_csv(comp: Comparison, which: str | None = None) -> str:
+    """One table (CSV has one header): the runs by default, the grid with --pivot, or --table's choice."""
+    which = which or ("pivot" if comp.pivot is not None else "runs")
+    return with_integers(raw_table(comp, which)).to_csv(index=False)
+
+
+def to_json(comp: Comparison, configs: dict[str, dict] | None = None) -> str:
+    """Every table; each run with its path and, given `configs` (name -> resolved config), its config."""
+
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return json.loads(with_integers(frame).to_json(orient="records"))
+
+    runs = records(comp.runs)
+    for run in runs:
+        run["config"] = (configs or {}).get(run["name"])
+
+    return json.dumps(
+        {
+            "metric": comp.metric,
+            "target": comp.target,
+            "baseline": comp.baseline,
+            "test": TEST_NAME,
+            "runs": runs,
+            "groups": records(comp.groups),
+            "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
+            "differing_keys": comp.keys,
+            "targets": comp.targets,
+            "pivot": None if comp.pivot is None else {"keys": list(comp.pivot_keys), "cells": records(comp.pivot)},
+        },
+        indent=2,
+    )

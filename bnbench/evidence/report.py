@@ -1,0 +1,439 @@
+"""`bnbench report STUDY_DIR... --out docs/results`: the evidence, generated from run directories only.
+
+One engine for any study, shipped or a user's own; nothing here knows a study by name. Per study: the
+question, the command that ran it, the published setup and every way the runs differ from it, a table of
+its cells over seeds, the figures its study file asks for (figures.py), the published figures beside
+bnbench's, and a verdict for every claim it declares (claims.py), Holm-adjusted within the study.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bnbench.errors import UsageError
+from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, judge, matches
+from bnbench.evidence.compare import Run, find_runs, flat
+from bnbench.evidence.figures import DRAW, FigureSpec, cell_label
+from bnbench.evidence.tables import is_numeric
+from bnbench.naming import format_value
+from bnbench.records import atomic_write
+from bnbench.runs.study import SHIPPED_CONFIGS, STUDY_FILE, Study, load_study
+
+REPORT_MARKER = ".bnbench-report"  # the files bnbench wrote in a report folder, one per line
+VERDICT_MARKS = {"supported": "supported", "contradicted": "**contradicted**", "inconclusive": "inconclusive"}
+
+
+@dataclass
+class StudyRuns:
+    name: str
+    path: Path
+    study: Study
+    runs: list[Run]
+
+    @property
+    def keys(self) -> list[str]:
+        """The matrix keys, in the study's order (keys that vary together each count)."""
+        return [k for keys, _ in self.study.matrix for k in keys.split(",")]
+
+    def cells(self) -> dict[tuple, list[Run]]:
+        """Runs by their matrix values, in the order the study lists them."""
+        order = {}
+        for planned in self.study.runs():
+            values = flat(planned.config.to_dict())
+            order.setdefault(tuple(_hashable(values.get(k)) for k in self.keys), len(order))
+        out: dict[tuple, list[Run]] = {}
+        for run in self.runs:
+            values = flat(run.config)
+            out.setdefault(tuple(_hashable(values.get(k)) for k in self.keys), []).append(run)
+        return dict(sorted(out.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# --- figures as text --------------------------------------------------------------------------------------
+
+
+def figure(value: float, digits: int = 4) -> str:
+    if not (value == value):
+        return "–"
+    if math.isinf(value):
+        return "never"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def p_text(p: float) -> str:
+    if not (p == p):
+        return "–"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    finite = [v for v in values if v == v]
+    if not finite:
+        return "–"
+    text = f"{statistics.fmean(finite):,.{digits}f}"
+    text += f" ± {statistics.stdev(finite):,.{digits}f}" if len(finite) > 1 else ""
+    return text + (f" (n={len(finite)})" if len(finite) != len(values) else "")
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table; columns of figures are right-aligned; a `|` in a value stays inside its cell."""
+
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cells = [[cell(v) for v in row] for row in rows]
+    rule = ["---:" if i and is_numeric([r[i] for r in cells]) else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def final(run: Run, column: str = "test_acc") -> float:
+    values = run.table.get(column) or []
+    return float(values[-1]) if values else math.nan
+
+
+def last_change(run: Run, column: str = "test_acc") -> float:
+    """How much the last epoch moved a column: near zero when a run has converged."""
+    values = run.table.get(column) or []
+    return float(values[-1] - values[-2]) if len(values) > 1 else math.nan
+
+
+def statuses(runs: list[Run]) -> str:
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+# --- one study's section ----------------------------------------------------------------------------------
+
+
+def cells_table(s: StudyRuns) -> list[str]:
+    """Per cell: seeds, status, final train loss / train acc / test acc (mean ± std), the test accuracy's
+    range and its change over the last epoch (has training converged?), and batch-statistics accuracy."""
+    cells = s.cells()
+    batch = any("test_acc_batch_stats" in r.table for r in s.runs)
+    rows = []
+    for cell, members in cells.items():
+        acc = [final(r) for r in members]
+        finite = [a for a in acc if a == a]
+        row = [cell_label(s.keys, cell) if s.keys else s.name, len(members), statuses(members),
+               mean_std([final(r, "train_loss") for r in members]), mean_std([final(r, "train_acc") for r in members]),
+               mean_std(acc), f"{min(finite):.3f}–{max(finite):.3f}" if finite else "–",
+               mean_std([last_change(r) for r in members], 4)]  # fmt: skip
+        if batch:
+            row.append(mean_std([final(r, "test_acc_batch_stats") for r in members]))
+        rows.append(row)
+    header = ["cell", "seeds", "status", "final train loss", "final train acc", "final test acc", "test acc range",
+              "test acc change, last epoch"] + (["final test acc, batch statistics"] if batch else [])  # fmt: skip
+    return [
+        "Every cell over its seeds (mean ± std). The last epoch's change in test accuracy says whether training "
+        "had converged; a diverged run counts with its last recorded epoch.",
+        "",
+        table(header, rows),
+        "",
+    ]
+
+
+def published_lines(published: Published | None, s: StudyRuns) -> list[str]:
+    """The published source and setup, every way these runs differ from it, and published figures beside
+    bnbench's seeds."""
+    if published is None:
+        return []
+    lines = []
+    cite = _cite(dict(published.source))
+    setup = ", ".join(f"{k}={format_value(v)}" for k, v in published.setup)
+    if cite or setup:
+        lines += [f"Published: {cite or 'no source named'}" + (f"; setup {setup}." if setup else "."), ""]
+    claims = s.study.claims or (None,)  # no claims: the deviations of all runs
+    every = list(dict.fromkeys(d for claim in claims for d in deviations(published, claim, s.runs)))
+    if every:
+        lines += ["Deviations from the published setup (beside every verdict below):", ""]
+        lines += [f"- {d}" for d in every] + [""]
+    if published.figures:
+        rows = []
+        for item in published.figures:
+            members = [r for r in s.runs if r.status == "completed" and matches(flat(r.config), item.arm)]
+            values = [final(r, item.column) for r in members]
+            finite = [v for v in values if v == v]
+            if item.value is not None:
+                shown_value = figure(item.value, 3)
+                inside = "–" if not finite else ("yes" if min(finite) <= item.value <= max(finite) else "no")
+            else:
+                shown_value = f"{item.low:g}–{item.high:g}"
+                inside = "–" if not finite else f"{sum(item.low <= v <= item.high for v in finite)}/{len(finite)} seeds"
+            spread = f"{min(finite):.3f}–{max(finite):.3f}" if finite else "–"
+            rows.append([_arm(item.arm), item.column, shown_value, mean_std(values), spread, inside])
+        lines += [
+            "Published figures beside bnbench's seeds (a published single run inside the seeds' range is "
+            "what the spread over seeds allows):",
+            "",
+            table(
+                ["arm", "column", "published", "bnbench (mean ± std)", "bnbench range", "published within range"], rows
+            ),  # fmt: skip
+            "",
+        ]
+    return lines
+
+
+def _cite(source: dict) -> str:
+    cite = source.get("cite", "")
+    return f"[{cite or 'source'}]({source['url']})" if source.get("url") else cite
+
+
+def figure_lines(s: StudyRuns, out: Path, written: list[str]) -> list[str]:
+    specs = s.study.figures or (FigureSpec(),)
+    lines = []
+    completed = [r for members in s.cells().values() for r in members if r.table.get("epoch")]  # the study's order
+    for spec in specs:
+        name = f"{s.name}_{spec.name}.png"
+        notes = DRAW[spec.plot](completed, spec, s.keys, out / name)
+        written.append(name)
+        caption = {"curves": f"{', '.join(spec.columns)} by {spec.x}", "sweep": f"final {spec.column} by {spec.x}",
+                   "diagnostics": f"what the norm does at {spec.layer}",
+                   "layers": f"{spec.column} by layer at step {spec.step}"}[spec.plot]  # fmt: skip
+        lines += [f"![{s.name}: {caption}]({name})", ""]
+        if notes:
+            lines += ["In this figure " + "; ".join(notes) + " (one line lies under the other).", ""]
+    return lines
+
+
+def claims_lines(judged: list[Judged], published: Published | None, runs: list[Run]) -> list[str]:
+    """The declared claims of one study: one table of verdicts, then what each rests on."""
+    family = sum(j.effect is not None and j.claim.expect in ("greater", "less", "different") for j in judged)
+    lines = [
+        "### Claims",
+        "",
+        f"Effect = the first arm minus the second, mean over seeds (paired by seed where the arms share them), "
+        f"with its 95% confidence interval; p two-sided, Holm-adjusted over this study's {family} difference "
+        f"claims; supported needs the interval on the claimed side and adjusted p < {ALPHA}; equivalence by "
+        "TOST (the 90% interval within ±margin). An inconclusive row gives the smallest effect this design "
+        "detects with 80% power: a test that misses p < 0.05 is not evidence against a claim.",
+        "",
+    ]
+    rows = []
+    for j in judged:
+        e = j.effect
+        digits = 0 if j.claim.metric.discrete else 4  # steps are counts
+        detail = "" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}"
+        detail = f"{detail}; {j.note}" if j.note else detail
+        if j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable:
+            detail += f"; detectable: ±{figure(e.detectable, digits)}"
+        if j.claim.margin is not None:
+            detail += f"; margin {j.claim.margin:g}"
+        arms = f"{_arm(j.claim.compare)} vs {_arm(j.claim.against)}"
+        means = " vs ".join(_mean(j.arms.get(side, []), digits) for side in ("compare", "against"))
+        rows.append([f"**{j.claim.id}**: {j.claim.says}", arms, j.claim.metric.describe(), means, j.claim.expect,
+                     effect_text(j), "–" if e is None else p_text(e.p), p_text(j.p_adjusted), VERDICT_MARKS[j.verdict],
+                     detail.strip("; "), "; ".join(deviations(published, j.claim, runs)) or "none",
+                     _cite(dict(j.claim.source)) or "–"])  # fmt: skip
+    header = ["claim", "arms", "metric", "means", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test",
+              "deviations from the published setup", "source"]  # fmt: skip
+    return lines + [table(header, rows), ""]
+
+
+def effect_text(j: Judged) -> str:
+    """`0.0356 [0.0302, 0.0411]`: the effect and its 95% interval (steps to a target: whole steps)."""
+    e, digits = j.effect, 0 if j.claim.metric.discrete else 4
+    return "–" if e is None else f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
+
+
+def _mean(values: list[float], digits: int) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    return figure(statistics.fmean(finite), digits) if finite else "–"
+
+
+def _arm(values: tuple) -> str:
+    return cell_label([k for k, _ in values], tuple(v for _, v in values))
+
+
+# --- assembly ---------------------------------------------------------------------------------------------
+
+
+def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
+    if not (folder / STUDY_FILE).is_file():
+        raise UsageError(f"{folder}: not a study folder (no {STUDY_FILE}; run `bnbench sweep` first)")
+    study = load_study(folder)
+    runs, warnings = find_runs([folder])  # all of them: a run that diverged before its first epoch still counts
+    if not any(r.table.get("epoch") for r in runs):
+        raise UsageError(f"{folder}: no run in this study has recorded an epoch yet")
+    return StudyRuns(study.name, folder, study, runs), warnings
+
+
+def _time(text: object) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)  # naive: taken as UTC
+
+
+def wall_minutes(runs: list[Run]) -> float:
+    """From the first run's start to the last run's end (a sweep's wall time when it ran in one go)."""
+    starts = [t for r in runs if (t := _time(r.meta.get("started_at")))]
+    ends = [t for r in runs if (t := _time(r.meta.get("ended_at") or r.meta.get("updated_at")))]
+    return (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else math.nan
+
+
+def shown(path: Path) -> str:
+    """A path as the report prints it: relative to the working folder where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def command_of(s: StudyRuns) -> str:
+    shipped = SHIPPED_CONFIGS / "studies" / f"{s.name}.yaml"
+    target = f"configs/studies/{s.name}.yaml" if shipped.is_file() else shown(s.path)
+    return f"BNBENCH_DATA_DIR=../shared/data bnbench sweep {target}"
+
+
+def recorded_commands(s: StudyRuns) -> list[str]:
+    """The commands the runs' meta.json recorded, paths inside the working folder made relative."""
+    found = []
+    for run in s.runs:
+        words = str(run.meta.get("command") or "").split()
+        text = " ".join(shown(Path(w)) if w.startswith("/") else w for w in words)
+        if text and text not in found:
+            found.append(text)
+    return found
+
+
+def section(s: StudyRuns, out: Path, written: list[str]) -> tuple[list[str], list[Judged]]:
+    """One study's part of the report, and its judged claims."""
+    lines = ["", f"## {s.name}", ""]
+    if s.study.question:
+        lines += [f"*{s.study.question}*", ""]
+    lines += ["```", command_of(s), "```", ""]
+    recorded = recorded_commands(s)
+    if recorded:
+        lines += ["Recorded in the runs' meta.json: " + "; ".join(f"`{c}`" for c in recorded[:3]), ""]
+    fixed = ", ".join(f"{k}={format_value(v)}" for k, v in s.study.fixed) or "none"
+    lines += [f"Seeds {', '.join(str(x) for x in s.study.seeds)}; set for every run: {fixed}.", ""]
+    lines += published_lines(s.study.published, s)
+    lines += cells_table(s)
+    lines += figure_lines(s, out, written)
+    judged = judge(s.study.claims, s.runs) if s.study.claims else []
+    if judged:
+        lines += claims_lines(judged, s.study.published, s.runs)
+    return lines, judged
+
+
+def report(folders: list[Path], out: Path) -> Path:
+    """Write `out/README.md` and its figures from the study folders; returns the README's path."""
+    loaded, warnings = [], []
+    for folder in folders:
+        s, w = load_study_runs(folder)
+        loaded.append(s)
+        warnings += w
+    names = [s.name for s in loaded]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two study folders hold the same study: {', '.join(n for n in names if names.count(n) > 1)}")
+    before = claim_output(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = ["README.md"]
+    sections, verdicts = [], []
+    for s in loaded:
+        lines, judged = section(s, out, written)
+        sections += lines
+        verdicts += [(s, j) for j in judged]
+    for name in set(before) - set(written):  # bnbench's own figure that no study draws any more
+        (out / name).unlink(missing_ok=True)
+    all_runs = [r for s in loaded for r in s.runs]
+    machines = sorted({str(r.meta.get("device_name", "?")) for r in all_runs})
+    versions = sorted({f"torch {r.meta.get('versions', {}).get('torch', '?')}" for r in all_runs})
+    commits = sorted({str(r.meta.get("git_commit") or "?")[:10] for r in all_runs})
+    total = sum(m for s in loaded if not math.isnan(m := wall_minutes(s.runs)))
+    counts = {v: sum(j.verdict == v for _, j in verdicts) for v in VERDICT_MARKS}
+    lines = [
+        "# Results: what Batch Normalization did on this data",
+        "",
+        "Generated by `bnbench report` from run directories only (regenerate: `make results`). Each study file "
+        "declares the claims it tests, their published source and setup; one engine judges every claim of every "
+        "study: the effect (first arm minus second, paired by seed where the arms share seeds) with its 95% "
+        f"confidence interval and Holm-adjusted p within the study. **supported**: the interval lies on the "
+        f"claimed side and adjusted p < {ALPHA}; **contradicted**: the interval rules the claimed effect out; "
+        "**inconclusive**: neither (with the smallest effect the design could detect).",
+        "",
+        f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
+        f"Studies' wall time (first start to last end, summed): {total:.0f} min.",
+        "",
+        table(
+            ["study", "question", "runs", "status", "wall time"],
+            [
+                [
+                    f"[{s.name}](#{s.name})",
+                    s.study.question,
+                    len(s.runs),
+                    statuses(s.runs),
+                    f"{wall_minutes(s.runs):.1f} min",
+                ]
+                for s in loaded
+            ],
+        ),  # fmt: skip
+        "",
+        "## Verdicts",
+        "",
+        f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
+        "",
+        table(
+            ["study", "claim", "verdict", "effect [95% CI]", "Holm p", "deviations from the published setup"],
+            [
+                [
+                    f"[{s.name}](#{s.name})",
+                    f"{j.claim.id}: {j.claim.says}",
+                    VERDICT_MARKS[j.verdict],
+                    effect_text(j),
+                    p_text(j.p_adjusted),
+                    "; ".join(deviations(s.study.published, j.claim, s.runs)) or "none",
+                ]
+                for s, j in verdicts
+            ],
+        ),  # fmt: skip
+        "",
+    ]
+    lines += sections
+    if warnings:
+        lines += ["", "## Skipped", ""] + [f"- {w}" for w in warnings]
+    path = out / "README.md"
+    atomic_write(path, "\n".join(lines).rstrip() + "\n")
+    atomic_write(out / REPORT_MARKER, "".join(f"{name}\n" for name in written))
+    return path
+
+
+def claim_output(out: Path) -> list[str]:
+    """The files an earlier report wrote in `out` (only those may be replaced or removed). A folder that
+    holds anything else and no marker is not bnbench's: refused, nothing written."""
+    for parent in out.parents:  # --out FILE/sub: say so before any work
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is not a folder")
+            break
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    marker = out / REPORT_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        names = [n.strip() for n in marker.read_text(errors="replace").splitlines() if n.strip()]
+        return [n for n in names if "/" not in n and not n.startswith(".")]
+    if any(out.iterdir()):
+        raise UsageError(f"--out {out}: the folder holds files that bnbench did not write; give a new or empty folder")
+    return []
+
+
+def default_output(folders: list[Path]) -> Path:
+    """Beside the study: STUDY/report, or for several studies, report/ in their common folder."""
+    if len(folders) == 1:
+        return folders[0] / "report"
+    import os
+
+    return Path(os.path.commonpath([str(f.resolve()) for f in folders])) / "report"

@@ -1,0 +1,454 @@
+"""Run directories: claiming them, writing their files safely, executing and resuming a run.
+
+Files are never half-written: CSV rows are appended and flushed per epoch; meta.json, config.yaml,
+model.pt and checkpoint.pt are written to a temporary file and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+import bnbench
+from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
+from bnbench.errors import UsageError
+from bnbench.records import DamagedFile, atomic_write, check_run_files
+from bnbench.runs.rundir import (
+    LockHeld,
+    RunDir,
+    RunLock,
+    check_writable,
+    claim_run_dir,
+    config_changes,
+    differences,
+    is_alive,
+    is_run_dir,
+    now,
+    read_meta,
+)
+from bnbench.training.data import Data, data_dir_from, load_data, train_size
+from bnbench.training.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
+
+EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(bnbench.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.device, data_dir: Path) -> RunDir:
+    """Write a new run's config, empty CSVs and meta.json into `path` (created and locked by the caller)."""
+    atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for schema in trainer.records:
+        schema.create(path)
+    run = RunDir(path, {})
+    run.update_meta(
+        name=path.name,
+        status="running",
+        started_at=now(),
+        ended_at=None,
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        seed=cfg.train.seed,
+        device=str(device),
+        device_name=device_name(device),
+        versions={
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": _torchvision_version(),
+            "bnbench": bnbench.__version__,
+        },
+        git_commit=git_commit(),
+        data_dir=str(data_dir.resolve()) if cfg.data.dataset != "synthetic" else None,
+        epochs=cfg.train.epochs,
+        epochs_completed=0,
+        config=cfg.to_dict(),  # what config.yaml said at the start: resume refuses an edited one
+        error=None,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    return run
+
+
+def _torchvision_version() -> str | None:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    return torchvision.__version__
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "order", "rng", "epoch")
+
+
+def load_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """checkpoint.pt, checked to be a whole bnbench checkpoint of this config's model (None: there is
+    none yet); anything else is one UsageError naming the file and what is wrong."""
+    from bnbench.nn.models import build_model
+    from bnbench.nn.norms import make_norm_factory
+
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a truncated or garbage file raises many kinds
+        raise UsageError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}); start a new run") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise UsageError(f"--resume {path}: not a bnbench checkpoint (expected {', '.join(CHECKPOINT_KEYS)})")
+    model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+    want = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}  # noise: a dict
+    have = state["model"] if isinstance(state["model"], dict) else {}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in have.items()}
+    if got != want:
+        first = next((k for k in sorted(want.keys() | got.keys()) if want.get(k) != got.get(k)), "?")
+        raise UsageError(f"--resume {path}: the checkpoint is of a different model ({first}); start a new run")
+    epochs_done = state["epoch"]
+    if not isinstance(epochs_done, int) or not 0 <= epochs_done <= cfg.train.epochs:
+        raise UsageError(f"--resume {path}: the checkpoint's epoch {shorten(repr(epochs_done))} is not of this run")
+    return state
+
+
+def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:
+    """Load the last checkpoint into `trainer`, drop CSV rows past it; return the epoch it ends."""
+    state = load_checkpoint(run.path, cfg)
+    epoch = trainer.load_state(state) if state is not None else 0
+    for schema in trainer.records:
+        schema.rewrite(run.path, [r for r in schema.read(run.path) if int(r["epoch"]) <= epoch])
+    resumes = run.meta.get("resumed_at", []) + [now()]
+    run.update_meta(
+        status="running",
+        ended_at=None,
+        error=None,
+        epochs_completed=epoch,
+        resumed_at=resumes,
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+    )
+    return epoch
+
+
+def saved_config(run: RunDir) -> RunConfig:
+    path = run.path / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc})") from None
+    return config_from_dict(raw, str(path))
+
+
+class StopRequest:
+    """SIGINT/SIGTERM/SIGHUP handler: the first asks the loop to stop after the current step; the second
+    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested, self.signum = True, signum
+
+
+@contextmanager
+def stop_on_signals(interrupt: bool = True) -> Iterator[StopRequest]:
+    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT. A sweep's workers leave SIGINT to
+    the sweep, which forwards one SIGTERM: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
+        yield stop
+        return
+    signals = [signal.SIGINT] if interrupt else []
+    signals += [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, stop.handle) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
+    """Train from `first_epoch` to the end, writing as it goes; return the exit code."""
+    cfg = trainer.cfg
+    epoch = first_epoch - 1
+    try:
+        for epoch in range(first_epoch, cfg.train.epochs + 1):
+            row, rows = trainer.run_epoch(epoch)
+            for schema, logged in rows.items():
+                schema.append(run.path, logged)
+            trainer.metrics.append(run.path, [row])
+            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                atomic_torch_save(trainer.state(epoch), run.path / "checkpoint.pt")
+            run.update_meta(epochs_completed=epoch)
+            if trainer.should_stop():  # a stop asked for during this epoch's evaluation still stops the run
+                raise Interrupted
+        atomic_torch_save(trainer.model.state_dict(), run.path / "model.pt")
+        run.update_meta(status="completed", ended_at=now())
+        return 0
+    except Diverged as exc:
+        for schema, logged in exc.rows.items():
+            schema.append(run.path, logged)
+        run.update_meta(status="diverged", ended_at=now(), error=str(exc))
+        return EXIT_DIVERGED
+    except (Interrupted, KeyboardInterrupt):
+        run.update_meta(status="interrupted", ended_at=now(), error=f"interrupted during epoch {epoch}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded in meta.json, then reported
+        run.update_meta(status="failed", ended_at=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@dataclass
+class Job:
+    cfg: RunConfig
+    run_name: str
+    source: str  # where the config came from, for error messages
+    path: Path | None = None  # an exact run directory (resumes, sweeps); None: claim out_dir/run_name[-k]
+    resume: bool = False
+    lock: RunLock | None = None  # taken while planning a resume, so no second writer slips in
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    epochs_completed: int
+    final_test_acc: float | None
+    exit_code: int
+    error: str | None
+    traceback: Path | None = None  # a failed run's traceback, saved in its directory
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None) -> list[Job]:
+    """Validate every config before anything runs, so a typo in the last one costs nothing."""
+    from bnbench.runs.study import is_study_file
+
+    jobs = []
+    for path in configs:
+        if is_study_file(path):
+            raise UsageError(f"{path} is a study (a grid of runs): run it with `bnbench sweep {path}`")
+        cfg = load_config(path, overrides)
+        if seeds is None:
+            jobs.append(Job(cfg, cfg.name, str(path)))
+        else:
+            jobs += [Job(cfg.with_seed(s), f"{cfg.name}-s{s}", str(path)) for s in seeds]
+    return jobs
+
+
+def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
+    run = RunDir.open(path)
+    status = run.meta.get("status")
+    if status == "completed":
+        raise UsageError(f"--resume {path}: the run is already completed; start a new run instead")
+    if status == "running" and is_alive(run.meta):
+        raise UsageError(f"--resume {path}: the run is still running (pid {run.meta.get('pid')})")
+    try:
+        check_run_files(path)
+    except DamagedFile as exc:
+        raise UsageError(f"--resume {exc}; the run's files are damaged, start a new run") from None
+    saved = saved_config(run)
+    started_with = run.meta.get("config")
+    if isinstance(started_with, dict) and started_with != saved.to_dict():
+        edited = differences(started_with, saved.to_dict())
+        raise UsageError(
+            f"--resume {path}: config.yaml was edited after the run started ({', '.join(edited)}); "
+            "put it back or start a new run"
+        )
+    if config is not None or overrides:
+        wanted = load_config(config, overrides, base=saved if config is None else None)
+        changed = differences(saved.to_dict(), wanted.to_dict())
+        if changed:
+            raise UsageError(
+                f"--resume {path}: the config differs from the run's saved config.yaml in {', '.join(changed)}; "
+                "resume without a config, or start a new run"
+            )
+    load_checkpoint(path, saved)  # a damaged checkpoint is refused before anything is changed
+    try:
+        lock = RunLock(path).acquire()
+    except LockHeld as exc:
+        raise UsageError(f"--resume {exc}; wait for it or stop it") from None
+    return Job(saved, path.name, str(path / "config.yaml"), path=path, resume=True, lock=lock)
+
+
+def decide(path: Path, cfg: RunConfig) -> tuple[str, str]:
+    """start, resume or skip a planned run directory, with the reason; read under its lock."""
+    from bnbench.runs.rundir import has_recorded_rows
+
+    if not is_run_dir(path):
+        if has_recorded_rows(path):
+            return "skip", f"{path / 'metrics.csv'} holds epochs but the run has no meta.json; not touched"
+        return "start", ""
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError) as exc:
+        return "skip", f"{path / 'meta.json'} is unreadable ({exc}); not touched"
+    status = meta.get("status")
+    if status in ("completed", "diverged"):
+        return "skip", f"already {status}"
+    if status == "running" and is_alive(meta):
+        return "skip", f"running in pid {meta.get('pid')} on {meta.get('hostname')}"
+    changed = config_changes(meta, cfg.to_dict())
+    if changed:
+        return "skip", f"started with another config ({', '.join(changed)}); not resumed"
+    return "resume", ""
+
+
+TRACEBACK_FILE = "traceback.txt"
+
+
+def save_traceback(run_dir: Path) -> Path | None:
+    """The exception being handled, written to the run directory for `--debug` and bug reports."""
+    path = run_dir / TRACEBACK_FILE
+    try:
+        atomic_write(path, traceback.format_exc())
+    except OSError:  # e.g. the disk is full: the one-line error still says what failed
+        return None
+    return path
+
+
+def exit_code_of(results: list[RunResult]) -> int:
+    codes = {r.exit_code for r in results}
+    for code in (EXIT_INTERRUPTED, EXIT_FAILED, EXIT_DIVERGED):
+        if code in codes:
+            return code
+    return 0
+
+
+def check_jobs(jobs: list[Job], root: Path) -> None:
+    """What can only be checked against the data: the batch fits the training set."""
+    for job in jobs:
+        n_train = train_size(job.cfg.data, root)
+        if job.cfg.train.batch_size > n_train:
+            raise UsageError(
+                f"{job.source}: train.batch_size: {job.cfg.train.batch_size} is larger than the training set "
+                f"({n_train} examples)"
+            )
+
+
+def data_root(jobs: list[Job], data_dir: Path | None) -> Path:
+    saved_dir = RunDir.open(jobs[0].path).meta.get("data_dir") if jobs and jobs[0].resume else None
+    if data_dir is None and not os.environ.get("BNBENCH_DATA_DIR") and saved_dir:
+        data_dir = Path(saved_dir)  # a resumed run reads the data it started with
+    return data_dir_from(data_dir)
+
+
+def run_job(
+    job: Job,
+    data: Data,
+    device: torch.device,
+    root: Path,
+    out_dir: Path,
+    make_reporter: Callable[[str, int], Reporter],
+    stop: Callable[[], bool],
+) -> RunResult:
+    """Run one job to its end, holding its directory's lock throughout; return what happened."""
+    trainer = Trainer.create(job.cfg, data, device, should_stop=stop)
+    path = job.path or claim_run_dir(out_dir, job.run_name)
+    if not job.resume:
+        path.mkdir(parents=True, exist_ok=True)
+    lock = job.lock or RunLock(path).acquire(wait_seconds=5)
+    try:
+        # What to do is decided again under the lock: another sweep may have run it since it was planned.
+        action, why = decide(path, job.cfg) if job.path is not None else ("start", "")
+        if action == "skip":
+            return RunResult(path, "skipped", 0, None, 0, why)
+        if action == "resume":
+            run = RunDir.open(path)
+            first_epoch = prepare_resume(run, job.cfg, trainer) + 1
+        else:
+            try:
+                for stale in ("checkpoint.pt", "model.pt"):  # bnbench's own files from a run that never recorded
+                    (path / stale).unlink(missing_ok=True)
+                run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+            except BaseException:  # e.g. a full disk: no half-created run directory stays behind
+                if job.path is None:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+        trainer.reporter = make_reporter(run.path.name, job.cfg.train.epochs)
+        asked = out_dir / job.run_name
+        note = f"resuming from epoch {first_epoch}" if action == "resume" else (
+            f"{asked} was taken" if job.path is None and run.path != asked else "")  # fmt: skip
+        trainer.reporter.started(run.path, note, job.cfg.train.batch_size)
+        error, saved = None, None
+        try:
+            code = execute(run, trainer, first_epoch)
+        except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the other runs go on
+            code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+            saved = save_traceback(run.path)
+        rows = trainer.metrics.read(run.path)
+        return RunResult(
+            run.path,
+            run.meta["status"],
+            run.meta["epochs_completed"],
+            float(rows[-1]["test_acc"]) if rows else None,
+            code,
+            error or run.meta.get("error"),
+            saved,
+        )
+    finally:
+        lock.release()
+
+
+def run_jobs(
+    jobs: list[Job],
+    device_option: str,
+    data_dir: Path | None,
+    out_dir: Path,
+    make_reporter: Callable[[str, int], Reporter],
+    on_loading: Callable[[str], None] = lambda message: None,
+) -> tuple[list[RunResult], int]:
+    """Check every job's data, device and output folder, then run the jobs one after another."""
+    device = pick_device(device_option)
+    root = data_root(jobs, data_dir)
+    check_jobs(jobs, root)
+    if any(not job.resume for job in jobs):
+        check_writable(out_dir)
+    results: list[RunResult] = []
+    loaded: dict[DataConfig, Data] = {}
+    with stop_on_signals() as stop:
+        for job in jobs:
+            if stop():  # a stop between two runs: the next one is not even created
+                return results, EXIT_INTERRUPTED
+            if job.cfg.data not in loaded:
+                synthetic = job.cfg.data.dataset == "synthetic"
+                on_loading(f"loading data: {job.cfg.data.dataset}" + ("" if synthetic else f" from {root}"))
+                loaded = {job.cfg.data: load_data(job.cfg.data, root, device)}  # keep one dataset in memory
+            results.append(run_job(job, loaded[job.cfg.data], device, root, out_dir, make_reporter, stop))
+            if results[-1].exit_code == EXIT_INTERRUPTED:
+                break
+    return results, exit_code_of(results)

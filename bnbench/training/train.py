@@ -1,0 +1,388 @@
+"""The training loop: whole dataset on the device, batches by index, metrics accumulated on device.
+
+The host reads device values only through `read_back`, at log points (~20 per epoch) and at the
+end of an epoch, so a CUDA step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnbench.config import RunConfig, TrainConfig
+from bnbench.errors import UsageError
+from bnbench.nn.models import NormAct, build_model
+from bnbench.nn.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
+from bnbench.records import DIAGNOSTICS, STEPS, Schema, metrics_schema
+from bnbench.training.data import Data, Split
+from bnbench.training.diagnostics import Diagnostics
+
+LOG_POINTS_PER_EPOCH = 20
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite; carries the rows the abandoned epoch logged."""
+
+    def __init__(self, message: str, rows: dict[Schema, list[dict]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM); the current epoch is abandoned."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise UsageError(f"--device {name}: unknown device; choose auto, cpu, cuda or mps")
+    if not available[name]:
+        raise UsageError(f"--device {name}: {name} is not available on this machine (use --device auto or cpu)")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        try:  # Linux names the CPU model here; platform.processor() is often empty
+            with open("/proc/cpuinfo") as f:
+                model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        except OSError:
+            model = ""
+        return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return device.type
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_back(*values: torch.Tensor) -> list[float]:
+    """The one place the loop copies device values to the host (a sync on CUDA); tests count calls."""
+    return torch.stack([v.float() for v in values]).tolist()
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch; a trailing batch of one example joins the previous one,
+    because BatchNorm cannot normalize a single example."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(is_batch_norm(m) for m in model.modules())
+
+
+def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
+    """The learning rate of step `step` (0 = the first): constant, tc.lr * tc.lr_factor ** step, or a cosine
+    from tc.lr to 0 over the run. Computed from the step alone, so a resumed run continues it exactly."""
+    if tc.schedule == "exponential":
+        return tc.lr * tc.lr_factor**step
+    if tc.schedule == "cosine":
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    return tc.lr
+
+
+def restrict_training(model: nn.Module, which: str, seed: int) -> int:
+    """Frankle, Schwab & Morcos 2021: train only the norms' scale and shift (`norm`), those and the output
+    layer (`norm_output`), or as many randomly chosen other values as the norms have (`random`: the rest
+    frozen by a gradient mask drawn from the seed); `all_but_output` freezes the output layer (what makes a
+    BN network scale-invariant, van Laarhoven 2017); `all` trains everything. Returns the trainable count."""
+    params = list(model.parameters())
+    if which == "all":
+        return sum(p.numel() for p in params)
+    norms = {id(p) for m in model.modules() if isinstance(m, NormAct) for p in m.norm.parameters()}
+    output = {id(p) for p in [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1].parameters()}
+    keep = {"norm": norms, "norm_output": norms | output, "all_but_output": {id(p) for p in params} - output}.get(which)
+    if keep is not None:
+        for p in params:
+            p.requires_grad_(id(p) in keep)
+        return sum(p.numel() for p in params if id(p) in keep)
+    others = [p for p in params if id(p) not in norms]
+    count = sum(p.numel() for p in params if id(p) in norms)
+    total = sum(p.numel() for p in others)
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
+    flat_mask = torch.zeros(total)
+    flat_mask[chosen] = 1.0
+    start = 0
+    for p in params:
+        if id(p) in norms:
+            p.requires_grad_(False)
+            continue
+        mask = flat_mask[start : start + p.numel()].view_as(p).to(p.device)
+        start += p.numel()
+        p.register_hook(lambda grad, mask=mask: grad * mask)
+    return count
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def accumulate_gradients(
+    step_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, micro_batches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of one batch as `micro_batches` forward/backward passes (gradient accumulation).
+    Each micro-batch's mean loss is weighted by its share of the batch, so the summed gradient is the
+    whole batch's: exactly so for a model without BN, which sees each micro-batch alone. Returns the
+    batch's summed loss and its count of correct predictions, on the device (no host sync)."""
+    n = len(y)
+    micro_batches = max(1, min(micro_batches, n // 2))  # never a micro-batch of one example
+    loss_sum = correct = None
+    for xm, ym in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
+        logits = step_fn(xm)
+        loss = F.cross_entropy(logits, ym) * (len(ym) / n)
+        loss.backward()
+        with torch.no_grad():
+            summed, hits = loss.detach() * n, (logits.argmax(1) == ym).sum()
+            loss_sum, correct = (summed, hits) if loss_sum is None else (loss_sum + summed, correct + hits)
+    return loss_sum, correct
+
+
+class Reporter(Protocol):
+    def started(self, path: Path, note: str, batch_size: int) -> None: ...  # where the run writes, and why
+    def epoch_start(self, epoch: int, steps: int) -> None: ...
+    def progress(self, steps_done: int, loss: float, acc: float) -> None: ...
+    def evaluating(self) -> None: ...
+    def epoch_end(self, row: dict[str, float]) -> None: ...
+
+
+class SilentReporter:
+    def started(self, path: Path, note: str, batch_size: int) -> None:
+        pass
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def evaluating(self) -> None:
+        pass
+
+    def progress(self, steps_done: int, loss: float, acc: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        pass
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Data
+    order: torch.Generator  # draws each epoch's permutation; its state is checkpointed
+    step_fn: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd version
+    reporter: Reporter = field(default_factory=SilentReporter)
+    should_stop: Callable[[], bool] = lambda: False
+    diagnostics: Diagnostics | None = None
+
+    @classmethod
+    def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
+        seed_everything(cfg.train.seed)
+        model = build_model(
+            cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise
+        ).to(device)
+        step_fn = model
+        if cfg.train.compile:
+            # CUDA graphs (reduce-overhead) replay the step with no launch overhead; every epoch has
+            # the same batch shapes, so there are at most two graphs (full and last batch).
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            step_fn = torch.compile(model, mode=mode, dynamic=False)
+        restrict_training(model, cfg.train.trainable, cfg.train.seed)
+        order = torch.Generator().manual_seed(cfg.train.seed)
+        trainer = cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
+        if cfg.train.diagnostics:
+            trainer.diagnostics = Diagnostics(model, data.train, cfg, trainer.steps_per_epoch)
+        return trainer
+
+    @property
+    def metrics(self) -> Schema:
+        """metrics.csv's schema for this model and evaluation mode."""
+        return metrics_schema(has_batch_norm(self.model), self.cfg.train.eval_bn)
+
+    @property
+    def records(self) -> tuple[Schema, ...]:
+        """Every CSV file this run writes."""
+        return (self.metrics, STEPS, DIAGNOSTICS) if self.cfg.train.diagnostics else (self.metrics, STEPS)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(batch_bounds(len(self.data.train), self.cfg.train.batch_size))
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], dict[Schema, list]]:
+        """One pass over a fresh permutation; returns (train_loss/acc/examples, rows logged per file)."""
+        train, tc = self.data.train, self.cfg.train
+        device = train.x.device
+        bounds = batch_bounds(len(train), tc.batch_size)[:max_steps]
+        log_every = tc.log_every or -(-len(bounds) // LOG_POINTS_PER_EPOCH)  # ceil: at most 20 log points
+        perm = torch.randperm(len(train), generator=self.order).to(device, non_blocking=True)
+        window_loss = torch.zeros((), device=device)
+        window_correct = torch.zeros((), device=device, dtype=torch.long)
+        window_n = total_n = 0
+        total_loss = total_correct = 0.0
+        step_rows: list[dict] = []
+        diag_rows: list[dict] = []
+        rows = {STEPS: step_rows, DIAGNOSTICS: diag_rows} if self.diagnostics else {STEPS: step_rows}
+        first_step = (epoch - 1) * self.steps_per_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.diagnostics and epoch == 1:
+            diag_rows += self.diagnostics.record(0, epoch, lr)  # the network as initialized
+        self.model.train()
+        self.reporter.epoch_start(epoch, len(bounds))
+        for i, (start, end) in enumerate(bounds):
+            if self.should_stop():
+                raise Interrupted
+            idx = perm[start:end]
+            if tc.schedule != "constant":
+                lr = lr_at(first_step + i, tc, tc.epochs * self.steps_per_epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, correct = accumulate_gradients(
+                self.step_fn, train.x.index_select(0, idx), train.y.index_select(0, idx), tc.accumulate
+            )
+            self.optimizer.step()
+            if self.diagnostics and self.diagnostics.due(first_step + i + 1):
+                diag_rows += self.diagnostics.record(first_step + i + 1, epoch, lr)
+            window_loss += loss_sum
+            window_correct += correct
+            window_n += end - start
+            if (i + 1) % log_every == 0 or i + 1 == len(bounds):
+                loss_sum, correct = read_back(window_loss, window_correct)
+                total_loss, total_correct, total_n = total_loss + loss_sum, total_correct + correct, total_n + window_n
+                row = STEPS.row(
+                    step=first_step + i + 1,
+                    epoch=epoch,
+                    examples_seen=(epoch - 1) * len(train) + end,
+                    train_loss=loss_sum / window_n,
+                    train_acc=correct / window_n,
+                )
+                step_rows.append(row)
+                self.reporter.progress(i + 1, row["train_loss"], row["train_acc"])
+                if not math.isfinite(loss_sum) and tc.on_nan == "stop":
+                    raise Diverged(
+                        f"training loss is {loss_sum / window_n} at step {row['step']} (epoch {epoch})", rows
+                    )
+                window_loss.zero_()
+                window_correct.zero_()
+                window_n = 0
+        stats = {"train_loss": total_loss / total_n, "train_acc": total_correct / total_n, "examples": total_n}
+        return stats, rows
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, batch_stats: bool) -> tuple[float, float]:
+        """(mean loss, accuracy) over `split` with running (eval mode) or per-batch BN statistics. The batches
+        hold the examples as stored, shuffled (i.i.d., fixed by the seed) or sorted by class (each batch one or
+        two classes: the non-i.i.d. batches of Wu & Johnson 2021, §4), per train.eval_order."""
+        self.model.eval()
+        x, y = split.x, split.y
+        if self.cfg.train.eval_order == "shuffled":
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.cfg.train.seed)).to(y.device)
+            x, y = x.index_select(0, order), y.index_select(0, order)
+        elif self.cfg.train.eval_order == "class_sorted":
+            order = torch.argsort(y, stable=True)
+            x, y = x.index_select(0, order), y.index_select(0, order)
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        with batch_stats_eval(self.model) if batch_stats else contextlib.nullcontext():
+            for start, end in batch_bounds(len(y), self.cfg.train.eval_batch_size):
+                logits = self.model(x[start:end])
+                loss_sum += F.cross_entropy(logits, y[start:end], reduction="sum")
+                correct += (logits.argmax(1) == y[start:end]).sum()
+        loss_total, correct_total = read_back(loss_sum, correct)
+        return loss_total / len(split), correct_total / len(split)
+
+    def precise_statistics(self, batches: int, epoch: int) -> None:
+        """Exact BN running statistics from `batches` training batches. They come from their own
+        generator, so the training order (and a resumed run) is the same with or without this."""
+        train = self.data.train
+        order = torch.Generator().manual_seed(self.cfg.train.seed + 1_000_003 * epoch)
+        perm = torch.randperm(len(train), generator=order).to(train.x.device)
+        bounds = batch_bounds(len(train), self.cfg.train.batch_size)[:batches]
+        precise_statistics(self.model, (train.x.index_select(0, perm[start:end]) for start, end in bounds))
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, float], dict[Schema, list]]:
+        """Train one epoch and evaluate; returns the metrics.csv row and the other files' rows."""
+        started = time.perf_counter()
+        stats, rows = self.train_epoch(epoch)
+        train_seconds = time.perf_counter() - started
+        self.reporter.evaluating()
+        if self.cfg.train.precise_bn:
+            self.precise_statistics(self.cfg.train.precise_bn, epoch)
+        batch_mode = self.cfg.train.eval_bn == "batch"
+        test_loss, test_acc = self.evaluate(self.data.test, batch_stats=batch_mode)
+        values = dict(
+            epoch=epoch,
+            train_loss=stats["train_loss"],
+            train_acc=stats["train_acc"],
+            test_loss=test_loss,
+            test_acc=test_acc,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        if has_batch_norm(self.model):
+            other = "test_acc_running_stats" if batch_mode else "test_acc_batch_stats"
+            values[other] = self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+        row = self.metrics.row(
+            **values,
+            epoch_seconds=time.perf_counter() - started,
+            examples_per_second=stats["examples"] / train_seconds,
+        )
+        self.reporter.epoch_end(row)
+        return row, rows
+
+    def state(self, epoch: int) -> dict:
+        """Everything a resume needs to continue exactly as if never stopped."""
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order": self.order.get_state(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+            # units_path is a running sum over probes: a resumed run goes on from it, not from 0
+            "diagnostics": self.diagnostics.state() if self.diagnostics else {},
+        }
+
+    def load_state(self, state: dict) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order.set_state(state["order"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        if self.diagnostics and state.get("diagnostics"):
+            self.diagnostics.load_state(state["diagnostics"])
+        return state["epoch"]

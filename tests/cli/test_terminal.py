@@ -1,0 +1,227 @@
+"""bnbench as a person sees it: the real CLI in a pseudo-terminal (pexpect) at 100 and 60 columns, its
+output played into a terminal emulator (pyte) so that the tests read the screen, live bars included."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+import pyte
+import pytest
+
+from conftest import write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+WIDTHS = (100, 60)
+BAR = "━"
+# A bar line on one line: a label, the bar, a count, as one screen row.
+TABLE = re.compile("[┏┡┗└┌├│┃╇┳╋┓┩]")  # table borders are drawn with the same heavy line
+BAR_LINE = re.compile(rf"^\S.*? [{BAR}╺╸ ]+ .*\d+/\d+")
+
+
+@dataclass
+class Session:
+    code: int
+    screen: list[str]  # the final screen, trailing blank lines dropped
+    bar_lines: list[str] = field(default_factory=list)  # every line that showed a bar while it ran
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.screen)
+
+
+def in_terminal(command: str, cwd: Path, columns: int, timeout: float = 180) -> Session:
+    """Run a shell command line in a pseudo-terminal of `columns` x 30 and play its output into an emulator
+    tall enough to keep every line (a real terminal scrolls; the test reads everything)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "CI", "NO_COLOR")}
+    env.update(TERM="xterm-256color", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    screen = pyte.Screen(columns, 2000)
+    stream = pyte.ByteStream(screen)
+    child = pexpect.spawn("bash", ["-c", command], cwd=str(cwd), env=env, dimensions=(30, columns), timeout=timeout)
+    bar_lines: list[str] = []
+    while True:
+        try:
+            chunk = child.read_nonblocking(65536, timeout=timeout)
+        except pexpect.EOF:
+            break
+        stream.feed(chunk)
+        bar_lines += [line.rstrip() for line in screen.display if BAR in line and not TABLE.search(line)]
+    child.close()
+    lines = [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    code = child.exitstatus if child.exitstatus is not None else 128 + (child.signalstatus or 0)
+    return Session(code, lines, bar_lines)
+
+
+def bnbench(*args: object) -> str:
+    return "bnbench " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def statuses(folder: Path) -> list[str]:
+    return [json.loads(p.read_text())["status"] for p in sorted(folder.glob("**/meta.json"))]
+
+
+def assert_fits(session: Session, columns: int) -> None:
+    """Every bar stayed on one line; no table or message runs past the terminal (pyte would wrap it onto a
+    line that starts mid-word, which the bar check and the callers' line checks catch)."""
+    for line in session.bar_lines:
+        assert len(line) <= columns
+        assert BAR_LINE.match(line), f"a bar broke across lines: {line!r}"
+
+
+@pytest.fixture
+def slow_config(tmp_path: Path) -> Path:
+    # 256 steps an epoch: long enough for the live display to draw several frames
+    return write_config(tmp_path / "live.yaml", data={"train_subset": 2048}, train={"epochs": 3, "batch_size": 8})
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_run_shows_live_bars_epoch_lines_and_the_table(tmp_path, slow_config, columns):
+    session = in_terminal(bnbench("run", slow_config, "--seeds", "0,1", "--out-dir", "runs"), tmp_path, columns)
+    assert session.code == 0, session.text
+    assert statuses(tmp_path / "runs") == ["completed", "completed"]
+    assert_fits(session, columns)
+    bars = "\n".join(session.bar_lines)
+    assert "live-s0 epoch 1/3" in bars and "live-s1 epoch 3/3" in bars
+    assert "all runs" in bars and " left" in bars  # time left for the whole set of runs
+    assert not any(BAR in line and not TABLE.search(line) for line in session.screen)  # bars gone at the end
+    for seed in (0, 1):
+        epoch_lines = [line for line in session.screen if line.startswith(f"live-s{seed}  epoch ")]
+        assert [line.split()[2] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
+        assert all(re.search(r"test (loss \d\.\d{4} )?acc \d\.\d{4}", line) for line in epoch_lines)
+    table = [line for line in session.screen if line.startswith("│ live-s")]
+    assert len(table) == 2 and all("completed" in line for line in table)
+    assert "IndexError" not in session.text and "failed" not in session.text
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_sweep_with_two_jobs_shows_the_sweep_and_each_worker(tmp_path, slow_config, columns):
+    command = bnbench(
+        "sweep", slow_config, "--grid", "norm.kind=none,scratch", "--seeds", "0,1", "--jobs", "2", "--epochs", "2"
+    )
+    session = in_terminal(command, tmp_path, columns)
+    assert session.code == 0, session.text
+    assert statuses(tmp_path / "runs/live") == ["completed"] * 4
+    assert_fits(session, columns)
+    bars = "\n".join(session.bar_lines)
+    assert re.search(r"^sweep +.*\d/4 runs", bars, re.M) and " left" in bars
+    assert re.search(r"^kind=\S+ epoch [12]/2", bars, re.M)  # a worker line: its run, epoch and steps
+    assert "summary: 4 completed" in session.text
+    assert sum(line.startswith("completed   kind=") for line in session.screen) == 4
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_failed_run_is_one_line_and_debug_prints_its_traceback(tmp_path, columns):
+    # the synthetic test split has 512 examples: an evaluation batch that is not a number fails mid-run
+    config = write_config(tmp_path / "bad.yaml", train={"epochs": 1})
+    saved = tmp_path / "runs/bad/traceback.txt"
+    hook = tmp_path / "sitecustomize.py"  # fail inside the trainer, as a bug would, in the real process
+    hook.write_text(
+        "from bnbench.training import train\n"
+        "def broken(self, epoch):\n    raise RuntimeError('boom in the loop')\n"
+        "train.Trainer.run_epoch = broken\n"
+    )
+    prefix = f"PYTHONPATH={shlex.quote(str(tmp_path))} "
+    session = in_terminal(prefix + bnbench("run", config, "--out-dir", "runs"), tmp_path, columns)
+    assert session.code == 1
+    assert "RuntimeError: boom in the loop" in session.text and "Traceback (most" not in session.text
+    assert "in broken" in saved.read_text()
+    session = in_terminal(prefix + bnbench("--debug", "run", config, "--out-dir", "runs"), tmp_path, columns)
+    unwrapped = "".join(session.screen)  # a long traceback line wraps on the screen (its space at the edge)
+    assert session.code == 1 and "Traceback (most recent call last)" in unwrapped
+    assert re.search(r"line 3, in ?broken", unwrapped)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A small finished study, run once (piped) for the read-only commands below."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("study")
+    config = write_config(folder / "base.yaml", train={"epochs": 2})
+    subprocess.run(
+        [sys.executable, "-m", "bnbench", "sweep", str(config), "--grid", "norm.kind=none,scratch", "--seeds", "0,1",
+         "--jobs", "1", "--out-dir", str(folder / "runs")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return folder
+
+
+READ_COMMANDS = {
+    "compare": (["compare", "runs/base", "--baseline", "kind=none"], "kind=scratch"),
+    "compare with a plot": (["compare", "runs/base", "--plot", "compare.png"], "figure written to compare.png"),
+    "ls": (["ls", "runs"], "completed"),
+    "plot": (["plot", "runs/base", "--out", "curves.png"], "figure written to curves.png"),
+    "report": (["report", "runs/base", "--out", "report"], "report: report/README.md"),
+    "check": (["check"], "scratch"),
+    "bench": (["bench", "--models", "mlp", "--norms", "none", "--rounds", "1", "--no-reference"], "mlp"),
+    "config list": (["config", "list"], "mlp_lr"),
+    "dry run": (["sweep", "mlp_lr", "--epochs", "1", "--dry-run"], "estimated wall time"),
+}
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+@pytest.mark.parametrize("command", list(READ_COMMANDS))
+def test_every_command_works_in_a_terminal(study, command, columns):
+    args, expected = READ_COMMANDS[command]
+    session = in_terminal(bnbench(*args), study, columns)
+    assert session.code == 0, session.text
+    assert expected in session.text
+    assert "Traceback" not in session.text and "error" not in session.text.lower()
+    for line in session.screen:  # tables fit: a table row is whole on its line
+        if line.startswith(("┃", "│")):
+            assert line.endswith(("┃", "│")), f"a table row was wider than {columns} columns: {line!r}"
+
+
+def quickstart_commands() -> list[str]:
+    """The bnbench commands of the README's Quickstart, as written."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quickstart", 1)[1].split("```", 2)[1]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip().startswith("bnbench ")]
+
+
+def shortened(command: str) -> str:
+    """The Quickstart command on tiny synthetic data, one epoch, so that CI runs every one of them."""
+    words = command.split()
+    if words[1] in ("run", "sweep"):
+        return f"{command} --epochs 1 --set data.dataset=synthetic --set data.train_subset=512"
+    return command
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_the_quickstart_as_written_in_a_terminal(tmp_path, columns):
+    commands = quickstart_commands()
+    assert len(commands) >= 4 and commands[0].startswith("bnbench run")
+    for command in commands:
+        session = in_terminal(shortened(command), tmp_path, columns, timeout=300)
+        assert session.code == 0, f"{command}\n{session.text}"
+        assert_fits(session, columns)
+        assert "Traceback" not in session.text
+    assert statuses(tmp_path / "runs") and set(statuses(tmp_path / "runs")) == {"completed"}
+
+
+COMMANDS = ["run", "sweep", "compare", "ls", "report", "plot", "check", "bench", "config list", "config show"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_an_example_and_no_bool_metavar(cli, command):
+    result = cli(*command.split(), "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and "bnbench " in result.stdout.split("Example", 1)[1]
+    assert "<bool>" not in result.stdout
+
+
+def test_the_command_list_says_whole_sentences(cli):
+    text = cli("--help").stdout
+    listed = [line for line in text.splitlines() if line.startswith("│ ") and "  " in line.strip("│ ")]
+    assert len(listed) >= len(COMMANDS) - 1
+    for line in listed:  # one line per command, ending its sentence: nothing cut mid-way
+        assert line.rstrip("│ ").endswith("."), line
+    assert "where to check" in cli("check", "--help").stdout.lower()

@@ -1,0 +1,206 @@
+"""`bnbench compare` on run directories made by real tiny runs, plus hand-written ones for edge cases."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bnbench.evidence.compare import compare, find_runs, group_runs
+from bnbench.records import METRIC_COLUMNS
+
+from conftest import write_config
+
+
+def fake_run(
+    root: Path,
+    name: str,
+    test_acc: list[float],
+    seed: int = 0,
+    status: str = "completed",
+    norm: str = "torch",
+    lr: float = 0.1,
+) -> Path:
+    """A run directory with known numbers: 100 training examples, 10 steps per epoch."""
+    path = root / name
+    path.mkdir(parents=True)
+    config = {
+        "name": name.split("-s")[0],
+        "model": {"name": "mlp"},
+        "norm": {"kind": norm},
+        "data": {"dataset": "mnist"},
+        "train": {"seed": seed, "lr": lr},
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "meta.json").write_text(json.dumps({"status": status, "hostname": "elsewhere", "pid": 1}))
+    epochs = range(1, len(test_acc) + 1)
+    pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": [1 / e for e in epochs],
+            "train_acc": test_acc,
+            "test_loss": 0.5,
+            "test_acc": test_acc,
+            "lr": lr,
+            "epoch_seconds": 2.0,
+            "examples_per_second": 50.0,
+        }
+    )[list(METRIC_COLUMNS)].to_csv(path / "metrics.csv", index=False)
+    steps = [
+        {"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": a}
+        for e, a in zip(epochs, test_acc, strict=True)
+    ]
+    pd.DataFrame(steps).to_csv(path / "steps.csv", index=False)
+    return path
+
+
+def test_summary_figures_on_known_data(tmp_path):
+    fake_run(tmp_path, "a", [0.5, 0.8, 0.9, 0.85])
+    runs, warnings = find_runs([tmp_path])
+    comp = compare(runs, target=0.8)
+    row = comp.runs.iloc[0]
+    assert warnings == []
+    assert (row["final_test_acc"], row["best_test_acc"], row["best_epoch"]) == (0.85, 0.9, 3)
+    assert (row["epochs_to_target"], row["steps_to_target"], row["examples_to_target"]) == (2, 20, 200)
+    assert row["final_train_loss"] == 0.25 and row["wall_seconds"] == 8.0
+    assert math.isnan(compare(runs, target=0.95).runs.iloc[0]["epochs_to_target"] or math.nan)
+
+
+def test_default_target_is_the_lowest_final_accuracy_of_completed_runs(tmp_path):
+    fake_run(tmp_path, "a", [0.5, 0.934])
+    fake_run(tmp_path, "b", [0.7, 0.99])
+    fake_run(tmp_path, "c", [0.1], status="diverged")
+    comp = compare(find_runs([tmp_path])[0])
+    assert comp.target == 0.93 and comp.target_is_default
+    assert comp.runs["epochs_to_target"].tolist()[:2] == [2, 2] and pd.isna(comp.runs["epochs_to_target"][2])
+
+
+def test_seed_groups_mean_std_and_welch_test(tmp_path):
+    for seed, acc in enumerate([0.90, 0.91, 0.92]):
+        fake_run(tmp_path, f"mlp_none-s{seed}", [acc], seed=seed, norm="none")
+    for seed, acc in enumerate([0.95, 0.96, 0.97]):
+        fake_run(tmp_path, f"mlp_bn-s{seed}", [acc], seed=seed, norm="torch")
+    runs, _ = find_runs([tmp_path])
+    assert sorted(group_runs(runs)) == ["mlp_bn", "mlp_none"]
+    comp = compare(runs, baseline="mlp_none")
+    groups = comp.groups.set_index("group")
+    assert groups.loc["mlp_bn", "n"] == 3
+    assert groups.loc["mlp_bn", "final_test_acc_mean"] == pytest.approx(0.96)
+    assert groups.loc["mlp_bn", "final_test_acc_std"] == pytest.approx(0.01)
+    assert groups.loc["mlp_bn", "delta_final_test_acc"] == pytest.approx(0.05)
+    # By hand: t = 0.05 / sqrt(2 * 0.01**2 / 3) = 6.124 with Welch-Satterthwaite df = 4, two-sided p = 0.0036
+    assert groups.loc["mlp_bn", "p_value"] == pytest.approx(0.0036, rel=0.01)
+    assert math.isnan(groups.loc["mlp_none", "p_value"])
+
+
+def test_runs_differing_in_more_than_seed_are_separate_groups(tmp_path):
+    fake_run(tmp_path, "x-s0", [0.9], seed=0, lr=0.1)
+    fake_run(tmp_path, "x-s1", [0.9], seed=1, lr=0.2)
+    assert len(group_runs(find_runs([tmp_path])[0])) == 2
+
+
+def test_broken_partial_and_foreign_directories(tmp_path, cli):
+    fake_run(tmp_path, "good", [0.5, 0.6])
+    fake_run(tmp_path, "partial", [0.4], status="running")  # pid 1 on another host: shown as running
+    broken = fake_run(tmp_path, "broken", [0.5])
+    (broken / "metrics.csv").write_text("this,is\nnot,metrics\n")
+    (tmp_path / "notes").mkdir()
+    result = cli("compare", tmp_path / "good", tmp_path / "partial", broken, tmp_path / "notes", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {r["name"]: r["status"] for r in data["runs"]} == {"good": "completed", "partial": "running"}
+    assert "broken/metrics.csv, line 2: this is 'not', not a number; skipped" in result.stderr
+    assert "notes: not a run directory" in result.stderr
+    assert not (tmp_path / "good" / "compare").exists()
+
+
+def test_no_runs_is_an_error(tmp_path, cli):
+    result = cli("compare", tmp_path)
+    assert result.exit_code == 2 and "no bnbench runs found" in result.stderr
+
+
+def test_bad_options(tmp_path, cli):
+    fake_run(tmp_path, "a", [0.5])
+    assert "--metric nope: not a metrics.csv column" in cli("compare", tmp_path, "--metric", "nope").stderr
+    assert "--baseline zzz: no such run or group" in cli("compare", tmp_path, "--baseline", "zzz").stderr
+    assert (
+        "'xml' is not one of 'table', 'markdown', 'csv', 'json'" in cli("compare", tmp_path, "--format", "xml").stderr
+    )
+
+
+def test_formats_parse_and_the_plot_is_a_png(tmp_path, cli):
+    out = tmp_path / "runs"
+    config = write_config(tmp_path / "tiny.yaml", train={"epochs": 2})
+    assert cli("run", config, "--out-dir", out, "--seeds", "0,1").exit_code == 0
+    none = write_config(tmp_path / "plain.yaml", norm={"kind": "none"}, train={"epochs": 2})
+    assert cli("run", none, "--out-dir", out, "--seeds", "0,1").exit_code == 0
+
+    table = cli("compare", out, "--baseline", "plain", "--target", "0.3")
+    assert table.exit_code == 0, table.output
+    assert "seed groups" in table.stdout and "Welch" in table.stdout and "tiny-s1" in table.stdout
+    text = cli("compare", out, "--format", "csv", "--target", "0.01").stdout
+    csv = pd.read_csv(io.StringIO(text))
+    assert len(csv) == 4 and "tiny-s1" in set(csv["name"])  # one table: the runs
+    header, first = text.splitlines()[:2]
+    row = dict(zip(header.split(","), first.split(","), strict=True))
+    assert row["epochs"] == "2" and row["best_epoch"] in ("1", "2") and row["epochs_to_target"] == "1"
+    groups = pd.read_csv(io.StringIO(cli("compare", out, "--format", "csv", "--table", "groups").stdout))
+    assert len(groups) == 2 and set(groups["n"]) == {2}
+    epochs = pd.read_csv(io.StringIO(cli("compare", out, "--format", "csv", "--table", "epochs").stdout))
+    assert list(epochs["epoch"]) == [1, 2] and len(epochs.columns) == 5
+    assert cli("compare", out, "--format", "csv", "--table", "pivot").exit_code == 2
+    data = json.loads(cli("compare", out, "--format", "json", "--baseline", "plain").stdout)
+    assert data["baseline"] == "plain" and len(data["groups"]) == 2 and set(data["per_epoch"]) == {"1", "2"}
+    first = data["runs"][0]
+    assert Path(first["path"]).is_absolute() and Path(first["path"]).name == first["name"]
+    assert first["config"]["train"]["epochs"] == 2 and isinstance(first["config"]["model"]["hidden"], list)
+    assert isinstance(first["epochs"], int)
+    only = cli("compare", out, "--table", "groups").stdout
+    assert "seed groups" in only and "per epoch" not in only
+    markdown = cli("compare", out, "--format", "markdown", "--metric", "train_loss").stdout
+    assert "### train_loss per epoch" in markdown and "| tiny-s0 |" in markdown
+
+    png = tmp_path / "curves.png"
+    assert cli("compare", out, "--plot", png).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_same_named_runs_from_different_folders_stay_apart(tmp_path):
+    fake_run(tmp_path / "sweep_a", "mlp_bn", [0.9])
+    fake_run(tmp_path / "sweep_b", "mlp_bn", [0.8])
+    runs, _ = find_runs([tmp_path / "sweep_a", tmp_path / "sweep_b"])
+    comp = compare(runs)
+    assert sorted(comp.runs["name"]) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
+    assert sorted(comp.runs["final_test_acc"]) == [0.8, 0.9]
+    assert list(comp.per_epoch.columns) == ["sweep_a/mlp_bn", "sweep_b/mlp_bn"]
+
+
+def test_runs_are_keyed_by_resolved_path_and_named_by_the_shortest_distinguishing_path(tmp_path, cli, monkeypatch):
+    fake_run(tmp_path / "a/runs", "x", [0.9])
+    fake_run(tmp_path / "b/runs", "x", [0.8])
+    fake_run(tmp_path / "b/runs", "y", [0.7])
+    monkeypatch.chdir(tmp_path)
+    runs, _ = find_runs([Path("a/runs"), Path("b/runs"), Path("./b/runs/y"), tmp_path / "a/runs/x"])
+    assert [r.name for r in runs] == ["a/runs/x", "b/runs/x", "y"]  # each run once, none lost
+    assert sorted(compare(runs).runs["final_test_acc"]) == [0.7, 0.8, 0.9]
+
+
+def test_compare_lists_a_run_that_never_recorded(tmp_path, cli):
+    fake_run(tmp_path, "done", [0.9])
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started/config.yaml").write_text("name: started\n")
+    result = cli("compare", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'started'}: started but never recorded anything; nothing to compare" in result.stderr
+
+
+def test_the_command_line_choices_are_the_tables_compare_has():
+    from bnbench.cli.app import CompareTable
+    from bnbench.evidence.compare import TABLES
+
+    assert [t.value for t in CompareTable] == list(TABLES)

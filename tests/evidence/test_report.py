@@ -1,0 +1,275 @@
+"""`bnbench report`: every shipped study, expanded from its real study file into small hand-made run
+directories with known numbers, and one real tiny sweep through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bnbench.config import BATCH_STATISTICS_KINDS
+from bnbench.records import METRIC_COLUMNS, metrics_schema
+from bnbench.runs.study import SHIPPED_CONFIGS, dump_study, load_study
+
+from conftest import write_config
+
+STUDIES = sorted(p.stem for p in (SHIPPED_CONFIGS / "studies").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+REPORTED = re.search(r"^STUDIES := ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), flags=re.M).group(1).split()
+REPORTED = [name for name in REPORTED if name != "\\"]  # the studies `make results` runs
+BN_GAIN = 0.05  # the fabricated runs: BN adds this to the test accuracy
+
+
+def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 3) -> Path:
+    """The shipped study's runs (two or three seeds, a few epochs) with known numbers: accuracy 0.8 + BN_GAIN
+    for BN kinds, plus 0.001 * seed; diagnostics where the study records them."""
+    study = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml")
+    study = dataclasses.replace(study, seeds=seeds, fixed=(*study.fixed, ("train.epochs", epochs)))
+    folder = root / study.name
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(dump_study(study))
+    for planned in study.runs():
+        cfg = planned.config
+        path = folder / planned.name
+        path.mkdir()
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        meta = {
+            "status": "completed",
+            "hostname": "elsewhere",
+            "pid": 1,
+            "device_name": "test CPU",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "ended_at": "2026-01-01T00:01:00+00:00",
+        }
+        (path / "meta.json").write_text(json.dumps(meta))
+        bn = cfg.norm.kind in BATCH_STATISTICS_KINDS
+        schema = metrics_schema(bn, "running")
+        acc = 0.8 + (BN_GAIN if bn else 0.0) + 0.001 * cfg.train.seed
+        rows = [
+            {
+                "epoch": e,
+                "train_loss": 1 / e,
+                "train_acc": acc,
+                "test_loss": 0.5,
+                "test_acc": acc - 0.1 / e,
+                "lr": cfg.train.lr,
+                "epoch_seconds": 1.0,
+                "examples_per_second": 100.0,
+                "test_acc_batch_stats": acc + 0.01,
+            }
+            for e in range(1, epochs + 1)
+        ]
+        pd.DataFrame(rows)[list(schema.columns)].to_csv(path / "metrics.csv", index=False)
+        steps = [
+            {"step": 10 * e, "epoch": e, "examples_seen": 100 * e, "train_loss": 1 / e, "train_acc": acc}
+            for e in range(1, epochs + 1)
+        ]
+        pd.DataFrame(steps).to_csv(path / "steps.csv", index=False)
+        if cfg.train.diagnostics:
+            diag = [
+                {"step": 10 * e, "epoch": e, "layer": layer, "quantity": q, "value": v * (e + 1)}
+                for e in range(0, epochs + 1)
+                for layer in ("norm1", "norm2", "norm3")
+                for q, v in (
+                    ("unit_p15", -1.0),
+                    ("unit_p50", 0.1),
+                    ("unit_p85", 1.0),
+                    ("lag_mean", 0.2),
+                    ("grad_weight_norm", 0.5),
+                    ("units_path", 0.3),
+                )
+            ]
+            pd.DataFrame(diag).to_csv(path / "diagnostics.csv", index=False)
+    return folder
+
+
+def test_make_results_runs_every_shipped_study_that_declares_claims():
+    assert len(REPORTED) == len(set(REPORTED))
+    assert set(REPORTED) <= set(STUDIES)
+    with_claims = {name for name in STUDIES if load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").claims}
+    assert with_claims <= set(REPORTED) and len(with_claims) >= 8
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_shipped_study_expands_and_validates_in_a_dry_run(name, tmp_path, cli, mnist_dir):
+    result = cli("sweep", SHIPPED_CONFIGS / "studies" / f"{name}.yaml", "--dry-run", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    runs = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").runs()
+    assert f"{name}: {len(runs)} runs; {len(runs)} to run, 0 to skip" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("name", "seeds"), [("mlp_norms", 10), ("ioffe_mnist", 10), ("lenet_norms", 8)])
+def test_studies_keep_the_seeds_their_effects_need(name, seeds):
+    assert len(load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml").seeds) == seeds
+
+
+def test_report_engine_knows_no_study_by_name():
+    source = (REPO / "bnbench" / "report.py").read_text()
+    assert not [name for name in STUDIES if name in source]
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("studies")
+    folders = [fake_study(root, name) for name in REPORTED]
+    out = root / "results"
+    from typer.testing import CliRunner
+
+    from bnbench.cli.app import app
+
+    result = CliRunner().invoke(app, ["report", *map(str, folders), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, (out / "README.md").read_text()
+
+
+def section_of(text: str, name: str) -> str:
+    return text.split(f"\n## {name}\n")[1].split("\n## ")[0]
+
+
+def test_report_has_a_section_per_study_with_command_and_claims(full_report):
+    _, text = full_report
+    for name in REPORTED:
+        section = section_of(text, name)
+        assert f"bnbench sweep configs/studies/{name}.yaml" in section
+        study = load_study(SHIPPED_CONFIGS / "studies" / f"{name}.yaml")
+        if study.question:
+            assert f"*{study.question}*" in section
+        for claim in study.claims:  # every declared claim gets one of the three verdicts
+            row = next(line for line in section.splitlines() if line.startswith(f"| **{claim.id}**"))
+            assert re.search(r"\| (supported|\*\*contradicted\*\*|inconclusive) \|", row), row
+
+
+def test_every_linked_figure_exists_and_is_a_png(full_report):
+    out, text = full_report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= len(REPORTED)
+    for link in links:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.glob("*.png")} == set(links)  # nothing stale, nothing unlinked
+
+
+def test_tables_parse_with_a_constant_column_count(full_report):
+    _, text = full_report
+    tables = re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M)
+    assert len(tables) >= len(REPORTED)
+    for block in tables:
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_numbers_and_verdicts_come_from_the_runs(full_report):
+    _, text = full_report
+    lenet = section_of(text, "lenet_norms")
+    # no norm: 0.8 + 0.001 * seed over seeds 0-2 -> 0.801 ± 0.001; BN: +0.05 on every seed
+    assert "| no norm | 3 | 3 completed | 0.333 ± 0.000 | 0.801 ± 0.001 | 0.768 ± 0.001 |" in lenet
+    row = next(line for line in lenet.splitlines() if line.startswith("| **bn_higher_final**"))
+    assert "| supported |" in row and "0.0500 [0.0500, 0.0500]" in row and "paired t, n 3 pairs" in row
+    # scratch and torch are one computation: identical numbers, equivalent within the margin
+    row = next(line for line in lenet.splitlines() if line.startswith("| **scratch_is_torch**"))
+    assert "| supported |" in row
+    assert "coincide" not in lenet  # its figure has a panel per norm: nothing hides
+    assert "hand-written BN and nn.BatchNorm coincide" in section_of(text, "mlp_norms")  # the caption says so
+    verdicts = text.split("\n## Verdicts\n")[1].split("\n## ")[0]
+    assert "lenet_norms" in verdicts and "bn_higher_final" in verdicts
+
+
+def test_published_figures_and_deviations_come_from_the_study_file(full_report):
+    _, text = full_report
+    lenet = section_of(text, "lenet_norms")
+    study = load_study(SHIPPED_CONFIGS / "studies" / "lenet_norms.yaml")
+    assert "[Dive into Deep Learning, §8.5 Batch Normalization](https://d2l.ai/" in lenet
+    for item in study.published.figures:
+        name = {"scratch": "hand-written BN", "torch": "nn.BatchNorm"}[dict(item.arm)["norm.kind"]]
+        assert f"| {name} | {item.column} | {item.value:.3f} |" in lenet
+    # the fabricated runs train 3 epochs where the published setup trains 10: beside every verdict
+    assert "train.epochs: 3 here, 10 published" in lenet
+    row = next(line for line in lenet.splitlines() if line.startswith("| **bn_higher_final**"))
+    assert "train.epochs: 3 here, 10 published" in row
+    ioffe = section_of(text, "ioffe_mnist")
+    assert "the paper names no optimizer" in ioffe
+
+
+def test_report_from_a_real_tiny_sweep(tmp_path, cli, mnist_dir):
+    base = write_config(tmp_path / "tiny.yaml", data={"dataset": "mnist"}, train={"epochs": 2})
+    result = cli(
+        "sweep",
+        base,
+        "--grid",
+        "norm.kind=none,torch",
+        "--seeds",
+        "0-1",
+        "--name",
+        "tiny",
+        "--data-dir",
+        mnist_dir,
+        "--out-dir",
+        tmp_path / "runs",
+        "--jobs",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    result = cli("report", tmp_path / "runs" / "tiny", "--out", tmp_path / "results")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "results" / "README.md").read_text()
+    assert "## tiny" in text and "| no norm | 2 | 2 completed |" in text and "| nn.BatchNorm | 2 |" in text
+    assert (tmp_path / "results" / "tiny_curves_by_epoch.png").is_file()
+
+
+def test_a_users_own_study_file_with_claims_gets_verdicts(tmp_path, cli, mnist_dir):
+    base = write_config(tmp_path / "tiny.yaml", data={"dataset": "mnist"}, train={"epochs": 2})
+    study = {
+        "name": "mine",
+        "question": "Does my BN help my tiny net?",
+        "base": str(base),
+        "matrix": {"norm.kind": ["none", "torch"]},
+        "seeds": "0-2",
+        "published": {"setup": {"train.epochs": 20}, "notes": ["my paper used a bigger net"]},
+        "figures": [{"plot": "curves", "x": "step", "columns": ["train_loss"]}],
+        "claims": [
+            {"id": "bn_helps", "says": "BN lowers the final train loss", "compare": {"norm.kind": "torch"},
+             "against": {"norm.kind": "none"}, "metric": {"column": "train_loss", "at": "final"}, "expect": "less"},
+            {"id": "same_as_itself", "says": "no norm equals itself", "compare": {"norm.kind": "none"},
+             "against": {"norm.kind": "none"}, "metric": {"column": "test_acc"}, "expect": "equivalent",
+             "margin": 0.01},
+        ],
+    }  # fmt: skip
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(study))
+    args = ["--data-dir", mnist_dir, "--out-dir", tmp_path / "runs", "--jobs", "1"]
+    assert cli("sweep", tmp_path / "mine.yaml", *args).exit_code == 0
+    result = cli("report", tmp_path / "runs" / "mine")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "runs" / "mine" / "report" / "README.md").read_text()
+    assert "*Does my BN help my tiny net?*" in text and "my paper used a bigger net" in text
+    assert "train.epochs: 2 here, 20 published" in text
+    row = next(line for line in text.splitlines() if line.startswith("| **same_as_itself**"))
+    assert "| supported |" in row and "0.0000 [0.0000, 0.0000]" in row
+    row = next(line for line in text.splitlines() if line.startswith("| **bn_helps**"))
+    assert re.search(r"\| (supported|\*\*contradicted\*\*|inconclusive) \|", row)
+    assert (tmp_path / "runs" / "mine" / "report" / "mine_curves_by_step_train_loss.png").is_file()
+
+
+def test_bad_report_inputs_are_one_line_exit_2(tmp_path, cli):
+    result = cli("report", tmp_path / "nothing")
+    assert result.exit_code == 2 and "not a study folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "study.yaml").write_text((SHIPPED_CONFIGS / "studies" / "mlp_norms.yaml").read_text())
+    assert cli("report", empty).exit_code == 2
+    folder = fake_study(tmp_path, "mlp_norms", seeds=(0,))
+    (tmp_path / "file").write_text("")
+    result = cli("report", folder, "--out", tmp_path / "file")
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = cli("report", folder, folder, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "same study" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_metric_columns_fabricated_match_the_schema():
+    assert set(METRIC_COLUMNS) <= set(metrics_schema(True, "running").columns)
