@@ -315,7 +315,7 @@ def sweep(
       bnbench sweep runs/mlp_lr          (re-run a saved study: finishes what is not done)
       bnbench sweep mlp_lr --shard 2/4   (a quarter of the study: a SLURM array task, docs/cluster.md)
     """
-    from bnbench.runs.execute import study as studies
+    from bnbench.runs import study as studies
     from bnbench.runs.sweep import plan_study, prepare, save_study
 
     with reported_errors():
