@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
-from bnbench.cli.app import app
+from bnbench.cli.app import main
 from bnbench.training.data import synthetic
 
 
@@ -52,10 +53,23 @@ def write_config(path: Path, **sections: dict) -> Path:
 
 @pytest.fixture
 def cli():
+    """The real entry point, `bnbench.cli.app.main`, in-process: one-line errors and exit codes as a user sees
+    them (CliRunner.invoke would bypass main and show Click's own error box)."""
     runner = CliRunner()
 
-    def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
+    def invoke(*args: str) -> Result:
+        code, error = 0, None
+        with runner.isolation() as (stdout, stderr, output):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                error = exc if code else None
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                captured = stdout.getvalue(), stderr.getvalue(), output.getvalue()
+        return Result(runner, *captured, None, code, error)
 
     return invoke
 
