@@ -110,7 +110,7 @@ def test_studies_keep_the_seeds_their_effects_need(name, seeds):
 
 
 def test_report_engine_knows_no_study_by_name():
-    source = (REPO / "bnbench" / "report.py").read_text()
+    source = (REPO / "bnbench" / "evidence" / "report.py").read_text()
     assert not [name for name in STUDIES if name in source]
 
 
