@@ -133,7 +133,7 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str) -> dict[str, 
         tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status}
         if study is not None:
             if study not in parents:
-                parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.runs.study": str(study)})
+                parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": str(study)})
                 client.log_artifact(parent.info.run_id, str(study / STUDY_FILE))
                 client.set_terminated(parent.info.run_id)
                 parents[study] = parent.info.run_id
