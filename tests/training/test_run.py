@@ -216,3 +216,24 @@ def test_eval_order_changes_only_what_batch_statistics_see():
     running = [r[0] for r in results.values()]
     assert running == pytest.approx([running[0]] * 3)  # running statistics: each example alone
     assert results["class_sorted"][1] != pytest.approx(results["shuffled"][1], abs=1e-3)  # one class per batch
+
+
+def test_ghost_batch_statistics_evaluation_normalizes_each_test_batch_whole(tmp_path, cli):
+    """Ghost BN with virtual_batch_size equal to the training batch is nn.BatchNorm; evaluated with batch
+    statistics it must see each eval batch whole (eval_batch_size), not split into virtual batches."""
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1, "eval_bn": "batch"})
+    runs = {
+        "torch": ["norm.kind=torch"],
+        "ghost": ["norm.kind=ghost", "norm.virtual_batch_size=32"],
+        "torch_eval32": ["norm.kind=torch", "train.eval_batch_size=32"],
+    }
+    for name, sets in runs.items():
+        args = [a for s in sets for a in ("--set", s)]
+        result = cli("run", config, *args, "--name", name, "--out-dir", tmp_path / "runs", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+    torch_bn, ghost, torch_32 = (read_run(tmp_path / "runs" / name)[1].iloc[-1] for name in runs)
+    assert ghost["train_loss"] == pytest.approx(torch_bn["train_loss"], abs=1e-6)
+    assert ghost["test_loss"] == pytest.approx(torch_bn["test_loss"], abs=1e-5)  # eval batches of 256, whole
+    assert ghost["test_acc"] == torch_bn["test_acc"]
+    assert ghost["test_loss"] != pytest.approx(torch_32["test_loss"], abs=1e-4)  # not batches of 32
+    assert ghost["test_acc_running_stats"] == torch_bn["test_acc_running_stats"]
