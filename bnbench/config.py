@@ -84,6 +84,7 @@ class TrainConfig:
     lr: float = field(default=1.0, metadata=_range(0.0, open_low=True))
     momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    norm_weight_decay: float | None = field(default=None, metadata=_range(0.0))  # the norms' γ/β; None: weight_decay
     init: Literal["default", "xavier", "kaiming"] = "xavier"
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy seeds no more
     log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
