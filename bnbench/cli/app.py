@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bnbench.cli import display
-from bnbench.config import shorten
+from bnbench.config import convention_warnings, shorten
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine
 
@@ -246,6 +246,8 @@ def run(
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (bnbench config list)")
             planned = plan_jobs(configs, overrides, seed_list)
+        for line in convention_warnings(job.cfg for job in planned):
+            display.warn(line)
         if dry_run:
             for job in planned:
                 where = job.path or out_dir / job.run_name
@@ -325,6 +327,8 @@ def sweep(
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
         plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None, shard=part)
         total = len(plan.jobs) + len(plan.skipped)
+        for line in convention_warnings(job.cfg for job in plan.jobs):
+            display.warn(line)
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
