@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from bnbench.cli import display
-from bnbench.config import shorten
+from bnbench.config import convention_warnings, shorten
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine
 
@@ -268,6 +268,8 @@ def run(
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (bnbench config list)")
             planned = plan_jobs(configs, overrides, seed_list)
+        for line in convention_warnings(job.cfg for job in planned):
+            display.warn(line)
         if dry_run:
             for job in planned:
                 where = job.path or out_dir / job.run_name
@@ -347,6 +349,8 @@ def sweep(
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
         plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None, shard=part)
         total = len(plan.jobs) + len(plan.skipped)
+        for line in convention_warnings(job.cfg for job in plan.jobs):
+            display.warn(line)
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
@@ -606,7 +610,7 @@ def export(
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
-            exp.to_mlflow(runs, tracking_uri, experiment)
+            exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
             display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
 
 
