@@ -73,6 +73,19 @@ def _stats_grad(
     return dx
 
 
+def _plain(grad: torch.Tensor) -> bool:
+    """Whether a backward may write into reused buffers: no graph is being recorded (no create_graph, so
+    nothing differentiates this backward) and the gradient is an ordinary tensor, not one of torch.func's
+    wrappers (vmap's batched tensors, grad's tracking tensors, gradcheck's batched gradients). Otherwise
+    the backward is written out of place, differentiable again and batched by vmap."""
+    functorch = torch._C._functorch
+    return not (
+        torch.is_grad_enabled()
+        or functorch.is_functorch_wrapped_tensor(grad)
+        or functorch.is_legacy_batchedtensor(grad)
+    )
+
+
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return b if a is None else a if b is None else a + b
 
@@ -97,10 +110,10 @@ class _BatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, dims: tuple[int, ...]):
-        mean, centered, var = _centered_stats(x, dims)
+        mean, x_hat, var = _centered_stats(x, dims)
         inv_std = torch.rsqrt(var + eps)
-        x_hat = centered * inv_std
-        y = torch.addcmul(bias.view(mean.shape), x_hat, weight.view(mean.shape))
+        x_hat.mul_(inv_std)  # a fresh tensor (x - mean), not yet saved: in place is safe here, vmap included
+        y = (x_hat * weight.view(mean.shape)).add_(bias.view(mean.shape))
         return y, x_hat, mean, var, inv_std
 
     @staticmethod
@@ -117,7 +130,16 @@ class _BatchNormFn(torch.autograd.Function):
         dims = ctx.dims
         m = x_hat.numel() // max(inv_std.numel(), 1)
         dx = dweight = dbias = None
-        if dy is not None:
+        if dy is not None and _plain(dy):
+            # First-order backward on plain tensors (no create_graph, no torch.func): the closed form into
+            # one reused buffer, as fast as before; on the CPU every fresh large tensor costs page faults.
+            buffer = dy * x_hat
+            sum_dy_xhat = buffer.sum(dim=dims, keepdim=True)
+            sum_dy = dy.sum(dim=dims, keepdim=True)
+            scale = inv_std * weight.view(inv_std.shape)
+            dx = torch.mul(x_hat, scale * sum_dy_xhat / -m, out=buffer).add_(scale * sum_dy / -m).addcmul_(dy, scale)
+            dweight, dbias = sum_dy_xhat.flatten(), sum_dy.flatten()
+        elif dy is not None:
             # (C,) sums, kept-dim views of them: flatten has no batching rule in gradcheck's batched grads
             dweight, dbias = (dy * x_hat).sum(dim=dims), dy.sum(dim=dims)
             scale = inv_std * weight.view(inv_std.shape)
@@ -335,9 +357,9 @@ class _NormalizeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, dims: tuple[int, ...], eps: float):
-        mean, centered, var = _centered_stats(x, dims)
+        mean, x_hat, var = _centered_stats(x, dims)
         inv_std = torch.rsqrt(var + eps)
-        return centered * inv_std, mean, var, inv_std
+        return x_hat.mul_(inv_std), mean, var, inv_std  # x_hat: a fresh tensor, normalized in place
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -349,7 +371,13 @@ class _NormalizeFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, dmean, dvar, dinv_std):
         x_hat, inv_std = ctx.saved_tensors
-        dx = None if grad is None else _normalize_grad(grad, x_hat, inv_std, ctx.dims)
+        if grad is not None and _plain(grad):  # first order on plain tensors: one reused buffer, as before
+            buffer = grad * x_hat
+            mean_g_xhat = buffer.mean(dim=ctx.dims, keepdim=True)
+            mean_g = grad.mean(dim=ctx.dims, keepdim=True)
+            dx = torch.mul(x_hat, mean_g_xhat, out=buffer).neg_().add_(grad).sub_(mean_g).mul_(inv_std)
+        else:
+            dx = None if grad is None else _normalize_grad(grad, x_hat, inv_std, ctx.dims)
         dx = _add(dx, _stats_grad(x_hat, inv_std, x_hat.numel() // max(inv_std.numel(), 1), dmean, dvar, dinv_std))
         return dx, None, None
 
