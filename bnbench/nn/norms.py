@@ -36,6 +36,30 @@ from bnbench.config import NORM_KINDS, NormConfig
 NormFactory = Callable[[tuple[int, ...]], nn.Module]
 
 
+# Inputs in these dtypes are normalized in float32 and the output is returned in the input's dtype, as torch's
+# kernels accumulate their statistics in float32 ("opmath"); parameters and running statistics keep their own
+# dtype (float32 in torch's mixed mode, the low precision when the whole module was cast).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when it is float16 or bfloat16 (the dtype the statistics are computed in), else x."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A parameter or buffer in the computation's dtype (differentiable: its gradient returns in its own dtype)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _keep_memory_format(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y in x's channels_last layout when x is channels_last (and not also contiguous), as torch's GroupNorm."""
+    for rank, layout in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=layout):
+            return y.contiguous(memory_format=layout)
+    return y
+
+
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
     if x.dim() == 2:
         return (0,)
@@ -227,7 +251,7 @@ class BatchNorm(nn.Module):
         if self.weight is None:
             return x.clone()
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.weight.view(shape) + self.bias.view(shape)
+        return (x * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As nn.BatchNorm: batch statistics in training, or whenever there are no running ones.
@@ -237,12 +261,15 @@ class BatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if x.numel() == 0:
             return self._empty(x, update_running)
+        out_dtype, x = x.dtype, _upcast(x)  # float16/bfloat16: statistics in float32, output in the input's dtype
+        weight, bias = _as(self.weight, x.dtype), _as(self.bias, x.dtype)
         if not use_batch_stats:
-            inv_std = torch.rsqrt(self.running_var + self.eps).view(shape)
-            y = (x - self.running_mean.view(shape)) * inv_std
-            return y if self.weight is None else torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
-        if self.backward == "manual" and self.weight is not None:
-            y, _, mean, var, _ = _BatchNormFn.apply(x, self.weight, self.bias, self.eps, dims)
+            inv_std = torch.rsqrt(_as(self.running_var, x.dtype) + self.eps).view(shape)
+            y = (x - _as(self.running_mean, x.dtype).view(shape)) * inv_std
+            y = y if weight is None else torch.addcmul(bias.view(shape), y, weight.view(shape))
+            return y.to(out_dtype)
+        if self.backward == "manual" and weight is not None:
+            y, _, mean, var, _ = _BatchNormFn.apply(x, weight, bias, self.eps, dims)
             mean, var = mean.flatten(), var.flatten()
         elif self.backward == "manual":
             y, mean, var, _ = _NormalizeFn.apply(x, dims, self.eps)
@@ -251,11 +278,11 @@ class BatchNorm(nn.Module):
             mean, centered, var = _centered_stats(x, dims)
             y = centered * torch.rsqrt(var + self.eps)
             mean, var = mean.flatten(), var.flatten()
-            if self.weight is not None:
-                y = torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+            if weight is not None:
+                y = torch.addcmul(bias.view(shape), y, weight.view(shape))
         if update_running:
             self._update_running(mean.detach(), var.detach(), x.numel() // x.shape[1])
-        return y
+        return y.to(out_dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         """As torch's _NormBase: a state dict of version < 2 (before num_batches_tracked existed, the
@@ -281,8 +308,11 @@ class BatchNorm(nn.Module):
         # Kept a tensor so that reading the counter never syncs the host with the device.
         factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.to(mean.dtype)
         unbiased_var = var * (count / max(count - 1, 1))
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(unbiased_var, factor)
+        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased_var)):
+            if running.dtype == batch.dtype:
+                running.lerp_(batch, factor)
+            else:  # running statistics in another dtype (float16 ones, a float64 input): averaged in the batch's
+                running.copy_(running.to(batch.dtype).lerp_(batch, factor))
 
 
 class GhostBatchNorm(BatchNorm):
@@ -330,6 +360,9 @@ class BatchRenorm(BatchNorm):
         if x.numel() == 0:
             return self._empty(x, update_running=True)
         shape = (1, -1) + (1,) * (x.dim() - 2)
+        out_dtype, x = x.dtype, _upcast(x)
+        weight, bias = _as(self.weight, x.dtype), _as(self.bias, x.dtype)
+        running_mean, running_var = _as(self.running_mean, x.dtype), _as(self.running_var, x.dtype)
         mean, centered, var = _centered_stats(x, dims)
         inv_std = torch.rsqrt(var + self.eps)
         with torch.no_grad():
@@ -337,14 +370,14 @@ class BatchRenorm(BatchNorm):
             opened = (self.num_batches_tracked / self.warmup).clamp(max=1.0) if self.warmup else torch.ones(())
             rmax = 1 + (self.rmax - 1) * opened.to(x.dtype)
             dmax = self.dmax * opened.to(x.dtype)
-            running_inv_std = torch.rsqrt(self.running_var + self.eps).view(shape)
+            running_inv_std = torch.rsqrt(running_var + self.eps).view(shape)
             r = torch.minimum(torch.maximum(running_inv_std / inv_std, 1 / rmax), rmax)
-            d = torch.minimum(torch.maximum((mean - self.running_mean.view(shape)) * running_inv_std, -dmax), dmax)
+            d = torch.minimum(torch.maximum((mean - running_mean.view(shape)) * running_inv_std, -dmax), dmax)
         y = centered * (inv_std * r) + d
-        if self.weight is not None:
-            y = torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+        if weight is not None:
+            y = torch.addcmul(bias.view(shape), y, weight.view(shape))
         self._update_running(mean.detach().flatten(), var.detach().flatten(), x.numel() // x.shape[1])
-        return y
+        return y.to(out_dtype)
 
 
 class _NormalizeFn(torch.autograd.Function):
@@ -419,8 +452,11 @@ class LayerNorm(nn.Module):
                 f"Given normalized_shape={list(self.shape)}, expected input with shape [*, {expected}], "
                 f"but got input of size{list(x.shape)}"
             )
+        out_dtype, x = x.dtype, _upcast(x)  # float16/bfloat16: statistics in float32, output in the input's dtype
         y = _normalize(x, tuple(range(-len(self.shape), 0)), self.eps, self.backward)
-        return y if self.weight is None else torch.addcmul(self.bias, y, self.weight)
+        if self.weight is not None:
+            y = torch.addcmul(_as(self.bias, x.dtype), y, _as(self.weight, x.dtype))
+        return y.to(out_dtype)
 
 
 class GroupNorm(nn.Module):
@@ -459,13 +495,14 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        out_dtype, compute = x.dtype, _upcast(x)  # float16/bfloat16: statistics in float32, output as the input
         # The group's size spelled out (not -1): an empty batch has nothing to infer it from.
-        grouped = x.reshape(x.shape[0], self.num_groups, math.prod(x.shape[1:]) // self.num_groups)
+        grouped = compute.reshape(x.shape[0], self.num_groups, math.prod(x.shape[1:]) // self.num_groups)
         y = _normalize(grouped, (2,), self.eps, self.backward).view(x.shape)
-        if self.weight is None:
-            return y
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = torch.addcmul(_as(self.bias, y.dtype).view(shape), y, _as(self.weight, y.dtype).view(shape))
+        return _keep_memory_format(y.to(out_dtype), x)
 
 
 def group_count(wanted: int, channels: int) -> int:

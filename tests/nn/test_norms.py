@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -383,3 +384,87 @@ def test_state_dicts_cross_load_between_torch_and_bnbench():
     x = torch.randn(3, 4, 2, 2)
     torch.testing.assert_close(fresh_ours(x), theirs.eval()(x))
     torch.testing.assert_close(fresh_theirs(x), ours.eval()(x))
+
+
+def _low_precision_pairs(backward: str) -> list[tuple[nn.Module, nn.Module]]:
+    return [
+        (BatchNorm(6, backward=backward), nn.BatchNorm2d(6)),
+        (LayerNorm((6, 4, 4), backward=backward), nn.LayerNorm((6, 4, 4))),
+        (GroupNorm(3, 6, backward=backward), nn.GroupNorm(3, 6)),
+    ]
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed", "cast"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("index", range(3), ids=["batch", "layer", "group"])
+def test_low_precision_as_torch_float32_statistics_output_in_the_inputs_dtype(index, dtype, mixed, training, backward):
+    """torch's low-precision behaviour: statistics in float32, output (and the input's gradient) in the input's
+    dtype; in mixed mode (float32 parameters) the running statistics and the parameters' gradients stay float32.
+    Both modules are measured against a float64 reference; bnbench's error is at most 2x torch's (plus half an
+    output ulp, since both round their output to the low precision)."""
+    ours, theirs = _low_precision_pairs(backward)[index]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+        if isinstance(theirs, nn.BatchNorm2d):
+            theirs.running_mean.uniform_(-1, 1)
+            theirs.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    reference = copy.deepcopy(theirs).double()
+    if not mixed:
+        ours, theirs = ours.to(dtype), theirs.to(dtype)
+    for module in (ours, theirs, reference):
+        module.train(training)
+    x = (torch.randn(8, 6, 4, 4) * 3 + 2).to(dtype)
+    inputs = [x.clone().requires_grad_() for _ in range(3)]
+    outputs = [ours(inputs[0]), theirs(inputs[1]), reference(inputs[2].double())]
+    grad = torch.randn_like(outputs[2])
+    for y in outputs:
+        y.backward(grad.to(y.dtype))
+    assert outputs[0].dtype == outputs[1].dtype == dtype
+    assert inputs[0].grad.dtype == inputs[1].grad.dtype == dtype
+    ulp = torch.finfo(dtype).eps * outputs[2].abs().max().item()
+    for ours_t, theirs_t, exact in (
+        (outputs[0], outputs[1], outputs[2]),
+        (inputs[0].grad, inputs[1].grad, inputs[2].grad),
+        *((getattr(ours, n).grad, p.grad, getattr(reference, n).grad) for n, p in theirs.named_parameters()),
+    ):
+        assert ours_t.dtype == theirs_t.dtype
+        ours_error = (ours_t.double() - exact).abs().max().item()
+        theirs_error = (theirs_t.double() - exact).abs().max().item()
+        assert ours_error <= 2 * theirs_error + ulp, (ours_error, theirs_error)
+    for name, buffer in theirs.named_buffers():
+        ours_buffer = getattr(ours, name)
+        assert ours_buffer.dtype == buffer.dtype == (torch.float32 if mixed else dtype) or name == "num_batches_tracked"
+        if buffer.is_floating_point():
+            ours_error = (ours_buffer.double() - getattr(reference, name)).abs().max().item()
+            theirs_error = (buffer.double() - getattr(reference, name)).abs().max().item()
+            assert ours_error <= 2 * theirs_error + torch.finfo(buffer.dtype).eps, (name, ours_error, theirs_error)
+
+
+@pytest.mark.parametrize("module", [GhostBatchNorm(6, 4), BatchRenorm(6)], ids=["ghost", "renorm"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_ghost_and_renorm_in_low_precision_keep_float32_statistics(module, dtype):
+    module = copy.deepcopy(module)
+    exact = copy.deepcopy(module).double()
+    x = torch.randn(12, 6, 3, 3).to(dtype)
+    y, y_exact = module(x), exact(x.double())
+    assert y.dtype == dtype and module.running_mean.dtype == module.running_var.dtype == torch.float32
+    torch.testing.assert_close(y.double(), y_exact, atol=4 * torch.finfo(dtype).eps * 4, rtol=0)
+    torch.testing.assert_close(module.running_var.double(), exact.running_var, atol=1e-6, rtol=1e-6)
+    assert module.eval()(x).dtype == dtype
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_group_norm_keeps_channels_last_as_torch(backward):
+    x = torch.randn(4, 6, 3, 3).to(memory_format=torch.channels_last)
+    ours, theirs = GroupNorm(3, 6, backward=backward), nn.GroupNorm(3, 6)
+    y, expected = ours(x), theirs(x)
+    channels_last = torch.channels_last
+    assert y.is_contiguous(memory_format=channels_last) == expected.is_contiguous(memory_format=channels_last)
+    assert y.is_contiguous(memory_format=channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, expected)
+    assert BatchNorm(6, backward=backward)(x).is_contiguous(memory_format=torch.channels_last)
