@@ -102,6 +102,8 @@ class TrainConfig:
     diag_every: int | None = field(default=None, metadata=_range(1))  # steps; None: about 10 points per epoch
     probe_size: int = field(default=256, metadata=_range(2))  # examples in the fixed diagnostic probe batch
     landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata=_range(0.0, open_low=True))
+    # float32; bfloat16: torch.autocast (CPU, CUDA); float16: autocast and a grad scaler (CUDA only; train.py)
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,15 @@ from bnbench.runs.rundir import (
     read_meta,
 )
 from bnbench.training.data import Data, data_dir_from, load_data, train_size
-from bnbench.training.train import Diverged, Interrupted, Reporter, Trainer, device_name, pick_device
+from bnbench.training.train import (
+    Diverged,
+    Interrupted,
+    Reporter,
+    Trainer,
+    check_precision,
+    device_name,
+    pick_device,
+)
 
 EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -434,6 +442,7 @@ def run_jobs(
 ) -> tuple[list[RunResult], int]:
     """Check every job's data, device and output folder, then run the jobs one after another."""
     device = pick_device(device_option)
+    check_precision((job.cfg.train.precision for job in jobs), device)  # float16 is CUDA's only
     root = data_root(jobs, data_dir)
     check_jobs(jobs, root)
     if any(not job.resume for job in jobs):

@@ -424,7 +424,7 @@ def prepare(jobs: list, engine: Engine) -> Path:
     """Every check that can fail on bad input, before anything is written: the backend, the device, the
     data for every job. Returns the data folder."""
     from bnbench.runs.execute import check_jobs, data_root
-    from bnbench.training.train import pick_device
+    from bnbench.training.train import check_precision, pick_device
 
     if engine.backend not in ("local", "ray"):
         raise UsageError(f"--backend {engine.backend}: choose local or ray")
@@ -434,7 +434,8 @@ def prepare(jobs: list, engine: Engine) -> Path:
         except ImportError:
             raise UsageError("--backend ray: Ray is not installed; pip install 'bnbench[ray]'") from None
         check_ray_address(engine.address)
-    pick_device(engine.device)  # an unavailable device is bad input, before any work
+    device = pick_device(engine.device)  # an unavailable device is bad input, before any work
+    check_precision((job.cfg.train.precision for job in jobs), device)
     root = data_root(jobs, engine.data_dir)
     check_jobs(jobs, root)
     return root

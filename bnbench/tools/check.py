@@ -428,14 +428,17 @@ def run_check(
             cells.append("-" if value is None else f"{value:.1e}" if value else "0")
         result = "pass" if not failed else f"FAIL {failed}/{count}"
         table_rows.append([label, result, *([] if every_case else [ref, str(count)]), *cells])
+    # One unit on both sides of the summary: a case (not a family row), a contract row, a gradcheck, an extra.
     failures = sum(failed for _, _, failed in rows.values())
+    checked_cases = sum(count for count, _, _ in rows.values())
     lines = []
     if plugin:
         contract = contract_checks(plugin[0], dtype, device)
         failures += sum(not ok for _, ok in contract)
         lines += [Text.assemble(f"{label}: ", ("pass", "green") if ok else ("FAIL", "red")) for label, ok in contract]
         table = fitted(title.replace("hand-written norms", plugin[0]), header, table_rows, width, wide)
-        return [table, *lines, Text(f"{len(rows) + len(contract) - failures} passed, {failures} failed")], failures
+        summary = Text(f"{checked_cases + len(contract) - failures} passed, {failures} failed")
+        return [table, *lines, summary], failures
     for kind, backward, spatial in gradcheck_cases():
         try:
             ok = gradcheck(kind, backward, spatial, device)
@@ -449,7 +452,7 @@ def run_check(
     for label, value, ok in extras:
         failures += not ok
         lines.append(Text.assemble(f"{label}: {value:.1e} ", ("pass", "green") if ok else ("FAIL", "red")))
-    total = len(rows) + len(gradcheck_cases()) + len(extras)
+    total = checked_cases + len(gradcheck_cases()) + len(extras)
     names = {name: ", ".join(SHORT_NAMES[q] for q in qs) for name, qs in columns.items()}
     legend = ", ".join(f"{name} = {qs}" for name, qs in names.items() if name != qs)
     if every_case:

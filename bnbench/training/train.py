@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +57,28 @@ def pick_device(name: str) -> torch.device:
     if not available[name]:
         raise UsageError(f"--device {name}: {name} is not available on this machine (use --device auto or cpu)")
     return torch.device(name)
+
+
+PRECISION_DEVICES = {"float32": None, "bfloat16": ("cpu", "cuda"), "float16": ("cuda",)}
+
+
+def check_precision(precisions: Iterable[str], device: torch.device) -> None:
+    """train.precision against the device the runs will use (known only once it is picked): bfloat16 autocast
+    runs on the CPU and CUDA, float16 (with its grad scaler) on CUDA only. UsageError otherwise, before any
+    run folder exists."""
+    for precision in dict.fromkeys(precisions):
+        devices = PRECISION_DEVICES[precision]
+        if devices is not None and device.type not in devices:
+            why = " (its grad scaler is CUDA's); use bfloat16 or float32" if precision == "float16" else ""
+            where = " and ".join(devices)
+            raise UsageError(f"train.precision {precision}: runs on {where} only, not {device.type}{why}")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a forward pass and its loss run in: torch.autocast to the reduced precision, or nothing."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
 def device_name(device: torch.device) -> str:
@@ -158,19 +180,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def accumulate_gradients(
-    step_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, micro_batches: int
+    step_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro_batches: int,
+    precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one batch as `micro_batches` forward/backward passes (gradient accumulation).
     Each micro-batch's mean loss is weighted by its share of the batch, so the summed gradient is the
     whole batch's: exactly so for a model without BN, which sees each micro-batch alone. Returns the
-    batch's summed loss and its count of correct predictions, on the device (no host sync)."""
+    batch's summed loss and its count of correct predictions, on the device (no host sync). Forward and
+    loss run inside `precision()` (autocast); with a `scaler` the loss is scaled before backward (float16)."""
     n = len(y)
     micro_batches = max(1, min(micro_batches, n // 2))  # never a micro-batch of one example
     loss_sum = correct = None
     for xm, ym in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
-        logits = step_fn(xm)
-        loss = F.cross_entropy(logits, ym) * (len(ym) / n)
-        loss.backward()
+        with precision():
+            logits = step_fn(xm)
+            loss = F.cross_entropy(logits, ym) * (len(ym) / n)
+        (loss if scaler is None else scaler.scale(loss)).backward()
         with torch.no_grad():
             summed, hits = loss.detach() * n, (logits.argmax(1) == ym).sum()
             loss_sum, correct = (summed, hits) if loss_sum is None else (loss_sum + summed, correct + hits)
@@ -213,6 +242,7 @@ class Trainer:
     reporter: Reporter = field(default_factory=SilentReporter)
     should_stop: Callable[[], bool] = lambda: False
     diagnostics: Diagnostics | None = None
+    scaler: torch.amp.GradScaler | None = None  # float16 training's loss scaling (CUDA)
 
     @classmethod
     def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
@@ -228,7 +258,10 @@ class Trainer:
             step_fn = torch.compile(model, mode=mode, dynamic=False)
         restrict_training(model, cfg.train.trainable, cfg.train.seed)
         order = torch.Generator().manual_seed(cfg.train.seed)
+        check_precision([cfg.train.precision], device)
         trainer = cls(cfg, model, make_optimizer(model, cfg.train), data, order, step_fn, **kwargs)
+        if cfg.train.precision == "float16":
+            trainer.scaler = torch.amp.GradScaler(device.type)
         if cfg.train.diagnostics:
             trainer.diagnostics = Diagnostics(model, data.train, cfg, trainer.steps_per_epoch)
         return trainer
@@ -277,9 +310,18 @@ class Trainer:
                     group["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, correct = accumulate_gradients(
-                self.step_fn, train.x.index_select(0, idx), train.y.index_select(0, idx), tc.accumulate
+                self.step_fn,
+                train.x.index_select(0, idx),
+                train.y.index_select(0, idx),
+                tc.accumulate,
+                lambda: autocast(tc.precision, device),
+                self.scaler,
             )
-            self.optimizer.step()
+            if self.scaler is None:
+                self.optimizer.step()
+            else:  # float16: unscale, skip the step if a gradient overflowed, adapt the scale
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             if self.diagnostics and self.diagnostics.due(first_step + i + 1):
                 diag_rows += self.diagnostics.record(first_step + i + 1, epoch, lr)
             window_loss += loss_sum
@@ -324,7 +366,8 @@ class Trainer:
         correct = torch.zeros((), device=x.device, dtype=torch.long)
         with batch_stats_eval(self.model) if batch_stats else contextlib.nullcontext():
             for start, end in batch_bounds(len(y), self.cfg.train.eval_batch_size):
-                logits = self.model(x[start:end])
+                with autocast(self.cfg.train.precision, x.device):  # evaluated in the precision it trained in
+                    logits = self.model(x[start:end])
                 loss_sum += F.cross_entropy(logits, y[start:end], reduction="sum")
                 correct += (logits.argmax(1) == y[start:end]).sum()
         loss_total, correct_total = read_back(loss_sum, correct)
@@ -383,6 +426,7 @@ class Trainer:
             },
             # units_path is a running sum over probes: a resumed run goes on from it, not from 0
             "diagnostics": self.diagnostics.state() if self.diagnostics else {},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
         }
 
     def load_state(self, state: dict) -> int:
@@ -394,6 +438,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.diagnostics and state.get("diagnostics"):
             self.diagnostics.load_state(state["diagnostics"])
         return state["epoch"]

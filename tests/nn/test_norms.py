@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -14,6 +15,7 @@ from bnbench.nn.norms import (
     BatchNorm,
     BatchRenorm,
     GhostBatchNorm,
+    GroupNorm,
     LayerNorm,
     batch_stats_eval,
     group_count,
@@ -184,3 +186,285 @@ def test_precise_statistics_keep_weights_momentum_and_step_count():
 def test_manual_normalize_saves_only_normalized_input_and_inv_std():
     y = LayerNorm((3, 2, 2), affine=False, backward="manual")(torch.randn(4, 3, 2, 2, requires_grad=True))
     assert sorted(tuple(t.shape) for t in y.grad_fn.saved_tensors) == [(4, 1, 1, 1), (4, 3, 2, 2)]
+
+
+# Issue 34: the manual backward composes with torch.func and double backward; torch's input checks;
+# empty batches; old state dicts.
+
+
+def _composable_modules() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    return [
+        (f"{name}-{backward}", build(backward), shape)
+        for backward in ("autograd", "manual")
+        for name, build, shape in (
+            ("bn", lambda b: BatchNorm(3, backward=b), (4, 3, 2, 2)),
+            ("bn-plain", lambda b: BatchNorm(3, affine=False, backward=b), (5, 3)),
+            ("layer", lambda b: LayerNorm((3, 2), backward=b), (4, 3, 2)),
+            ("group", lambda b: GroupNorm(2, 4, backward=b), (3, 4, 2)),
+            ("ghost", lambda b: GhostBatchNorm(3, virtual_batch_size=3, backward=b), (6, 3)),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "shape"), _composable_modules(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_batched_gradcheck_and_gradgradcheck(name, module, shape):
+    module = module.double()
+    gen = torch.Generator().manual_seed(5)
+    params = {k: (v.detach() + torch.rand(v.shape, generator=gen, dtype=v.dtype)).requires_grad_()
+              for k, v in module.named_parameters()}  # fmt: skip
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def forward(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(module, dict(zip(params, values, strict=True)), (x,))
+
+    inputs = (x, *params.values())
+    assert torch.autograd.gradcheck(forward, inputs, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(forward, inputs, check_batched_grad=True)
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_vmap_and_grad_over_the_module_match_a_loop_and_autograd(backward):
+    gen = torch.Generator().manual_seed(6)
+    xs = torch.randn(3, 6, 4, 2, 2, generator=gen, dtype=torch.float64)
+    for module in (BatchNorm(4, track_running_stats=False, backward=backward), LayerNorm((4, 2, 2), backward=backward),
+                   GroupNorm(2, 4, backward=backward), _trained(BatchNorm(4, backward=backward)).eval()):  # fmt: skip
+        module = module.double()
+        params = dict(module.named_parameters())
+        batched = torch.func.vmap(lambda x: torch.func.functional_call(module, params, (x,)))(xs)  # noqa: B023
+        torch.testing.assert_close(batched, torch.stack([module(x) for x in xs]))
+    # grad of a training step, running statistics on: the same gradients as autograd's, statistics updated once
+    ours, ref = BatchNorm(4, backward=backward).double(), nn.BatchNorm2d(4).double()
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    buffers = {k: v.clone() for k, v in ours.named_buffers()}  # mutated: inputs of the transformed function
+
+    def loss(p: dict, b: dict) -> torch.Tensor:
+        return torch.func.functional_call(ours, {**p, **b}, (xs[0],)).pow(3).sum()
+
+    grads = torch.func.grad(loss)(params, buffers)
+    ref(xs[0]).pow(3).sum().backward()
+    torch.testing.assert_close(grads["weight"], ref.weight.grad)
+    torch.testing.assert_close(grads["bias"], ref.bias.grad)
+    torch.testing.assert_close(buffers["running_var"], ref.running_var)
+    assert int(buffers["num_batches_tracked"]) == 1
+
+
+def test_hessian_vector_product_of_the_manual_backward_equals_autograds():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 3, 2, 2, generator=gen, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    hvps = []
+    for backward in ("autograd", "manual"):
+        torch.manual_seed(0)
+        module = BatchNorm(3, backward=backward).double()
+        xr = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(module(xr).pow(3).sum(), xr, create_graph=True)
+        hvps.append(torch.autograd.grad((g * v).sum(), xr)[0])
+    torch.testing.assert_close(hvps[1], hvps[0])
+
+
+def _raises_as_torch(ours, theirs, x: torch.Tensor) -> None:
+    try:
+        theirs(x)
+    except Exception as expected:  # noqa: BLE001 - whatever torch raises, ours must raise the same
+        with pytest.raises(type(expected)) as raised:
+            ours(x)
+        assert str(raised.value) == str(expected)
+    else:
+        raise AssertionError("torch accepted the input")
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize(
+    ("ours", "theirs", "shape"),
+    [
+        (lambda b: BatchNorm(10, eps=0.0, backward=b), lambda: nn.BatchNorm1d(10, eps=0.0), (2, 10)),
+        (lambda b: BatchNorm(10, eps=-1.0, backward=b), lambda: nn.BatchNorm2d(10, eps=-1.0), (2, 10, 5, 5)),
+        (lambda b: BatchNorm(10, eps=-1.0, backward=b).eval(), lambda: nn.BatchNorm1d(10, eps=-1.0).eval(), (2, 10)),
+        (lambda b: BatchNorm(10, backward=b), lambda: nn.BatchNorm1d(10), (1, 10)),
+        (lambda b: BatchNorm(10, backward=b), lambda: nn.BatchNorm2d(10), (1, 10, 1, 1)),
+        (
+            lambda b: BatchNorm(10, track_running_stats=False, backward=b).eval(),
+            lambda: nn.BatchNorm1d(10, track_running_stats=False).eval(),
+            (1, 10),
+        ),  # fmt: skip
+        (lambda b: BatchNorm(3, backward=b), lambda: nn.BatchNorm1d(3), (4, 4)),
+        (
+            lambda b: BatchNorm(3, track_running_stats=False, backward=b),
+            lambda: nn.BatchNorm1d(3, track_running_stats=False),
+            (4, 4),
+        ),  # fmt: skip
+        (lambda b: GhostBatchNorm(10, backward=b), lambda: nn.BatchNorm1d(10), (1, 10)),
+        (lambda b: BatchRenorm(10, eps=0.0), lambda: nn.BatchNorm1d(10, eps=0.0), (4, 10)),
+        (lambda b: BatchRenorm(10), lambda: nn.BatchNorm1d(10), (1, 10)),
+        (lambda b: LayerNorm((), backward=b), lambda: nn.LayerNorm(()), ()),
+        (lambda b: LayerNorm(3, backward=b), lambda: nn.LayerNorm(3), (4, 4)),
+        (lambda b: GroupNorm(10, 10, backward=b), lambda: nn.GroupNorm(10, 10), (1, 10, 1)),
+        (lambda b: GroupNorm(10, 10, backward=b).eval(), lambda: nn.GroupNorm(10, 10).eval(), (1, 10)),
+        (lambda b: GroupNorm(2, 4, backward=b), lambda: nn.GroupNorm(2, 4), (4, 6)),
+        (lambda b: GroupNorm(2, 4, backward=b), lambda: nn.GroupNorm(2, 4), (4,)),
+        (lambda b: GroupNorm(4, 4, affine=False, backward=b), lambda: nn.GroupNorm(4, 4, affine=False), (4, 6)),
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else "",
+)
+def test_input_checks_raise_torchs_exception_with_torchs_message(ours, theirs, shape, backward):
+    x = torch.randn(shape) if shape else torch.tensor(1.0)
+    _raises_as_torch(ours(backward), theirs(), x)
+
+
+def test_group_norm_refuses_groups_that_do_not_divide_the_channels_as_torch():
+    for groups, channels in ((3, 10), (5, 13)):
+        with pytest.raises(
+            ValueError, match=rf"num_channels \({channels}\) must be divisible by num_groups \({groups}\)"
+        ):
+            GroupNorm(groups, channels)
+
+
+def _empty_batch_pairs(backward: str) -> list[tuple[nn.Module, nn.Module, tuple[int, ...]]]:
+    torch_bn = nn.BatchNorm2d(5, 0.001, 0.3)
+    return [
+        (BatchNorm(5, 0.001, 0.3, backward=backward), torch_bn, (0, 5, 2, 2)),
+        (BatchNorm(5, 0.001, None, affine=False, backward=backward), nn.BatchNorm1d(5, 0.001, None, False), (0, 5)),
+        (GhostBatchNorm(5, 2, eps=0.001, momentum=0.3, backward=backward), nn.BatchNorm2d(5, 0.001, 0.3), (0, 5, 2, 2)),
+        (BatchRenorm(5, eps=0.001, momentum=0.3), nn.BatchNorm2d(5, 0.001, 0.3), (0, 5, 2, 2)),
+        (LayerNorm(5, 0.001, backward=backward), nn.LayerNorm(5, 0.001), (0, 5)),
+        (GroupNorm(2, 4, backward=backward), nn.GroupNorm(2, 4), (0, 4)),
+        (GroupNorm(2, 4, backward=backward), nn.GroupNorm(2, 4), (0, 4, 3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("index", range(7))
+def test_empty_batch_as_torch_empty_output_zero_grads_statistics_unchanged(index, dtype, backward):
+    ours, theirs, shape = _empty_batch_pairs(backward)[index]
+    if isinstance(theirs, (nn.LayerNorm, nn.GroupNorm)):  # torch's refuse mixed dtypes: same dtype throughout
+        ours, theirs = ours.to(dtype), theirs.to(dtype)
+    for _ in range(2):
+        outputs = []
+        for module in (ours, theirs):
+            x = torch.randn(shape, dtype=dtype, requires_grad=True)  # float64 into a float32 module too
+            y = module(x)
+            y.sum().backward()
+            assert x.grad is not None and x.grad.shape == x.shape
+            outputs.append(y)
+        assert outputs[0].shape == outputs[1].shape and outputs[0].dtype == outputs[1].dtype
+    for name, param in theirs.named_parameters():
+        assert torch.equal(getattr(ours, name).grad, param.grad), name
+    for name, buffer in theirs.named_buffers():
+        assert torch.equal(getattr(ours, name), buffer), name
+
+
+def test_old_state_dict_without_num_batches_tracked_loads_as_torchs():
+    trained = _trained(BatchNorm(4))
+    old = {k: v for k, v in trained.state_dict().items() if k != "num_batches_tracked"}
+    for version in (None, 1):
+        state = dict(old)
+        metadata = {"": {} if version is None else {"version": version}}
+        ours, theirs = BatchNorm(4), nn.BatchNorm2d(4)
+        for module in (ours, theirs):
+            sd = type(trained.state_dict())(state)
+            sd._metadata = metadata
+            module.load_state_dict(sd)
+        assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 0
+        assert torch.equal(ours.running_var, trained.running_var)
+    new = trained.state_dict()
+    del new["num_batches_tracked"]
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):
+        BatchNorm(4).load_state_dict(new)  # version 2 (ours now): the key is required, as torch's
+
+
+def test_state_dicts_cross_load_between_torch_and_bnbench():
+    ours, theirs = _trained(BatchNorm(4)), _trained(nn.BatchNorm2d(4))
+    assert ours.state_dict()._metadata[""]["version"] == theirs.state_dict()._metadata[""]["version"] == 2
+    fresh_ours, fresh_theirs = BatchNorm(4).eval(), nn.BatchNorm2d(4).eval()
+    fresh_ours.load_state_dict(theirs.state_dict())
+    fresh_theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4, 2, 2)
+    torch.testing.assert_close(fresh_ours(x), theirs.eval()(x))
+    torch.testing.assert_close(fresh_theirs(x), ours.eval()(x))
+
+
+def _low_precision_pairs(backward: str) -> list[tuple[nn.Module, nn.Module]]:
+    return [
+        (BatchNorm(6, backward=backward), nn.BatchNorm2d(6)),
+        (LayerNorm((6, 4, 4), backward=backward), nn.LayerNorm((6, 4, 4))),
+        (GroupNorm(3, 6, backward=backward), nn.GroupNorm(3, 6)),
+    ]
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed", "cast"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("index", range(3), ids=["batch", "layer", "group"])
+def test_low_precision_as_torch_float32_statistics_output_in_the_inputs_dtype(index, dtype, mixed, training, backward):
+    """torch's low-precision behaviour: statistics in float32, output (and the input's gradient) in the input's
+    dtype; in mixed mode (float32 parameters) the running statistics and the parameters' gradients stay float32.
+    Both modules are measured against a float64 reference; bnbench's error is at most 2x torch's (plus half an
+    output ulp, since both round their output to the low precision)."""
+    ours, theirs = _low_precision_pairs(backward)[index]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+        if isinstance(theirs, nn.BatchNorm2d):
+            theirs.running_mean.uniform_(-1, 1)
+            theirs.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    reference = copy.deepcopy(theirs).double()
+    if not mixed:
+        ours, theirs = ours.to(dtype), theirs.to(dtype)
+    for module in (ours, theirs, reference):
+        module.train(training)
+    x = (torch.randn(8, 6, 4, 4) * 3 + 2).to(dtype)
+    inputs = [x.clone().requires_grad_() for _ in range(3)]
+    outputs = [ours(inputs[0]), theirs(inputs[1]), reference(inputs[2].double())]
+    grad = torch.randn_like(outputs[2])
+    for y in outputs:
+        y.backward(grad.to(y.dtype))
+    assert outputs[0].dtype == outputs[1].dtype == dtype
+    assert inputs[0].grad.dtype == inputs[1].grad.dtype == dtype
+    ulp = torch.finfo(dtype).eps * outputs[2].abs().max().item()
+    for ours_t, theirs_t, exact in (
+        (outputs[0], outputs[1], outputs[2]),
+        (inputs[0].grad, inputs[1].grad, inputs[2].grad),
+        *((getattr(ours, n).grad, p.grad, getattr(reference, n).grad) for n, p in theirs.named_parameters()),
+    ):
+        assert ours_t.dtype == theirs_t.dtype
+        ours_error = (ours_t.double() - exact).abs().max().item()
+        theirs_error = (theirs_t.double() - exact).abs().max().item()
+        assert ours_error <= 2 * theirs_error + ulp, (ours_error, theirs_error)
+    for name, buffer in theirs.named_buffers():
+        ours_buffer = getattr(ours, name)
+        assert ours_buffer.dtype == buffer.dtype == (torch.float32 if mixed else dtype) or name == "num_batches_tracked"
+        if buffer.is_floating_point():
+            ours_error = (ours_buffer.double() - getattr(reference, name)).abs().max().item()
+            theirs_error = (buffer.double() - getattr(reference, name)).abs().max().item()
+            assert ours_error <= 2 * theirs_error + torch.finfo(buffer.dtype).eps, (name, ours_error, theirs_error)
+
+
+@pytest.mark.parametrize("module", [GhostBatchNorm(6, 4), BatchRenorm(6)], ids=["ghost", "renorm"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_ghost_and_renorm_in_low_precision_keep_float32_statistics(module, dtype):
+    module = copy.deepcopy(module)
+    exact = copy.deepcopy(module).double()
+    x = torch.randn(12, 6, 3, 3).to(dtype)
+    y, y_exact = module(x), exact(x.double())
+    assert y.dtype == dtype and module.running_mean.dtype == module.running_var.dtype == torch.float32
+    torch.testing.assert_close(y.double(), y_exact, atol=4 * torch.finfo(dtype).eps * 4, rtol=0)
+    torch.testing.assert_close(module.running_var.double(), exact.running_var, atol=1e-6, rtol=1e-6)
+    assert module.eval()(x).dtype == dtype
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_group_norm_keeps_channels_last_as_torch(backward):
+    x = torch.randn(4, 6, 3, 3).to(memory_format=torch.channels_last)
+    ours, theirs = GroupNorm(3, 6, backward=backward), nn.GroupNorm(3, 6)
+    y, expected = ours(x), theirs(x)
+    channels_last = torch.channels_last
+    assert y.is_contiguous(memory_format=channels_last) == expected.is_contiguous(memory_format=channels_last)
+    assert y.is_contiguous(memory_format=channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, expected)
+    assert BatchNorm(6, backward=backward)(x).is_contiguous(memory_format=torch.channels_last)

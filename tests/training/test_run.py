@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -264,3 +267,32 @@ def test_norm_weight_decay_keeps_decay_off_the_norms_scale_and_shift(tmp_path, c
     groups = models["weights"]["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.5, 0.0] and len(groups[1]["params"]) == 2  # γ and β
     assert len(models["all"]["optimizer"]["param_groups"]) == 1
+
+
+def test_bfloat16_precision_trains_on_the_cpu_and_is_recorded(tmp_path, cli):
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1})
+    out = tmp_path / "runs"
+    for name, precision in (("bf16", "bfloat16"), ("fp32", "float32")):
+        args = ("--set", f"train.precision={precision}", "--device", "cpu", "--out-dir", out / name)
+        result = cli("run", config, *args)
+        assert result.exit_code == 0, result.output
+    meta, metrics, _ = read_run(out / "bf16/c")
+    assert meta["status"] == "completed" and metrics["train_loss"].notna().all()
+    assert load_config(out / "bf16/c/config.yaml").train.precision == "bfloat16"
+    assert load_config(out / "fp32/c/config.yaml").train.precision == "float32"
+    # autocast really ran: bfloat16 arithmetic gives other numbers than float32 from the same seed
+    assert not metrics["train_loss"].equals(read_run(out / "fp32/c")[1]["train_loss"])
+    result = cli("compare", out / "bf16/c", out / "fp32/c")
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.output
+
+
+def test_float16_precision_off_cuda_is_one_line_exit_2_and_no_run_folder(tmp_path):
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1})
+    out = tmp_path / "runs"
+    args = ["run", str(config), "--set", "train.precision=float16", "--device", "cpu", "--out-dir", str(out)]
+    result = subprocess.run([sys.executable, "-m", "bnbench", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "train.precision float16" in result.stderr
+    assert "cuda" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
