@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from bnbench import plugins
 from bnbench.cli import display
 from bnbench.config import shorten
 from bnbench.errors import UsageError
@@ -449,7 +450,7 @@ def list_runs(
     """
     from bnbench.runs.rundir import list_runs as find
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         if not folder.is_dir():
             raise UsageError(f"{folder}: no such folder")
         rows = find(folder)
@@ -497,7 +498,7 @@ def compare(
     """
     from bnbench.evidence import compare as cmp
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         _check_figure_path("--plot", plot)
@@ -539,7 +540,7 @@ def report(
     """
     from bnbench.evidence import report as rep
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
         path = rep.report(studies, target)
@@ -571,7 +572,7 @@ def export(
     """
     from bnbench.tools import export as exp
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         exp.require(to.value)
         if to is ExportTarget.tensorboard and out is None:
             raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
@@ -645,7 +646,7 @@ def plot(
       bnbench plot runs/ioffe --diagnostics --out inside.png
     """
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         _check_figure_path("--out", out)
         runs = _found_runs(paths)
         _write_figure("--out", out, runs, diagnostics, layer, dpi)
