@@ -583,7 +583,7 @@ def export(
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
-            exp.to_mlflow(runs, tracking_uri, experiment)
+            exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
             display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
 
 
