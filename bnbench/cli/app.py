@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bnbench import plugins
-from bnbench.cli import display
+from bnbench.cli import display, streams
 from bnbench.config import shorten
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine
@@ -770,6 +770,18 @@ def main(args: list[str] | None = None) -> None:
     """The `bnbench` entry point. Command-line mistakes (`--epochs abc`, an unknown option, a missing file)
     are one line and exit 2, like every other bad input, instead of Click's multi-line box; `--debug` counts
     anywhere on the line. Through Typer's documented `standalone_mode=False`: Click's exceptions come here."""
+    streams.install()  # a closed stdout or stderr, a gone reader or an ASCII terminal never breaks a run
+    try:
+        _main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0 and streams.stdout_lost():  # `bnbench ... | head -1`: the work is done, the output cut
+            code = streams.EXIT_CLOSED_PIPE
+        sys.stdout.flush()
+        sys.exit(code)
+
+
+def _main(args: list[str] | None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
         args.remove("--debug")
