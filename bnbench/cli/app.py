@@ -237,7 +237,7 @@ def run(
         overrides = list(set_)
         for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
             if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
-                overrides.append(f"{key}={json.dumps(value)}")
+                overrides.append(f"{key}={json.dumps(value, ensure_ascii=False)}")
         seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:

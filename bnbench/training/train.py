@@ -102,7 +102,10 @@ def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
     """The learning rate of step `step` (0 = the first): constant, tc.lr * tc.lr_factor ** step, or a cosine
     from tc.lr to 0 over the run. Computed from the step alone, so a resumed run continues it exactly."""
     if tc.schedule == "exponential":
-        return tc.lr * tc.lr_factor**step
+        try:
+            return tc.lr * tc.lr_factor**step
+        except OverflowError:  # a growing rate past float's range: the run diverges, honestly
+            return math.inf
     if tc.schedule == "cosine":
         return tc.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
     return tc.lr
