@@ -98,10 +98,11 @@ class TrainConfig:
     diagnostics: bool = False  # record what the norm does inside the network (diagnostics.csv)
     trainable: Literal["all", "norm", "norm_output", "random", "all_but_output"] = "all"  # which train (train.py)
     schedule: Literal["constant", "exponential", "cosine"] = "constant"  # the learning rate over steps
-    lr_factor: float = field(default=1.0, metadata=_range(0.0, open_low=True))  # exponential: lr *= this per step
+    lr_factor: float = field(default=1.0, metadata=_range(0.0, 2.0, open_low=True))  # exponential: lr *= this per step
     diag_every: int | None = field(default=None, metadata=_range(1))  # steps; None: about 10 points per epoch
     probe_size: int = field(default=256, metadata=_range(2))  # examples in the fixed diagnostic probe batch
-    landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata=_range(0.0, open_low=True))
+    landscape_steps: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0),
+                                           metadata=_range(0.0, 1000.0, open_low=True))  # fmt: skip
     # float32; bfloat16: torch.autocast (CPU, CUDA); float16: autocast and a grad scaler (CUDA only; train.py)
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
 

@@ -10,6 +10,11 @@ A norm that normalizes with batch statistics says so with a class attribute `use
 (bnbench then refuses batches of one for it); a subclass of nn.BatchNorm or bnbench's BatchNorm is also
 treated as BN by precise statistics and batch-statistics evaluation.
 
+Reading results (`compare`, `ls`, `report`, `plot`, `export`) imports nothing: inside `no_imports()` a
+recorded config that names a plugin is taken as written, and no module it names is ever imported (a run
+folder someone sent is data, never code). Only `run`, `sweep`, `check` and `bench` import plugins, and only
+they put the current folder on the import path.
+
 No torch here: importing the user's module imports it.
 """
 
@@ -18,7 +23,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -37,10 +43,33 @@ def is_import_path(text: str) -> bool:
     return ":" in text
 
 
+_IMPORTS_REFUSED: list[bool] = []  # non-empty inside no_imports()
+
+
+@contextmanager
+def no_imports() -> Iterator[None]:
+    """While reading recorded results: `resolve` imports nothing and returns a stand-in that refuses to be
+    called; `uses_batch_statistics` is False (the recorded files are what was measured)."""
+    _IMPORTS_REFUSED.append(True)
+    try:
+        yield
+    finally:
+        _IMPORTS_REFUSED.pop()
+
+
+def _not_imported(spec: str) -> Callable:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise UsageError(f"{spec}: not imported while reading recorded results")
+
+    return refuse
+
+
 def resolve(spec: str, what: str, source: str = "") -> Callable:
     """The callable `spec` names (an import path or an entry-point name), checked to take the contract's
     two arguments; one UsageError otherwise."""
     where = f"{source}: " if source else ""
+    if _IMPORTS_REFUSED:
+        return _not_imported(spec)
     path = spec if is_import_path(spec) else entry_points(what).get(spec)
     if path is None:
         raise UsageError(f"{where}{spec!r}: not a registered {what} and not an import path (module:attribute)")
@@ -49,7 +78,7 @@ def resolve(spec: str, what: str, source: str = "") -> Callable:
         module = _import(module_name)
     except ImportError as exc:
         raise UsageError(f"{where}{spec}: cannot import {module_name} ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing: say so in one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module failed while importing: one line
         raise UsageError(f"{where}{spec}: importing {module_name} failed ({type(exc).__name__}: {exc})") from None
     target = module
     for part in attribute.split("."):
@@ -83,4 +112,6 @@ def _import(name: str):
 
 
 def uses_batch_statistics(spec: str, what: str = "norm") -> bool:
+    if _IMPORTS_REFUSED:
+        return False
     return bool(getattr(resolve(spec, what), "uses_batch_statistics", False))

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from bnbench.cli import display
+from bnbench import plugins
+from bnbench.cli import display, streams
 from bnbench.config import convention_warnings, shorten
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine
@@ -258,7 +259,7 @@ def run(
         overrides = list(set_)
         for key, value in (("train.epochs", epochs), ("train.seed", seed), ("name", name)):
             if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
-                overrides.append(f"{key}={json.dumps(value)}")
+                overrides.append(f"{key}={json.dumps(value, ensure_ascii=False)}")
         seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
@@ -477,7 +478,7 @@ def list_runs(
     """
     from bnbench.runs.rundir import list_runs as find
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         if not folder.is_dir():
             raise UsageError(f"{folder}: no such folder")
         rows = find(folder)
@@ -525,7 +526,7 @@ def compare(
     """
     from bnbench.evidence import compare as cmp
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         _check_figure_path("--plot", plot)
@@ -567,7 +568,7 @@ def report(
     """
     from bnbench.evidence import report as rep
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
         path = rep.report(studies, target)
@@ -599,7 +600,7 @@ def export(
     """
     from bnbench.tools import export as exp
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         exp.require(to.value)
         if to is ExportTarget.tensorboard and out is None:
             raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
@@ -673,7 +674,7 @@ def plot(
       bnbench plot runs/ioffe --diagnostics --out inside.png
     """
 
-    with reported_errors():
+    with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         _check_figure_path("--out", out)
         runs = _found_runs(paths)
         _write_figure("--out", out, runs, diagnostics, layer, dpi)
@@ -797,6 +798,18 @@ def main(args: list[str] | None = None) -> None:
     """The `bnbench` entry point. Command-line mistakes (`--epochs abc`, an unknown option, a missing file)
     are one line and exit 2, like every other bad input, instead of Click's multi-line box; `--debug` counts
     anywhere on the line. Through Typer's documented `standalone_mode=False`: Click's exceptions come here."""
+    streams.install()  # a closed stdout or stderr, a gone reader or an ASCII terminal never breaks a run
+    try:
+        _main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0 and streams.stdout_lost():  # `bnbench ... | head -1`: the work is done, the output cut
+            code = streams.EXIT_CLOSED_PIPE
+        sys.stdout.flush()
+        sys.exit(code)
+
+
+def _main(args: list[str] | None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
         args.remove("--debug")

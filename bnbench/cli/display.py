@@ -20,8 +20,8 @@ from rich.table import Table
 from bnbench.evidence.tables import fitted, frame_table
 
 # Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
-console = Console(width=None if sys.stdout.isatty() else 100_000)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 100_000)
+console = Console(width=None if sys.stdout.isatty() else 100_000, emoji=False)  # names shown as written
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 100_000, emoji=False)
 
 
 def live() -> bool:

@@ -165,7 +165,7 @@ def _curve(members: list, x: str, column: str, until: int | None) -> tuple[list[
 
 def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """A column of panels per `spec.panels` value, a row per metric; a line per cell, mean ± std over seeds."""
-    from bnbench.evidence.plots import _pyplot, _style
+    from bnbench.evidence.plots import _pyplot, _style, save_figure
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
@@ -213,7 +213,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
     _title(fig, title_of(runs, keys) + " (mean ± std over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, 90)
     plt.close(fig)
     return notes
 
@@ -221,7 +221,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """`spec.column` at the end against the swept `spec.x` (log axis ticked at the values that ran): a panel per
     `spec.panels` value, a line per `spec.lines` cell, error bars = std over seeds."""
-    from bnbench.evidence.plots import _pyplot, _style
+    from bnbench.evidence.plots import _pyplot, _style, save_figure
     from bnbench.naming import format_value
 
     plt = _pyplot()
@@ -258,7 +258,7 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
         notes += [f"{n}" + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "") for n in _coinciding(means)]
     _title(fig, title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}, mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, 90)
     plt.close(fig)
     return notes
 
@@ -274,7 +274,7 @@ def diagnostics(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> li
 def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """A diagnostics quantity (`spec.column`) at every norm position, first to last, at diagnostic step
     `spec.step`: a panel per `spec.panels` value, a line per cell (mean over seeds), log scale."""
-    from bnbench.evidence.plots import _pyplot, _style
+    from bnbench.evidence.plots import _pyplot, _style, save_figure
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
@@ -305,7 +305,7 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
         ax.legend(fontsize=7)
     _title(fig, f"{title_of(runs, keys)}: {spec.column} at step {spec.step}, mean over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, 90)
     plt.close(fig)
     return []
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -91,8 +92,19 @@ def training_curves(runs: list[Run], path: Path) -> None:
     names = list(groups)
     fig.suptitle(f"{_datasets(runs)}: " + " vs ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """Render to memory, then write atomically: a link already at `path` is replaced, never written through."""
+    import io
+
+    from bnbench.records import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())
 
 
 def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = None, dpi: int = 110,
@@ -179,5 +191,5 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         grads[col].grid(alpha=0.3)
     grads[0].legend(fontsize=7)
     fig.suptitle(f"What the norm does inside the network, {_datasets(runs)}: " + " vs ".join(names))
-    fig.savefig(path, dpi=dpi)
+    save_figure(fig, path, dpi)
     plt.close(fig)

@@ -193,7 +193,7 @@ def figure_lines(s: StudyRuns, out: Path, written: list[str]) -> list[str]:
     lines = []
     completed = [r for members in s.cells().values() for r in members if r.table.get("epoch")]  # the study's order
     for spec in specs:
-        name = f"{s.name}_{spec.name}.png"
+        name = file_name(f"{s.name}_{spec.name}") + ".png"
         notes = DRAW[spec.plot](completed, spec, s.keys, out / name)
         written.append(name)
         caption = {"curves": f"{', '.join(spec.columns)} by {spec.x}", "sweep": f"final {spec.column} by {spec.x}",
@@ -203,6 +203,14 @@ def figure_lines(s: StudyRuns, out: Path, written: list[str]) -> list[str]:
         if notes:
             lines += ["In this figure " + "; ".join(notes) + " (one line lies under the other).", ""]
     return lines
+
+
+def file_name(text: str) -> str:
+    """A name from a study file (its name, figure columns, layers) as one file name inside the report
+    folder: letters, digits, '.', '_', '-' only, never leading '.', so it cannot name a path outside."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".") or "figure"
 
 
 def claims_lines(judged: list[Judged], published: Published | None, runs: list[Run]) -> list[str]:
@@ -346,7 +354,8 @@ def report(folders: list[Path], out: Path) -> Path:
         sections += lines
         verdicts += [(s, j) for j in judged]
     for name in set(before) - set(written):  # bnbench's own figure that no study draws any more
-        (out / name).unlink(missing_ok=True)
+        if _content_hash(out / name) == before[name]:  # and still the bytes it wrote: otherwise not touched
+            (out / name).unlink()
     all_runs = [r for s in loaded for r in s.runs]
     machines = sorted({str(r.meta.get("device_name", "?")) for r in all_runs})
     versions = sorted({f"torch {r.meta.get('versions', {}).get('torch', '?')}" for r in all_runs})
@@ -405,29 +414,51 @@ def report(folders: list[Path], out: Path) -> Path:
         lines += ["", "## Skipped", ""] + [f"- {w}" for w in warnings]
     path = out / "README.md"
     atomic_write(path, "\n".join(lines).rstrip() + "\n")
-    atomic_write(out / REPORT_MARKER, "".join(f"{name}\n" for name in written))
+    atomic_write(out / REPORT_MARKER, "".join(f"{_content_hash(out / name)}  {name}\n" for name in written))
     return path
 
 
-def claim_output(out: Path) -> list[str]:
-    """The files an earlier report wrote in `out` (only those may be replaced or removed). A folder that
-    holds anything else and no marker is not bnbench's: refused, nothing written."""
+def _content_hash(path: Path) -> str | None:
+    """sha256 of a regular file's bytes; None for a link, a missing or a special file (never read)."""
+    import hashlib
+    import stat
+
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def claim_output(out: Path) -> dict[str, str]:
+    """The files an earlier report wrote in `out`, name -> the sha256 of the bytes it wrote (a stale one is
+    removed only while its content still has that hash: the record cannot make bnbench delete a file it
+    did not write). A folder that holds anything else and no record is not bnbench's: refused, nothing
+    written; so is a folder that is a link (its files would land wherever the link points)."""
     for parent in out.parents:  # --out FILE/sub: say so before any work
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"--out {out}: {parent} is not a folder")
             break
+    if out.is_symlink():
+        raise UsageError(f"--out {out}: is a link; bnbench writes a report only into a real folder")
     if not out.exists():
-        return []
+        return {}
     if not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     marker = out / REPORT_MARKER
     if marker.is_file() and not marker.is_symlink():
-        names = [n.strip() for n in marker.read_text(errors="replace").splitlines() if n.strip()]
-        return [n for n in names if "/" not in n and not n.startswith(".")]
+        recorded = {}
+        for line in marker.read_text(errors="replace").splitlines():
+            digest, _, name = line.strip().partition("  ")
+            if name.endswith(".png") and name == file_name(name) and len(digest) == 64:  # only figures go stale
+                recorded[name] = digest
+        return recorded
     if any(out.iterdir()):
         raise UsageError(f"--out {out}: the folder holds files that bnbench did not write; give a new or empty folder")
-    return []
+    return {}
 
 
 def default_output(folders: list[Path]) -> Path:

@@ -27,7 +27,7 @@ import yaml
 import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
 from bnbench.errors import UsageError
-from bnbench.records import DamagedFile, atomic_write, check_run_files
+from bnbench.records import DamagedFile, atomic_write, check_run_files, read_run_file
 from bnbench.runs.rundir import (
     LockHeld,
     RunDir,
@@ -113,34 +113,92 @@ def _torchvision_version() -> str | None:
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "order", "rng", "epoch")
+OLD_FORMAT_GLOBALS = {"numpy.dtype", "numpy.ndarray", "numpy._core.multiarray._reconstruct",
+                      "numpy.core.multiarray._reconstruct", "numpy.dtypes.UInt32DType"}  # fmt: skip
 
 
-def load_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
-    """checkpoint.pt, checked to be a whole bnbench checkpoint of this config's model (None: there is
-    none yet); anything else is one UsageError naming the file and what is wrong."""
+class DamagedCheckpoint(Exception):
+    """checkpoint.pt cannot be resumed from: the message names the file and what is wrong."""
+
+
+def read_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """checkpoint.pt, loaded with `weights_only=True` (tensors and plain types only: a file someone sent
+    can never run code here) and checked to be a whole bnbench checkpoint of this config's model; None:
+    there is none yet. Anything else raises DamagedCheckpoint."""
     from bnbench.nn.models import build_model
     from bnbench.nn.norms import make_norm_factory
 
     path = run_dir / "checkpoint.pt"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise DamagedCheckpoint(f"{path}: not a regular file (a link or a special file is never read)")
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - a truncated or garbage file raises many kinds
-        raise UsageError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}); start a new run") from None
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a truncated, garbage or unsafe file raises many kinds
+        raise DamagedCheckpoint(_why_unloadable(path, exc)) from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
-        raise UsageError(f"--resume {path}: not a bnbench checkpoint (expected {', '.join(CHECKPOINT_KEYS)})")
+        raise DamagedCheckpoint(f"{path}: not a bnbench checkpoint (expected {', '.join(CHECKPOINT_KEYS)})")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not isinstance(rng.get("numpy"), dict) or not isinstance(rng.get("python"), dict):
+        raise DamagedCheckpoint(f"{path}: not a bnbench checkpoint (its random-number state is not bnbench's)")
     model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
     want = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}  # noise: a dict
     have = state["model"] if isinstance(state["model"], dict) else {}
     got = {k: tuple(getattr(v, "shape", ())) for k, v in have.items()}
     if got != want:
         first = next((k for k in sorted(want.keys() | got.keys()) if want.get(k) != got.get(k)), "?")
-        raise UsageError(f"--resume {path}: the checkpoint is of a different model ({first}); start a new run")
+        raise DamagedCheckpoint(f"{path}: the checkpoint is of a different model ({first})")
     epochs_done = state["epoch"]
     if not isinstance(epochs_done, int) or not 0 <= epochs_done <= cfg.train.epochs:
-        raise UsageError(f"--resume {path}: the checkpoint's epoch {shorten(repr(epochs_done))} is not of this run")
+        raise DamagedCheckpoint(f"{path}: the checkpoint's epoch {shorten(repr(epochs_done))} is not of this run")
+    recorded = _recorded_epochs(run_dir)
+    if recorded is not None and recorded < epochs_done:
+        raise DamagedCheckpoint(
+            f"{path}: the checkpoint is at epoch {epochs_done} but metrics.csv records {recorded} "
+            "(the run's files disagree)"
+        )
     return state
+
+
+def _recorded_epochs(run_dir: Path) -> int | None:
+    """The last epoch metrics.csv records (0: none); None when there is no readable metrics.csv."""
+    import csv
+
+    try:
+        text = read_run_file(run_dir / "metrics.csv")
+    except DamagedFile:
+        return None
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    try:
+        return max((int(float(r["epoch"])) for r in rows), default=0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """Why `path` does not load safely: an old bnbench checkpoint (numpy random state) or a damaged file."""
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not even a readable pickle: damaged
+        unsafe = set()
+    if unsafe and unsafe <= OLD_FORMAT_GLOBALS:
+        return (
+            f"{path}: written by an older bnbench (its numpy random state needs an unsafe load, which bnbench "
+            "never does); it cannot be resumed: start the run again"
+        )
+    if unsafe:
+        named = ", ".join(sorted(unsafe)[:3])
+        return f"{path}: damaged checkpoint (it holds code, not only tensors: {shorten(named)}); never loaded"
+    return f"{path}: damaged checkpoint ({type(exc).__name__})"
+
+
+def load_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """read_checkpoint for `run --resume`: anything wrong is one UsageError naming the file."""
+    try:
+        return read_checkpoint(run_dir, cfg)
+    except DamagedCheckpoint as exc:
+        raise UsageError(f"--resume {exc}; start a new run") from None
 
 
 def prepare_resume(run: RunDir, cfg: RunConfig, trainer: Trainer) -> int:

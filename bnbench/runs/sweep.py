@@ -48,7 +48,7 @@ def plan_study(
     """Validate every cell, compare with a saved study, and decide per run: start, resume or skip.
     `folder` is a saved study's own folder (re-run where it is); by default OUT_DIR/<study name>. With
     `shard` (i, N), only the i-th of N disjoint parts of the study is planned (see study.in_shard)."""
-    from bnbench.runs.execute import Job
+    from bnbench.runs.execute import DamagedCheckpoint, Job, read_checkpoint
     from bnbench.runs.rundir import has_recorded_rows, is_run_dir
 
     count = study.run_count()
@@ -92,6 +92,12 @@ def plan_study(
                     f"{path}: the run started with another config than the study now asks for "
                     f"({', '.join(changed)}); put {folder / STUDY_FILE} back, or start the study under another name"
                 )
+            try:  # loaded safely (weights only) before anything runs: a damaged or crafted file stops here
+                read_checkpoint(path, run.config)
+            except DamagedCheckpoint as exc:
+                raise UsageError(
+                    f"{exc}; the run cannot be resumed: move {path} away and the sweep starts it again"
+                ) from None
             plan.jobs.append(Job(run.config, run.name, source, path=path, resume=True))
         elif has_recorded_rows(path):  # epochs on disk but no meta.json: never start over them
             plan.skipped.append((run.name, f"{path / 'metrics.csv'} holds epochs but no meta.json; not touched"))

@@ -233,7 +233,7 @@ def compare_case(case: Case, dtype: torch.dtype = torch.float64, device: str = "
     fresh = reference(case).to(device, dtype).eval()
     buffer = io.BytesIO()
     torch.save(ours.state_dict(), buffer)
-    saved = torch.load(io.BytesIO(buffer.getvalue()))
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     prefix = "bn." if isinstance(fresh, _PerVirtualBatch) else ""
     try:
         fresh.load_state_dict({prefix + k: v for k, v in saved.items()})
@@ -295,7 +295,7 @@ def contract_checks(spec: str, dtype: torch.dtype = torch.float64, device: str =
             fresh = build(cfg, shape[1:]).to(device, dtype)
             buffer = io.BytesIO()
             torch.save(module.state_dict(), buffer)
-            fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+            fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
             fresh.eval()
             rows.append((f"{label}: state_dict round trip, same eval output", bool(torch.equal(fresh(x), eval_y))))
             module64 = build(cfg, shape[1:]).to(device, torch.float64).train()

@@ -100,7 +100,7 @@ def to_tensorboard(runs: list[Run], out: Path) -> list[Path]:
     from torch.utils.tensorboard import SummaryWriter
 
     targets = [out / run.name for run in runs]
-    taken = [str(t) for t in targets if t.exists()]
+    taken = [str(t) for t in targets if t.exists() or t.is_symlink()]  # a link, even dangling, is never followed
     if taken:
         raise UsageError(f"--out {out}: {', '.join(taken[:3])} exists already; export into a new folder")
     for run, target in zip(runs, targets, strict=True):
@@ -133,11 +133,35 @@ def _artifacts_beside(tracking_uri: str) -> str | None:
     return (database.resolve().parent / "mlartifacts").as_uri()
 
 
+# The files bnbench writes in a run directory: the only ones uploaded as artifacts.
+RUN_ARTIFACTS = ("config.yaml", "meta.json", "metrics.csv", "steps.csv", "diagnostics.csv", "checkpoint.pt",
+                 "model.pt", "traceback.txt")  # fmt: skip
+
+
+def run_artifacts(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """The regular files bnbench wrote in `run_dir`, and the names of everything else there (a link, a
+    FIFO, a folder, a file of the user's): those are never opened, read or followed."""
+    import stat
+
+    files, other = [], []
+    for entry in sorted(run_dir.iterdir()):
+        try:
+            regular = stat.S_ISREG(entry.lstat().st_mode)
+        except OSError:
+            regular = False
+        if regular and entry.name in RUN_ARTIFACTS:
+            files.append(entry)
+        elif not (regular and entry.name.startswith(".")):  # bnbench's own .lock and temporary files
+            other.append(entry.name)
+    return files, other
+
+
 def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
               warn: Callable[[str], None] = lambda message: None) -> dict[str, str]:  # fmt: skip
     """Runs as MLflow runs (children of their study's parent run); returns run name -> MLflow run id.
     A param longer than MLflow's limit is cut and marked ("…", tag bnbench.cut_params), with one `warn`
-    per key; the full resolved config is the run's config.yaml artifact."""
+    per key; the full resolved config is the run's config.yaml artifact. Only the regular files bnbench
+    wrote are uploaded; anything else in a run directory is one `warn`."""
     import logging
 
     import mlflow
@@ -157,7 +181,8 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
     ids = {}
     limit, warned = mlflow_param_limit(), set()
     for run in runs:
-        study = run.path.parent if (run.path.parent / STUDY_FILE).is_file() else None
+        saved = run.path.parent / STUDY_FILE
+        study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
         tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status}
         if study is not None:
             if study not in parents:
@@ -190,7 +215,11 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
             client.log_batch(run_id, params=params[start : start + 100])
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        client.log_artifacts(run_id, str(run.path))
+        files, other = run_artifacts(run.path)
+        if other:
+            warn(f"{run.path}: not uploaded (not a regular file bnbench wrote): {', '.join(other[:5])}")
+        for file in files:
+            client.log_artifact(run_id, str(file))
         client.set_terminated(run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
         ids[run.name] = run_id
     return ids

@@ -124,7 +124,10 @@ def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
     """The learning rate of step `step` (0 = the first): constant, tc.lr * tc.lr_factor ** step, or a cosine
     from tc.lr to 0 over the run. Computed from the step alone, so a resumed run continues it exactly."""
     if tc.schedule == "exponential":
-        return tc.lr * tc.lr_factor**step
+        try:
+            return tc.lr * tc.lr_factor**step
+        except OverflowError:  # a growing rate past float's range: the run diverges, honestly
+            return math.inf
     if tc.schedule == "cosine":
         return tc.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
     return tc.lr
@@ -418,12 +421,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "order": self.order.get_state(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
+            "rng": rng_state(),
             # units_path is a running sum over probes: a resumed run goes on from it, not from 0
             "diagnostics": self.diagnostics.state() if self.diagnostics else {},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
@@ -433,13 +431,40 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.order.set_state(state["order"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        set_rng_state(state["rng"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.diagnostics and state.get("diagnostics"):
             self.diagnostics.load_state(state["diagnostics"])
         return state["epoch"]
+
+
+def rng_state() -> dict:
+    """Every random-number generator's state as tensors and plain types, so a checkpoint loads with
+    `torch.load(..., weights_only=True)` (numpy's own state tuple would need an unsafe, code-running load)."""
+    version, python_state, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": {"version": int(version), "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "key": str(key),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["key"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
