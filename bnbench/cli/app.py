@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 
 from bnbench.cli import display
 from bnbench.config import shorten
@@ -513,10 +514,12 @@ def compare(
         elif format is CompareFormat.json:
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
+            shown: set[str] = set()
             for title, frame in cmp.display_tables(comparison, which):
                 display.show_frame(title, frame, wide)
-            for note in cmp.footnotes(comparison):
-                display.say(note, style="dim")
+                shown.update(display.shown_headers(frame, wide))
+            for note in cmp.footnotes(comparison, shown):  # wrapped at words, not mid-number
+                display.show(Text(note, style="dim"))
         if plot is not None:
             _write_figure("--plot", plot, runs, diagnostics)
 
