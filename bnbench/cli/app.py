@@ -227,7 +227,7 @@ def run(
       bnbench run mlp_none mlp_bn --seeds 0,1 --set train.lr=0.5
       bnbench run --resume runs/lenet_bn
     """
-    from bnbench.runs.execute import Job, exit_code_of, plan_jobs, plan_resume, run_jobs
+    from bnbench.runs.execute import Job, Step, exit_code_of, plan_continuation, plan_jobs, plan_resume, run_jobs
     from bnbench.runs.study import parse_seeds
 
     with reported_errors():
@@ -242,17 +242,28 @@ def run(
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
                 raise UsageError("--resume continues one run: give at most one config and no --seeds")
-            planned: list[Job] = [plan_resume(resume, (configs or [None])[0], overrides)]
+            job = plan_resume(resume, (configs or [None])[0], overrides)
+            steps = [Step("resume", job, resume)]
         else:
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (bnbench config list)")
-            planned = plan_jobs(configs, overrides, seed_list)
+            # The same command typed again continues what it started: interrupted runs resume, done ones skip.
+            steps = plan_continuation(plan_jobs(configs, overrides, seed_list), out_dir)
         if dry_run:
-            for job in planned:
-                where = job.path or out_dir / job.run_name
-                display.say(f"{'resume' if job.resume else 'start':<7} {job.run_name}  ->  {where}")
-            display.say(f"{len(planned)} runs; nothing trained (--dry-run)")
+            for step in steps:
+                display.say(f"{step.action:<7} {step.job.run_name}  ->  {step.where}" +
+                            (f"  ({step.why})" if step.why else ""))  # fmt: skip
+            counts = {a: sum(s.action == a for s in steps) for a in ("start", "resume", "skip")}
+            tally = ", ".join(f"{n} to {a}" for a, n in counts.items() if n)
+            display.say(f"{len(steps)} runs ({tally}); nothing trained (--dry-run)")
             return
+        for step in steps:
+            if step.action == "skip":
+                display.say(f"skip {step.job.run_name}: {step.why} ({step.where})")
+        planned: list[Job] = [step.job for step in steps if step.action != "skip"]
+        if not planned:
+            display.say(f"nothing to do: all {len(steps)} runs of this command are done")
+            raise typer.Exit(0)
         if (workers or 1) > 1 or backend is Backend.ray:
             engine = Engine(
                 device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
@@ -266,6 +277,9 @@ def run(
             say = lambda m: print(m, flush=True)  # noqa: E731
             results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, display.PlainReporter, say)
         _report_results(results)
+        if exit_code == EXIT_INTERRUPTED and resume is None:
+            display.note(f"to continue every run of this command (interrupted ones resume, finished ones are "
+                         f"skipped, the rest start), type it again: {_command_line()}")  # fmt: skip
         raise typer.Exit(exit_code)
 
 
@@ -768,11 +782,22 @@ def bench(
             out.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
 
 
+EXIT_INTERRUPTED = 130
+_ARGS: list[str] = []  # the command line main() was given, for "type it again" messages
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "bnbench " + shlex.join(_ARGS or sys.argv[1:])
+
+
 def main(args: list[str] | None = None) -> None:
     """The `bnbench` entry point. Command-line mistakes (`--epochs abc`, an unknown option, a missing file)
     are one line and exit 2, like every other bad input, instead of Click's multi-line box; `--debug` counts
     anywhere on the line. Through Typer's documented `standalone_mode=False`: Click's exceptions come here."""
     args = list(sys.argv[1:] if args is None else args)
+    _ARGS[:] = args
     if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
         args.remove("--debug")
         args.insert(0, "--debug")
