@@ -125,7 +125,9 @@ def _version(value: bool) -> None:
 
 
 # The engine's options, shared by `run` and `sweep`.
-ThreadsOption = Annotated[Optional[int], typer.Option(min=1, max=1024, help="torch threads per job.")]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option(min=1, max=1024, help="torch threads per run (default 1: the same numbers everywhere).")
+]
 BackendOption = Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")]
 AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")]
 CpusOption = Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")]
@@ -272,10 +274,12 @@ def run(
             exit_code = exit_code_of(results)
         elif display.live():
             with display.RunDisplay(len(planned)) as live:
-                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, live.reporter, display.say)
+                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, live.reporter, display.say,
+                                              threads_per_job)  # fmt: skip
         else:
             say = lambda m: print(m, flush=True)  # noqa: E731
-            results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, display.PlainReporter, say)
+            results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, display.PlainReporter, say,
+                                          threads_per_job)  # fmt: skip
         _report_results(results)
         if exit_code == EXIT_INTERRUPTED and resume is None:
             display.note(f"to continue every run of this command (interrupted ones resume, finished ones are "

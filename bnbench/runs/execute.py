@@ -97,6 +97,7 @@ def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.devic
         error=None,
         hostname=socket.gethostname(),
         pid=os.getpid(),
+        threads=torch.get_num_threads(),  # torch's intra-op threads: the numbers can depend on them
         **({"invocation": invocation} if invocation else {}),
     )
     return run
@@ -275,6 +276,26 @@ def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None
         else:
             jobs += [Job(cfg.with_seed(s), f"{cfg.name}-s{s}", str(path)) for s in seeds]
     return jobs
+
+
+DEFAULT_THREADS = 1
+
+
+def job_threads(option: int | None) -> int:
+    """The torch threads of one run: `--threads-per-job`, else 1, whether the run is alone (`run`) or one of
+    several (`sweep`, `--jobs`, a shard). One default everywhere gives the same numbers for the same config
+    and seed from every command (a matrix product's rounding depends on how it is split over threads), and
+    one thread does not collapse when other work shares the cores: with 2 threads on 2 busy cores, OpenMP's
+    threads wait on each other and an epoch took 10x longer than with one."""
+    return option or DEFAULT_THREADS
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset or a cgroup), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -519,9 +540,12 @@ def run_jobs(
     out_dir: Path,
     make_reporter: Callable[[str, int], Reporter],
     on_loading: Callable[[str], None] = lambda message: None,
+    threads: int | None = None,
 ) -> tuple[list[RunResult], int]:
-    """Check every job's data, device and output folder, then run the jobs one after another."""
+    """Check every job's data, device and output folder, then run the jobs one after another with
+    `job_threads(threads)` torch threads."""
     device = pick_device(device_option)
+    torch.set_num_threads(job_threads(threads))
     root = data_root(jobs, data_dir)
     check_jobs(jobs, root)
     if any(not job.resume for job in jobs):
