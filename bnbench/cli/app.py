@@ -558,12 +558,22 @@ def report(
       bnbench report runs/mlp_lr                 (writes runs/mlp_lr/report/README.md)
       bnbench report runs/lenet_norms runs/mlp_norms --out results
     """
+    import pandas as pd
+
     from bnbench.evidence import report as rep
 
     with reported_errors():
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
-        path = rep.report(studies, target)
+        path, verdicts = rep.write_report(studies, target)
+        if verdicts:  # the answer on the terminal, then where the whole report is
+            counts = {v: sum(row[1] == v for row in verdicts) for v in ("supported", "contradicted", "inconclusive")}
+            title = f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+            frame = pd.DataFrame(verdicts, columns=rep.VERDICT_HEADER)
+            frame.attrs["drop_first"] = ["says", "study"]
+            display.show_frame(title, frame)
+        else:
+            display.say("no claims judged (the study files declare none)", style="dim")
         display.say(f"report: {path}")
 
 

@@ -280,3 +280,39 @@ def test_footers_describe_only_columns_on_screen(quickstart_runs):
     shown_target = any(re.search(r"┃.*epochs to", line) for line in narrow.screen)
     assert ("target " in narrow.text) == shown_target
     assert "target " in wide.text and "completed runs that learned (above 0.2)" in wide.text
+
+
+@pytest.fixture(scope="module")
+def claimed_study(tmp_path_factory) -> Path:
+    """A user's own study file with a claim, swept once (piped)."""
+    import subprocess
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("claimed")
+    write_config(folder / "base.yaml", train={"epochs": 1})
+    claim = {"id": "bn_ends_higher", "says": "BN ends with a higher test accuracy than no norm",
+             "compare": {"norm.kind": "scratch"}, "against": {"norm.kind": "none"},
+             "metric": {"column": "test_acc", "at": "final"}, "expect": "greater"}  # fmt: skip
+    study = {"name": "mine", "base": "base.yaml", "matrix": {"norm.kind": ["none", "scratch"]}, "seeds": "0-1",
+             "claims": [claim]}  # fmt: skip
+    (folder / "mine.yaml").write_text(yaml.safe_dump(study))
+    subprocess.run([sys.executable, "-m", "bnbench", "sweep", "mine.yaml", "--jobs", "1"], cwd=folder, check=True,
+                   capture_output=True)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_report_shows_the_verdicts_then_the_path(claimed_study, columns):
+    session = in_terminal(bnbench("report", "runs/mine", "--out", f"report{columns}"), claimed_study, columns)
+    assert session.code == 0, session.text
+    row = next(line for line in session.screen if line.startswith("│ bn_ends_higher"))
+    assert re.search(r"│ (supported|contradicted|inconclusive) +│", row)
+    assert re.search(r"[-+]?\d\.\d{4} \[[-+]?\d\.\d{4}, [-+]?\d\.\d{4}\]", row)  # effect [95% CI]
+    assert "1 claims:" in session.text or "1 claim" in session.text
+    assert session.screen[-1] == f"report: report{columns}/README.md"  # the path comes last
+    for line in session.screen:
+        if line.startswith(("┃", "│")):
+            assert line.endswith(("┃", "│")), line
+    text = (claimed_study / f"report{columns}/README.md").read_text()
+    assert f"regenerate: `bnbench report runs/mine --out report{columns}`" in text and "make results" not in text
