@@ -229,8 +229,7 @@ def run(
       bnbench run mlp_none mlp_bn --seeds 0,1 --set train.lr=0.5
       bnbench run --resume runs/lenet_bn
     """
-    from bnbench.runs.execute import Job, Step, exit_code_of, plan_continuation, plan_jobs, plan_resume, run_jobs
-    from bnbench.runs.study import parse_seeds
+    from bnbench.runs.study import parse_seeds, run_configs
 
     with reported_errors():
         workers = _jobs(jobs, device.value)
@@ -241,6 +240,10 @@ def run(
             if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
                 overrides.append(f"{key}={json.dumps(value)}")
         seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
+        if resume is None and configs:
+            run_configs(configs, overrides)  # bad input is reported before torch is imported
+        from bnbench.runs.execute import Job, Step, exit_code_of, plan_continuation, plan_jobs, plan_resume, run_jobs
+
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
                 raise UsageError("--resume continues one run: give at most one config and no --seeds")
@@ -448,7 +451,10 @@ def config_show(
     from bnbench.config import load_config
 
     with reported_errors():
-        sys.stdout.write(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
+        shown = load_config(config, set_).to_dict()
+        if shown["model"]["name"] in ("lenet", "convnet"):  # their layers are fixed: model.hidden means nothing
+            shown["model"].pop("hidden", None)
+        sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
 
 
 @app.command("ls", short_help="One line per run: status, epochs, accuracy, age.")
@@ -722,7 +728,9 @@ def check(
             renderables, failures = run_contract_check(norm, dtypes[dtype.value], where, width)
         else:
             plugin = (norm, reference.value) if norm is not None and reference is not None else None
-            renderables, failures = run_check(dtypes[dtype.value], where, every_case, width, wide, plugin)
+            with display.counting("checking") as progress:  # a bar: the whole check takes a minute or more
+                renderables, failures = run_check(dtypes[dtype.value], where, every_case, width, wide, plugin,
+                                                  progress)  # fmt: skip
         for item in renderables:
             display.show(item)
         if failures:

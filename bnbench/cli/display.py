@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -362,3 +364,22 @@ class SweepDisplay:
             say(line)
         else:
             print(line, flush=True)
+
+
+@contextmanager
+def counting(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A transient bar while a long step works through its items (`check`'s cases): on a terminal,
+    "label [bar] 12/80 item" on one line; nothing in pipes. Yields update(done, total, item)."""
+    if not live():
+        yield lambda done, total, item: None
+        return
+    columns = _bar_columns()
+    bars = Progress(*columns, console=console, transient=True)
+    task = bars.add_task(label, total=1, info="")
+
+    def update(done: int, total: int, item: str) -> None:
+        description, info = _fit_bar(columns[1], console.width, label, f"{done}/{total} {item}")
+        bars.update(task, completed=done, total=max(1, total), description=description, info=info)
+
+    with bars:
+        yield update

@@ -264,13 +264,10 @@ class RunResult:
 
 def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None) -> list[Job]:
     """Validate every config before anything runs, so a typo in the last one costs nothing."""
-    from bnbench.runs.study import is_study_file
+    from bnbench.runs.study import run_configs
 
     jobs = []
-    for path in configs:
-        if is_study_file(path):
-            raise UsageError(f"{path} is a study (a grid of runs): run it with `bnbench sweep {path}`")
-        cfg = load_config(path, overrides)
+    for path, cfg in zip(configs, run_configs(configs, overrides), strict=True):
         if seeds is None:
             jobs.append(Job(cfg, cfg.name, str(path)))
         else:
