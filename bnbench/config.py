@@ -441,7 +441,7 @@ def check_keys(raw: Any, keys: tuple[str, ...], where: str, expected: str = "") 
         raise UsageError(f"{where}: expected {expected or 'a mapping with ' + ', '.join(keys)}")
     unknown = [k for k in raw if k not in keys]
     if unknown:
-        raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(keys)})")
+        raise UsageError(f"{where}: {unknown[0]}: {_unknown_key(str(unknown[0]), list(keys))}")
     return raw
 
 

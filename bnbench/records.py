@@ -15,11 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: 0o666 less the user's umask (read once)."""
+    if not _MODE:
+        umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        _MODE.append(0o666 & ~umask)
+    return _MODE[0]
+
+
+_MODE: list[int] = []
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a uniquely named temporary file beside `path`, then rename it over `path`: never a
-    half-written file, and two writers never share a temporary file. A failed write removes it."""
+    half-written file, and two writers never share a temporary file. A failed write removes it. The file
+    gets the user's umask, as any file they create (mkstemp's own 0600 would hide runs from their group)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from bnbench import plugins
@@ -147,7 +148,9 @@ def _version(value: bool) -> None:
 
 
 # The engine's options, shared by `run` and `sweep`.
-ThreadsOption = Annotated[Optional[int], typer.Option(min=1, max=1024, help="torch threads per job.")]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option(min=1, max=1024, help="torch threads per run (default 1: the same numbers everywhere).")
+]
 BackendOption = Annotated[Backend, typer.Option(help="local worker processes, or ray tasks.")]
 AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster address (ray start); default: local Ray.")]
 CpusOption = Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per run.")]
@@ -249,8 +252,7 @@ def run(
       bnbench run mlp_none mlp_bn --seeds 0,1 --set train.lr=0.5
       bnbench run --resume runs/lenet_bn
     """
-    from bnbench.runs.execute import Job, exit_code_of, plan_jobs, plan_resume, run_jobs
-    from bnbench.runs.study import parse_seeds
+    from bnbench.runs.study import parse_seeds, run_configs
 
     with reported_errors():
         workers = _jobs(jobs, device.value)
@@ -261,22 +263,37 @@ def run(
             if value is not None:  # JSON is YAML: the name stays a string ('exp #3', '2024')
                 overrides.append(f"{key}={json.dumps(value, ensure_ascii=False)}")
         seed_list = list(parse_seeds(seeds, "--seeds")) if seeds is not None else None
+        if resume is None and configs:
+            run_configs(configs, overrides)  # bad input is reported before torch is imported
+        from bnbench.runs.execute import Job, Step, exit_code_of, plan_continuation, plan_jobs, plan_resume, run_jobs
+
         if resume is not None:
             if seed_list is not None or len(configs or []) > 1:
                 raise UsageError("--resume continues one run: give at most one config and no --seeds")
-            planned: list[Job] = [plan_resume(resume, (configs or [None])[0], overrides)]
+            job = plan_resume(resume, (configs or [None])[0], overrides)
+            steps = [Step("resume", job, resume)]
         else:
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (bnbench config list)")
-            planned = plan_jobs(configs, overrides, seed_list)
-        for line in convention_warnings(job.cfg for job in planned):
+            # The same command typed again continues what it started: interrupted runs resume, done ones skip.
+            steps = plan_continuation(plan_jobs(configs, overrides, seed_list), out_dir)
+        for line in convention_warnings(step.job.cfg for step in steps):
             display.warn(line)
         if dry_run:
-            for job in planned:
-                where = job.path or out_dir / job.run_name
-                display.say(f"{'resume' if job.resume else 'start':<7} {job.run_name}  ->  {where}")
-            display.say(f"{len(planned)} runs; nothing trained (--dry-run)")
+            for step in steps:
+                display.say(f"{step.action:<7} {step.job.run_name}  ->  {step.where}" +
+                            (f"  ({step.why})" if step.why else ""))  # fmt: skip
+            counts = {a: sum(s.action == a for s in steps) for a in ("start", "resume", "skip")}
+            tally = ", ".join(f"{n} to {a}" for a, n in counts.items() if n)
+            display.say(f"{len(steps)} runs ({tally}); nothing trained (--dry-run)")
             return
+        for step in steps:
+            if step.action == "skip":
+                display.say(f"skip {step.job.run_name}: {step.why} ({step.where})")
+        planned: list[Job] = [step.job for step in steps if step.action != "skip"]
+        if not planned:
+            display.say(f"nothing to do: all {len(steps)} runs of this command are done")
+            raise typer.Exit(0)
         if (workers or 1) > 1 or backend is Backend.ray:
             engine = Engine(
                 device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
@@ -285,11 +302,16 @@ def run(
             exit_code = exit_code_of(results)
         elif display.live():
             with display.RunDisplay(len(planned)) as live:
-                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, live.reporter, display.say)
+                results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, live.reporter, display.say,
+                                              threads_per_job)  # fmt: skip
         else:
             say = lambda m: print(m, flush=True)  # noqa: E731
-            results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, display.PlainReporter, say)
+            results, exit_code = run_jobs(planned, device.value, data_dir, out_dir, display.PlainReporter, say,
+                                          threads_per_job)  # fmt: skip
         _report_results(results)
+        if exit_code == EXIT_INTERRUPTED and resume is None:
+            display.note(f"to continue every run of this command (interrupted ones resume, finished ones are "
+                         f"skipped, the rest start), type it again: {_command_line()}")  # fmt: skip
         raise typer.Exit(exit_code)
 
 
@@ -458,7 +480,10 @@ def config_show(
     from bnbench.config import load_config
 
     with reported_errors():
-        sys.stdout.write(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
+        shown = load_config(config, set_).to_dict()
+        if shown["model"]["name"] in ("lenet", "convnet"):  # their layers are fixed: model.hidden means nothing
+            shown["model"].pop("hidden", None)
+        sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
 
 
 @app.command("ls", cls=_Command, short_help="One line per run: status, epochs, accuracy, age.")
@@ -542,10 +567,12 @@ def compare(
         elif format is CompareFormat.json:
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
+            shown: set[str] = set()
             for title, frame in cmp.display_tables(comparison, which):
                 display.show_frame(title, frame, wide)
-            for note in cmp.footnotes(comparison):
-                display.say(note, style="dim")
+                shown.update(display.shown_headers(frame, wide))
+            for note in cmp.footnotes(comparison, shown):  # wrapped at words, not mid-number
+                display.show(Text(note, style="dim"))
         if plot is not None:
             _write_figure("--plot", plot, runs, diagnostics)
 
@@ -566,12 +593,22 @@ def report(
       bnbench report runs/mlp_lr                 (writes runs/mlp_lr/report/README.md)
       bnbench report runs/lenet_norms runs/mlp_norms --out results
     """
+    import pandas as pd
+
     from bnbench.evidence import report as rep
 
     with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
-        path = rep.report(studies, target)
+        path, verdicts = rep.write_report(studies, target)
+        if verdicts:  # the answer on the terminal, then where the whole report is
+            counts = {v: sum(row[1] == v for row in verdicts) for v in ("supported", "contradicted", "inconclusive")}
+            title = f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+            frame = pd.DataFrame(verdicts, columns=rep.VERDICT_HEADER)
+            frame.attrs["drop_first"] = ["says", "study"]
+            display.show_frame(title, frame)
+        else:
+            display.say("no claims judged (the study files declare none)", style="dim")
         display.say(f"report: {path}")
 
 
@@ -720,7 +757,9 @@ def check(
             renderables, failures = run_contract_check(norm, dtypes[dtype.value], where, width)
         else:
             plugin = (norm, reference.value) if norm is not None and reference is not None else None
-            renderables, failures = run_check(dtypes[dtype.value], where, every_case, width, wide, plugin)
+            with display.counting("checking") as progress:  # a bar: the whole check takes a minute or more
+                renderables, failures = run_check(dtypes[dtype.value], where, every_case, width, wide, plugin,
+                                                  progress)  # fmt: skip
         for item in renderables:
             display.show(item)
         if failures:
@@ -794,6 +833,16 @@ def bench(
             out.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
 
 
+EXIT_INTERRUPTED = 130
+_ARGS: list[str] = []  # the command line main() was given, for "type it again" messages
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "bnbench " + shlex.join(_ARGS or sys.argv[1:])
+
+
 def main(args: list[str] | None = None) -> None:
     """The `bnbench` entry point. Command-line mistakes (`--epochs abc`, an unknown option, a missing file)
     are one line and exit 2, like every other bad input, instead of Click's multi-line box; `--debug` counts
@@ -811,6 +860,7 @@ def main(args: list[str] | None = None) -> None:
 
 def _main(args: list[str] | None) -> None:
     args = list(sys.argv[1:] if args is None else args)
+    _ARGS[:] = args
     if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
         args.remove("--debug")
         args.insert(0, "--debug")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from bnbench.evidence.tables import fitted, frame_table
+from bnbench.evidence.tables import fitted, frame_cells, frame_table, shown_columns
 
 # Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
 console = Console(width=None if sys.stdout.isatty() else 100_000, emoji=False)  # names shown as written
@@ -49,12 +51,33 @@ def note(message: str) -> None:
     err_console.print(escape(message), highlight=False, soft_wrap=True)
 
 
+def _print_table(table: Table, wide: bool) -> None:
+    """With `wide`, the table is drawn as wide as its cells need (nothing shortened with "…"); the terminal
+    wraps or scrolls its lines."""
+    if not (wide and console.is_terminal):
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(1_000_000), table).maximum
+    if needed <= console.width:
+        console.print(table)
+        return
+    Console(file=console.file, width=needed, force_terminal=True, color_system=console.color_system).print(table)
+
+
 def show_table(title: str, header: list[str], rows: list[list[str]], wide: bool = False) -> None:
-    console.print(fitted(title, header, rows, terminal_width(), wide))
+    _print_table(fitted(title, header, rows, terminal_width(), wide), wide)
 
 
 def show_frame(title: str, frame, wide: bool = False) -> None:
-    console.print(frame_table(title, frame, terminal_width(), wide))
+    _print_table(frame_table(title, frame, terminal_width(), wide), wide)
+
+
+def shown_headers(frame, wide: bool = False) -> list[str]:
+    """The columns of `frame` that `show_frame` puts on this terminal."""
+    header, rows = frame_cells(frame)
+    return [header[i] for i in shown_columns(header, rows, terminal_width(), wide, frame.attrs.get("drop_first", ()))]
 
 
 def show(renderable: Table | str) -> None:
@@ -341,3 +364,22 @@ class SweepDisplay:
             say(line)
         else:
             print(line, flush=True)
+
+
+@contextmanager
+def counting(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A transient bar while a long step works through its items (`check`'s cases): on a terminal,
+    "label [bar] 12/80 item" on one line; nothing in pipes. Yields update(done, total, item)."""
+    if not live():
+        yield lambda done, total, item: None
+        return
+    columns = _bar_columns()
+    bars = Progress(*columns, console=console, transient=True)
+    task = bars.add_task(label, total=1, info="")
+
+    def update(done: int, total: int, item: str) -> None:
+        description, info = _fit_bar(columns[1], console.width, label, f"{done}/{total} {item}")
+        bars.update(task, completed=done, total=max(1, total), description=description, info=info)
+
+    with bars:
+        yield update

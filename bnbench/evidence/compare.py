@@ -310,17 +310,27 @@ def add_baseline(
         if not owner:
             raise UsageError(f"--baseline {baseline}: no such run or group; choose one of {', '.join(groups)}")
         baseline = owner[0]
+    from bnbench.evidence.claims import effect
+
     base = [summaries[r.name][f"final_{metric}"] for r in groups[baseline]]
-    deltas, pvalues = [], []
+    deltas, lows, highs, pvalues = [], [], [], []
     for name in groups_df["group"]:
         values = [summaries[r.name][f"final_{metric}"] for r in groups[name]]
         deltas.append(pd.Series(values).mean() - pd.Series(base).mean() if name != baseline else 0.0)
-        p = math.nan
+        p = low = high = math.nan
         if name != baseline and len(values) >= 2 and len(base) >= 2:
             p = welch_p(values, base)
+            finite, finite_base = [v for v in values if v == v], [v for v in base if v == v]
+            if len(finite) >= 2 and len(finite_base) >= 2:  # Welch's 95% interval of the difference of means
+                interval = effect(finite, finite_base, None, False)
+                low, high = interval.low, interval.high
+        lows.append(low)
+        highs.append(high)
         pvalues.append(p)
     out = groups_df.copy()
     out[f"delta_final_{metric}"] = deltas
+    out[f"delta_final_{metric}_ci95_low"] = lows
+    out[f"delta_final_{metric}_ci95_high"] = highs
     out["p_value"] = pvalues
     out.attrs["baseline"] = baseline
     return out
@@ -507,8 +517,20 @@ def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
     return f"{_num(float(mean), digits)} ± {_num(float(std), digits)}"
 
 
+def label(metric: str) -> str:
+    """A metrics.csv column as a person reads it, naming its split: test_acc -> test acc."""
+    return metric.replace("_", " ")
+
+
+def _delta(delta: float, low: float, high: float) -> str:
+    return f"{delta:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low == low and high == high else "")
+
+
 def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str, pd.DataFrame]]:
-    """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one)."""
+    """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one).
+    The answer comes last, where a terminal keeps it on screen: runs, per epoch, seed groups, the grid. Each
+    frame's attrs["drop_first"] names its incidental columns, hidden first on a narrow terminal; what the
+    user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
     if comp.keys:  # the config keys that differ between the runs
@@ -521,12 +543,12 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
             **described,
             "status": comp.runs["status"],
             "epochs": comp.runs["epochs"].map(str),
-            "final acc": comp.runs["final_test_acc"].map(_num),
-            "best acc (epoch)": [
+            "final test acc": comp.runs["final_test_acc"].map(_num),
+            "best test acc (epoch)": [
                 f"{_num(a)} ({int(e)})" if pd.notna(e) else "-"
                 for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)
             ],
-            "final loss": comp.runs["final_train_loss"].map(_num),
+            "final train loss": comp.runs["final_train_loss"].map(_num),
             f"epochs to {target}": [
                 str(int(e)) if pd.notna(e) else "not reached" for e in comp.runs["epochs_to_target"]
             ],
@@ -542,62 +564,72 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
             "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
         }
     )
-    tables = [("runs", "runs", runs)]
+    runs.attrs["drop_first"] = ["ex/s", "wall s", f"steps (examples) to {target}", "best test acc (epoch)",
+                                f"epochs to {target}", "epochs", "final train loss"]  # fmt: skip
+    side = comp.per_epoch.map(_num).reset_index()
+    side["epoch"] = side["epoch"].map(str)
+    tables = [("runs", "runs", runs), ("epochs", f"{comp.metric} per epoch", side.fillna("-"))]
     if len(comp.groups) and ((comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups"):
-        groups = pd.DataFrame(
-            {
-                "group": comp.groups["group"],
-                "n": comp.groups["n"].map(str),
-                "final acc": [_mean_std(r, "final_test_acc") for _, r in comp.groups.iterrows()],
-                "best acc": [_mean_std(r, "best_test_acc") for _, r in comp.groups.iterrows()],
-                "final loss": [_mean_std(r, "final_train_loss") for _, r in comp.groups.iterrows()],
-                f"epochs to {target}": [
-                    f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
-                    for _, r in comp.groups.iterrows()
-                ],
-                "ex/s": [_mean_std(r, "examples_per_second", 0) for _, r in comp.groups.iterrows()],
-            }
-        )
-        if f"delta_final_{comp.metric}" in comp.groups:
-            groups[f"Δ final {comp.metric} vs {comp.baseline}"] = [
-                "baseline" if name == comp.baseline else f"{delta:+.4f}"
-                for name, delta in zip(comp.groups["group"], comp.groups[f"delta_final_{comp.metric}"], strict=True)
+        rows = [r for _, r in comp.groups.iterrows()]
+        groups = pd.DataFrame({"group": comp.groups["group"], "n": comp.groups["n"].map(str),
+                               "final test acc": [_mean_std(r, "final_test_acc") for r in rows]})  # fmt: skip
+        title = "seed groups (mean ± std over seeds)"
+        delta = f"delta_final_{comp.metric}"
+        if delta in comp.groups:
+            groups[f"Δ vs {comp.baseline} [95% CI]"] = [
+                "baseline"
+                if r["group"] == comp.baseline
+                else _delta(r[delta], r[f"{delta}_ci95_low"], r[f"{delta}_ci95_high"])  # fmt: skip
+                for r in rows
             ]
             groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
-        tables.append(("groups", "seed groups (mean ± std over seeds)", groups))
+            title = f"seed groups: mean ± std over seeds; Δ final {label(comp.metric)} vs {comp.baseline}, Welch p"
+        groups["best test acc"] = [_mean_std(r, "best_test_acc") for r in rows]
+        groups["final train loss"] = [_mean_std(r, "final_train_loss") for r in rows]
+        groups[f"epochs to {target}"] = [
+            f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)" for r in rows
+        ]
+        groups["ex/s"] = [_mean_std(r, "examples_per_second", 0) for r in rows]
+        groups.attrs["drop_first"] = ["ex/s", f"epochs to {target}", "best test acc", "final train loss",
+                                      "final test acc", "n"]  # fmt: skip
+        tables.append(("groups", title, groups))
     if comp.pivot is not None:
         pivot, by = comp.pivot_keys
         title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
         if comp.baseline is not None:
             title += f"; Δ and Welch p against {comp.baseline} in the same row"
         tables.append(("pivot", title, pivot_display(comp)))
-    side = comp.per_epoch.map(_num).reset_index()
-    side["epoch"] = side["epoch"].map(str)
-    tables.append(("epochs", f"{comp.metric} per epoch", side.fillna("-")))
     if which == "pivot" and comp.pivot is None:
         raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
     return [(title, frame) for kind, title, frame in tables if which in (None, kind)]
 
 
-def footnotes(comp: Comparison) -> list[str]:
+def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
+    """Notes under the tables, each about a column on screen (`shown`: the column names displayed; None:
+    every column, as in markdown)."""
+
+    def on_screen(prefix: str) -> bool:
+        return shown is None or any(column.startswith(prefix) for column in shown)
+
     notes = []
-    if comp.target is not None and comp.target_is_default:
-        notes.append(f"target {comp.target:g}: the lowest final test_acc of the completed runs (set it with --target)")
-    elif comp.target is None and comp.targets:
+    about_target = on_screen("epochs to ") or on_screen("steps (examples) to ")
+    lowest = "the lowest final test acc of the completed runs that learned (above 0.2)"
+    if about_target and comp.target is not None and comp.target_is_default:
+        notes.append(f"target {comp.target:g}: {lowest} (set it with --target)")
+    elif about_target and comp.target is None and comp.targets:
         per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
-        notes.append(
-            f"targets per dataset: {per}" + (" (the lowest final test_acc there)" if comp.target_is_default else "")
-        )
-    if comp.baseline is not None and comp.pivot is None:
-        notes.append(f"p: {TEST_NAME} on the final {comp.metric}, each group against {comp.baseline}")
+        notes.append(f"targets per dataset: {per}" + (f" ({lowest} there)" if comp.target_is_default else ""))
+    if comp.baseline is not None and comp.pivot is None and (on_screen("p (Welch)") or on_screen("Δ vs ")):
+        notes.append(f"Δ: mean final {label(comp.metric)} minus {comp.baseline}'s, 95% Welch interval; p: Welch's "
+                     "t-test, two-sided")  # fmt: skip
         base = comp.groups[comp.groups["group"] == comp.baseline] if len(comp.groups) else comp.groups
         if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
-            notes.append(f"warning: the baseline {comp.baseline} never left chance (final test_acc "
+            notes.append(f"warning: the baseline {comp.baseline} never left chance (final test acc "
                          f"{base['final_test_acc_mean'].iloc[0]:.4f}); a difference from it says little")  # fmt: skip
     left_out = comp.groups.attrs.get("left_out", [])
     if left_out:
         notes.append(f"not in the seed groups (not completed): {', '.join(left_out)}")
-    if comp.target_is_default and comp.targets and all(t is None for t in comp.targets.values()):
+    if about_target and comp.target_is_default and comp.targets and all(t is None for t in comp.targets.values()):
         notes.append("no epochs-to-target: no completed run left chance (set one with --target)")
     return notes
 

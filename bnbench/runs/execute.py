@@ -6,7 +6,9 @@ model.pt and checkpoint.pt are written to a temporary file and renamed over the 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import platform
 import shutil
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,8 +74,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.device, data_dir: Path) -> RunDir:
-    """Write a new run's config, empty CSVs and meta.json into `path` (created and locked by the caller)."""
+def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.device, data_dir: Path,
+               invocation: dict | None = None) -> RunDir:  # fmt: skip
+    """Write a new run's config, empty CSVs and meta.json into `path` (created and locked by the caller);
+    `invocation` ({key, id}) ties it to the `bnbench run` command that started it (see `plan_continuation`)."""
     atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for schema in trainer.records:
         schema.create(path)
@@ -100,6 +105,8 @@ def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.devic
         error=None,
         hostname=socket.gethostname(),
         pid=os.getpid(),
+        threads=torch.get_num_threads(),  # torch's intra-op threads: the numbers can depend on them
+        **({"invocation": invocation} if invocation else {}),
     )
     return run
 
@@ -303,6 +310,7 @@ class Job:
     path: Path | None = None  # an exact run directory (resumes, sweeps); None: claim out_dir/run_name[-k]
     resume: bool = False
     lock: RunLock | None = None  # taken while planning a resume, so no second writer slips in
+    invocation: dict | None = None  # the `bnbench run` command it belongs to ({key, id}), kept in meta.json
 
 
 @dataclass
@@ -322,18 +330,116 @@ class RunResult:
 
 def plan_jobs(configs: list[Path], overrides: list[str], seeds: list[int] | None) -> list[Job]:
     """Validate every config before anything runs, so a typo in the last one costs nothing."""
-    from bnbench.runs.study import is_study_file
+    from bnbench.runs.study import run_configs
 
     jobs = []
-    for path in configs:
-        if is_study_file(path):
-            raise UsageError(f"{path} is a study (a grid of runs): run it with `bnbench sweep {path}`")
-        cfg = load_config(path, overrides)
+    for path, cfg in zip(configs, run_configs(configs, overrides), strict=True):
         if seeds is None:
             jobs.append(Job(cfg, cfg.name, str(path)))
         else:
             jobs += [Job(cfg.with_seed(s), f"{cfg.name}-s{s}", str(path)) for s in seeds]
     return jobs
+
+
+DEFAULT_THREADS = 1
+
+
+def job_threads(option: int | None) -> int:
+    """The torch threads of one run: `--threads-per-job`, else 1, whether the run is alone (`run`) or one of
+    several (`sweep`, `--jobs`, a shard). One default everywhere gives the same numbers for the same config
+    and seed from every command (a matrix product's rounding depends on how it is split over threads), and
+    one thread does not collapse when other work shares the cores: with 2 threads on 2 busy cores, OpenMP's
+    threads wait on each other and an epoch took 10x longer than with one."""
+    return option or DEFAULT_THREADS
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset or a cgroup), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Step:
+    """What a `bnbench run` will do with one of its jobs: start (in `where`), resume `where`, or skip it."""
+
+    action: str  # start, resume, skip
+    job: Job
+    where: Path
+    why: str = ""
+
+
+def invocation_key(jobs: list[Job]) -> str:
+    """The identity of a `bnbench run` command: its run names and resolved configs, in order."""
+    blob = json.dumps([[job.run_name, job.cfg.to_dict()] for job in jobs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _free_dir(out_dir: Path, name: str, taken: set[Path]) -> Path:
+    """Where `claim_run_dir` would put a new run named `name` (nothing is created)."""
+    for k in range(1, 10_000):
+        path = out_dir / (name if k == 1 else f"{name}-{k}")
+        if not path.exists() and path not in taken:
+            return path
+    raise UsageError(f"{out_dir}: too many runs named {name}")
+
+
+def plan_continuation(jobs: list[Job], out_dir: Path) -> list[Step]:
+    """A re-typed `bnbench run` continues what the same command started, as `sweep` does: when the last
+    invocation of this exact command (same run names and configs, in `out_dir`) did not finish, its
+    interrupted runs resume, its completed, diverged or failed ones are skipped and the runs it never
+    started start. When it finished (or there is none), every job starts in a new folder, as before: a
+    command typed again after it completed is a new set of runs, and another config under a taken name
+    gets `<name>-2`. Every job gets the invocation ({key, id}) to record in its meta.json."""
+    key = invocation_key(jobs)
+    earlier: dict[str, list[tuple[Path, dict]]] = {}
+    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        if not is_run_dir(path):
+            continue
+        try:
+            meta = read_meta(path)
+        except (OSError, ValueError):
+            continue
+        mark = meta.get("invocation")
+        if isinstance(mark, dict) and mark.get("key") == key and isinstance(mark.get("id"), str):
+            earlier.setdefault(mark["id"], []).append((path, meta))
+    last_id = max(earlier, key=lambda i: max(str(m.get("started_at")) for _, m in earlier[i]), default=None)
+    unclaimed = list(earlier.get(last_id, []))
+    matched: list[tuple[Path, dict] | None] = []
+    for job in jobs:  # each job's run in the last invocation, matched by its config (seeds differ)
+        wanted = json.loads(json.dumps(job.cfg.to_dict(), default=str))  # as meta.json keeps it
+        found = next((r for r in unclaimed if r[1].get("config") == wanted), None)
+        if found is not None:
+            unclaimed.remove(found)
+        matched.append(found)
+
+    def resumable(meta: dict) -> bool:
+        status = meta.get("status")
+        return status == "interrupted" or (status == "running" and not is_alive(meta))
+
+    unfinished = last_id is not None and any(m is None or resumable(m[1]) for m in matched)
+    invocation = {"key": key, "id": last_id if unfinished else uuid.uuid4().hex[:12]}
+    steps: list[Step] = []
+    taken: set[Path] = set()
+    for job, found in zip(jobs, matched, strict=True):
+        job.invocation = invocation
+        if not unfinished or found is None:
+            where = _free_dir(out_dir, job.run_name, taken)
+            taken.add(where)
+            steps.append(Step("start", job, where))
+            continue
+        path, meta = found
+        status = meta.get("status")
+        if resumable(meta):
+            steps.append(Step("resume", Job(job.cfg, path.name, job.source, path=path, resume=True,
+                                            invocation=invocation), path))  # fmt: skip
+        elif status == "running":
+            steps.append(Step("skip", job, path, f"running in pid {meta.get('pid')}"))
+        else:
+            steps.append(Step("skip", job, path, f"already {status}"))
+    return steps
 
 
 def plan_resume(path: Path, config: Path | None, overrides: list[str]) -> Job:
@@ -460,7 +566,7 @@ def run_job(
             try:
                 for stale in ("checkpoint.pt", "model.pt"):  # bnbench's own files from a run that never recorded
                     (path / stale).unlink(missing_ok=True)
-                run, first_epoch = create_run(job.cfg, path, trainer, device, root), 1
+                run, first_epoch = create_run(job.cfg, path, trainer, device, root, job.invocation), 1
             except BaseException:  # e.g. a full disk: no half-created run directory stays behind
                 if job.path is None:
                     shutil.rmtree(path, ignore_errors=True)
@@ -497,10 +603,13 @@ def run_jobs(
     out_dir: Path,
     make_reporter: Callable[[str, int], Reporter],
     on_loading: Callable[[str], None] = lambda message: None,
+    threads: int | None = None,
 ) -> tuple[list[RunResult], int]:
-    """Check every job's data, device and output folder, then run the jobs one after another."""
+    """Check every job's data, device and output folder, then run the jobs one after another with
+    `job_threads(threads)` torch threads."""
     device = pick_device(device_option)
     check_precision((job.cfg.train.precision for job in jobs), device)  # float16 is CUDA's only
+    torch.set_num_threads(job_threads(threads))
     root = data_root(jobs, data_dir)
     check_jobs(jobs, root)
     if any(not job.resume for job in jobs):

@@ -439,3 +439,14 @@ def study_differences(saved: Study, wanted: Study) -> list[str]:
 
 def dump_study(study: Study) -> str:
     return yaml.safe_dump(study.to_dict(), sort_keys=False)
+
+
+def run_configs(configs: list[Path], overrides: list[str]) -> list[RunConfig]:
+    """Every config of a `bnbench run`, validated with its overrides before anything runs (and before torch
+    is imported: a typo costs well under a second); a study file is refused with the command that runs it."""
+    loaded = []
+    for path in configs:
+        if is_study_file(path):
+            raise UsageError(f"{path} is a study (a grid of runs): run it with `bnbench sweep {path}`")
+        loaded.append(load_config(path, overrides))
+    return loaded

@@ -390,7 +390,9 @@ def run_ray(
 
 def default_jobs(device_option: str) -> int:
     """One job per core on a CPU; one on an accelerator unless --jobs asks for more."""
-    return 1 if device_option in ("cuda", "mps") else max(1, os.cpu_count() or 1)
+    from bnbench.runs.execute import usable_cores
+
+    return 1 if device_option in ("cuda", "mps") else usable_cores()
 
 
 @dataclass(frozen=True)
@@ -400,7 +402,7 @@ class Engine:
     device: str = "auto"
     data_dir: Path | None = None
     jobs: int | None = None  # None: default_jobs(device)
-    threads_per_job: int | None = None  # None: cores / jobs, at least 1
+    threads_per_job: int | None = None  # None: runs.execute.job_threads (1)
     backend: str = "local"  # local | ray
     address: str | None = None
     cpus_per_run: float = 1.0
@@ -452,12 +454,12 @@ def execute(
 ) -> tuple[list, int]:
     """Run every job (checked by `prepare`); return the results and the exit code: 0 when every run
     completed or diverged, 1 when any failed, 130 when the sweep was stopped."""
-    from bnbench.runs.execute import EXIT_FAILED, EXIT_INTERRUPTED
+    from bnbench.runs.execute import EXIT_FAILED, EXIT_INTERRUPTED, job_threads
 
     check_writable(out_dir)
     root, out_dir = root.resolve(), out_dir.resolve()  # workers, and Ray nodes, get absolute paths
     workers = engine.jobs or default_jobs(engine.device)
-    threads = engine.threads_per_job or max(1, (os.cpu_count() or 1) // workers)
+    threads = job_threads(engine.threads_per_job)  # as `run` alone: the same numbers from any --jobs
     stopped = False
     if not jobs:
         results = []

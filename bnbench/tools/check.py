@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -389,10 +390,12 @@ def run_check(
     width: int | None = None,
     wide: bool = False,
     plugin: tuple[str, str] | None = None,
+    on_case: Callable[[int, int, str], None] | None = None,
 ) -> tuple[list, int]:
     """The whole check as Rich renderables and the number of failed rows: one row per family of cases
     (the worst difference over the family), or, with `every_case`, one row per case and quantity. With
-    `plugin` (spec, reference), that norm's cases against the reference, and its contract rows."""
+    `plugin` (spec, reference), that norm's cases against the reference, and its contract rows.
+    `on_case(done, total, name)` is told before each case (a progress bar)."""
     from rich.text import Text
 
     from bnbench.evidence.tables import fitted
@@ -406,7 +409,10 @@ def run_check(
     header += ([] if every_case else ["reference", "cases"]) + list(columns)
     rows: dict[tuple[str, str], tuple[int, dict[str, float], int]] = {}
     kind_of: dict[tuple[str, str], str] = {}
-    for case in plugin_cases(*plugin) if plugin else cases():
+    todo = list(plugin_cases(*plugin) if plugin else cases())
+    for done, case in enumerate(todo):
+        if on_case is not None:
+            on_case(done, len(todo), case.name)
         try:
             diffs = compare_case(case, dtype, device)
         except Exception:  # noqa: BLE001 - a plugin that cannot even load the reference's state fails its row

@@ -9,7 +9,6 @@ longest first. Diagnostics and precise statistics are not timed: the estimate is
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -88,11 +87,12 @@ def makespan(durations: list[float], workers: int) -> float:
 
 def estimate_wall_seconds(jobs: list, engine: Engine, folder: Path | None) -> tuple[float, str]:
     """(seconds, how the figure was made) for `jobs` (runs.Job) under `engine`."""
+    from bnbench.runs.execute import job_threads
     from bnbench.runs.rundir import read_meta
     from bnbench.training.train import pick_device
 
     workers = min(engine.jobs or default_jobs(engine.device), len(jobs))
-    threads = engine.threads_per_job or max(1, (os.cpu_count() or 1) // workers)
+    threads = job_threads(engine.threads_per_job)
     recorded = recorded_epoch_seconds(folder)
     measured: dict[str, float] = {}
     device = pick_device(engine.device)

@@ -225,3 +225,94 @@ def test_the_command_list_says_whole_sentences(cli):
     for line in listed:  # one line per command, ending its sentence: nothing cut mid-way
         assert line.rstrip("│ ").endswith("."), line
     assert "where to check" in cli("check", "--help").stdout.lower()
+
+
+@pytest.fixture(scope="module")
+def quickstart_runs(tmp_path_factory) -> Path:
+    """The Quickstart's first command (3 seeds of mlp_none and mlp_bn, 3 epochs) on tiny synthetic data."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("quickstart")
+    subprocess.run(
+        [sys.executable, "-m", "bnbench", "run", "mlp_none", "mlp_bn", "--seeds", "0,1,2", "--epochs", "3",
+         "--set", "data.dataset=synthetic", "--set", "data.train_subset=512"],
+        cwd=folder, check=True, capture_output=True,
+    )  # fmt: skip
+    return folder
+
+
+DELTA_CELL = re.compile(r"[+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]")
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_the_quickstart_compare_answer_is_on_one_screen(quickstart_runs, columns):
+    session = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none", quickstart_runs, columns)
+    assert session.code == 0, session.text
+    screen = session.screen[-29:]  # what a 30-line terminal still shows, above the prompt
+    text = "\n".join(screen)
+    header = next(line for line in screen if "Δ vs mlp_none [95% CI]" in line)
+    assert "p (Welch)" in header and "group" in header and (columns < 100 or "final test acc" in header)
+    bn = next(line for line in screen if line.startswith("│ mlp_bn "))
+    assert DELTA_CELL.search(bn) and re.search(r"│ +(\d\.\d+(e-\d+)?|-) │", bn)  # Δ [CI] and p
+    if columns >= 100:  # mean ± std beside it
+        assert re.search(r"\d\.\d{4} ± \d\.\d{4}", bn)
+    hidden = [line for line in screen if "hidden to fit" in line]  # only incidental columns were hidden
+    assert hidden and not any("Δ" in line or "p (Welch)" in line for line in hidden)
+    assert "Welch" in text.split("└", 1)[-1]  # the footer under the tables says what Δ and p are
+    for line in session.screen:
+        if line.startswith(("┃", "│")):
+            assert line.endswith(("┃", "│")), line
+
+
+def test_wide_draws_every_column_whole_however_narrow_the_terminal(quickstart_runs):
+    session = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none --wide", quickstart_runs, 60)
+    assert session.code == 0, session.text
+    text = "".join(session.screen)  # the terminal wraps the wide lines: read them joined
+    assert "…" not in text and "hidden to fit" not in text
+    for column in ("ex/s", "wall s", "p (Welch)", "Δ vs mlp_none [95% CI]", "steps (examples) to"):
+        assert column in text
+    assert DELTA_CELL.search(text)
+
+
+def test_footers_describe_only_columns_on_screen(quickstart_runs):
+    narrow = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none", quickstart_runs, 100)
+    wide = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none --wide", quickstart_runs, 100)
+    shown_target = any(re.search(r"┃.*epochs to", line) for line in narrow.screen)
+    assert ("target " in narrow.text) == shown_target
+    assert "target " in wide.text and "completed runs that learned (above 0.2)" in wide.text
+
+
+@pytest.fixture(scope="module")
+def claimed_study(tmp_path_factory) -> Path:
+    """A user's own study file with a claim, swept once (piped)."""
+    import subprocess
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("claimed")
+    write_config(folder / "base.yaml", train={"epochs": 1})
+    claim = {"id": "bn_ends_higher", "says": "BN ends with a higher test accuracy than no norm",
+             "compare": {"norm.kind": "scratch"}, "against": {"norm.kind": "none"},
+             "metric": {"column": "test_acc", "at": "final"}, "expect": "greater"}  # fmt: skip
+    study = {"name": "mine", "base": "base.yaml", "matrix": {"norm.kind": ["none", "scratch"]}, "seeds": "0-1",
+             "claims": [claim]}  # fmt: skip
+    (folder / "mine.yaml").write_text(yaml.safe_dump(study))
+    subprocess.run([sys.executable, "-m", "bnbench", "sweep", "mine.yaml", "--jobs", "1"], cwd=folder, check=True,
+                   capture_output=True)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_report_shows_the_verdicts_then_the_path(claimed_study, columns):
+    session = in_terminal(bnbench("report", "runs/mine", "--out", f"report{columns}"), claimed_study, columns)
+    assert session.code == 0, session.text
+    row = next(line for line in session.screen if line.startswith("│ bn_ends_higher"))
+    assert re.search(r"│ (supported|contradicted|inconclusive) +│", row)
+    assert re.search(r"[-+]?\d\.\d{4} \[[-+]?\d\.\d{4}, [-+]?\d\.\d{4}\]", row)  # effect [95% CI]
+    assert "1 claims:" in session.text or "1 claim" in session.text
+    assert session.screen[-1] == f"report: report{columns}/README.md"  # the path comes last
+    for line in session.screen:
+        if line.startswith(("┃", "│")):
+            assert line.endswith(("┃", "│")), line
+    text = (claimed_study / f"report{columns}/README.md").read_text()
+    assert f"regenerate: `bnbench report runs/mine --out report{columns}`" in text and "make results" not in text

@@ -409,3 +409,39 @@ def test_a_full_disk_at_the_start_leaves_no_run_directory(tmp_path, cli, monkeyp
     assert result.exit_code == 1 and "No space left on device" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_the_same_run_command_typed_again_after_ctrl_c_continues(tmp_path):
+    config, out = _slow_config(tmp_path, epochs=8), tmp_path / "runs"
+    seeds = ("--seeds", "0,1,2")
+    proc = _start(config, out, *seeds)
+    _wait_for_epochs(out / "long-s0", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "type it again: bnbench run" in stderr and "--seeds 0,1,2" in stderr
+    stopped = json.loads((out / "long-s0/meta.json").read_text())
+    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs_completed"] < 8
+
+    def again(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "bnbench", "run", str(config), "--out-dir", str(out), "--device", "cpu", *seeds]
+        return subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=300)
+
+    dry = again("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"resume  long-s0  ->  {out / 'long-s0'}" in dry.stdout
+    assert f"start   long-s2  ->  {out / 'long-s2'}" in dry.stdout and "long-s0-2" not in dry.stdout
+    assert not (out / "long-s2").exists()  # a dry run creates nothing
+    done = again()
+    assert done.returncode == 0, done.stderr
+    assert "long-s0: writing" in done.stdout and "resuming from epoch" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["long-s0", "long-s1", "long-s2"]  # no long-s0-2
+    for name in ("long-s0", "long-s1", "long-s2"):
+        meta = json.loads((out / name / "meta.json").read_text())
+        assert meta["status"] == "completed" and meta["epochs_completed"] == 8
+        assert len((out / name / "metrics.csv").read_text().splitlines()) == 9  # one row per epoch, none twice
+    other = subprocess.run(
+        [sys.executable, "-m", "bnbench", "run", str(config), "--out-dir", str(out), "--seeds", "0", "--set",
+         "train.lr=0.2", "--dry-run"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert f"start   long-s0  ->  {out / 'long-s0-2'}" in other.stdout  # another config: a new folder

@@ -249,3 +249,30 @@ def test_a_study_and_runs_saved_before_a_key_existed_still_match(tmp_path, cli):
     again = cli("sweep", study, "--out-dir", out, "--jobs", "1")
     assert again.exit_code == 0, again.output
     assert "1 to run, 3 skipped" in again.stdout
+
+
+def test_run_and_sweep_with_any_jobs_give_the_same_numbers_with_the_same_threads(tmp_path):
+    """Same config and seed, same numbers: `run`, `sweep --jobs 1` and `sweep --jobs 2` train with one
+    default thread count (recorded in meta.json) and write identical metrics."""
+    config = write_config(tmp_path / "c.yaml", model={"hidden": [64, 64]}, data={"train_subset": 512})
+
+    def bnbench(*args: object) -> None:
+        done = subprocess.run([sys.executable, "-m", "bnbench", *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    bnbench("run", config, "--seeds", "0,1", "--out-dir", tmp_path / "run")
+    for jobs in ("1", "2"):
+        bnbench("sweep", config, "--grid", "norm.kind=scratch", "--seeds", "0,1", "--jobs", jobs, "--out-dir",
+                tmp_path / f"jobs{jobs}")  # fmt: skip
+    bnbench("run", config, "--seed", "0", "--threads-per-job", "2", "--out-dir", tmp_path / "two")
+    alone = _metrics(tmp_path / "run")
+    for jobs in ("1", "2"):
+        swept = _metrics(tmp_path / f"jobs{jobs}/c")
+        assert len(swept) == 2
+        for seed in (0, 1):
+            (name,) = [n for n in swept if n.endswith(f"-s{seed}")]
+            pd.testing.assert_frame_equal(swept[name], alone[f"c-s{seed}"])
+    threads = {json.loads(p.read_text())["threads"] for p in tmp_path.glob("jobs*/c/*/meta.json")}
+    threads |= {json.loads(p.read_text())["threads"] for p in (tmp_path / "run").glob("*/meta.json")}
+    assert threads == {1}
+    assert json.loads((tmp_path / "two/c/meta.json").read_text())["threads"] == 2  # honoured for a single run
