@@ -34,13 +34,16 @@ clean:
 STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size \
 	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only
 RESULTS_RUNS ?= runs
-export BNBENCH_DATA_DIR ?= ../shared/data
+# The real datasets for the evidence, passed explicitly; every other target (`make run`) uses the CLI's
+# default: $BNBENCH_DATA_DIR if set, else ./data (git-ignored; downloaded on first use).
+RESULTS_DATA_DIR ?= ../shared/data
 
 results: studies report
 
 studies: install
 	@for s in $(STUDIES); do \
-		$(BIN)/bnbench sweep configs/studies/$$s.yaml --jobs auto --out-dir $(RESULTS_RUNS); code=$$?; \
+		$(BIN)/bnbench sweep configs/studies/$$s.yaml --jobs auto --out-dir $(RESULTS_RUNS) \
+			--data-dir $(RESULTS_DATA_DIR); code=$$?; \
 		if [ $$code -ge 2 ]; then exit $$code; fi; \
 	done
 

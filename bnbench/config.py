@@ -84,6 +84,7 @@ class TrainConfig:
     lr: float = field(default=1.0, metadata=_range(0.0, open_low=True))
     momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    norm_weight_decay: float | None = field(default=None, metadata=_range(0.0))  # the norms' γ/β; None: weight_decay
     init: Literal["default", "xavier", "kaiming"] = "xavier"
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy seeds no more
     log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
@@ -439,6 +440,36 @@ def check_keys(raw: Any, keys: tuple[str, ...], where: str, expected: str = "") 
     if unknown:
         raise UsageError(f"{where}: {unknown[0]}: unknown key (valid keys: {', '.join(keys)})")
     return raw
+
+
+def convention_warnings(configs: typing.Iterable[RunConfig]) -> list[str]:
+    """Momentum values that read like another framework's convention, one line per kind of mistake over all
+    `configs` (nothing is changed: the runs train as configured). PyTorch's update is
+    running = (1 - momentum) * running + momentum * batch; TF/Keras write the weight of the old value
+    (0.9, 0.99), so their 0.99 is PyTorch's 0.01. Only for norms whose eval mode uses running statistics."""
+    frozen, fast = set(), set()
+    for cfg in configs:
+        nc = cfg.norm
+        if nc.kind not in BATCH_STATISTICS_KINDS or not nc.track_running_stats or cfg.train.precise_bn:
+            continue
+        if nc.momentum == 0:
+            frozen.add(nc.momentum)
+        elif nc.momentum is not None and nc.momentum > 0.5:
+            fast.add(nc.momentum)
+    lines = []
+    convention = "PyTorch's convention: running = (1 - momentum) * running + momentum * batch"
+    if frozen:
+        lines.append(
+            f"norm.momentum 0: the running statistics stay at their initial 0 and 1, and eval mode normalizes with "
+            f"them ({convention}; TF/Keras' momentum 0.99 is PyTorch's 0.01, the default 0.1)"
+        )
+    if fast:
+        shown = ", ".join(f"{m:g}" for m in sorted(fast))
+        lines.append(
+            f"norm.momentum {shown}: the running statistics follow the last batch or two ({convention}; "
+            f"TF/Keras' {shown} would be PyTorch's {', '.join(f'{1 - m:.2g}' for m in sorted(fast))})"
+        )
+    return lines
 
 
 def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:

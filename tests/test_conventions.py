@@ -184,3 +184,29 @@ def test_piped_tables_are_as_wide_as_they_need(tmp_path, cli):
     assert cli("run", config, "--out-dir", tmp_path / "runs").exit_code == 0
     result = cli("compare", tmp_path / "runs")
     assert result.exit_code == 0 and any(long in line and len(line) > 160 for line in result.stdout.splitlines())
+
+
+def test_momentum_from_another_frameworks_convention_is_one_warning_and_the_run_is_unchanged(tmp_path, cli):
+    """norm.momentum 0 (running statistics frozen at 0/1) and > 0.5 (Keras' 0.9/0.99 copied over): one warning
+    line naming PyTorch's convention each; the runs train exactly as configured (training never reads the
+    running statistics, so the training curves equal the default momentum's)."""
+    config = write_config(tmp_path / "c.yaml", norm={"kind": "torch"}, train={"epochs": 1})
+    out = tmp_path / "runs"
+    results = {}
+    for name, momentum in (("default", 0.1), ("zero", 0), ("keras", 0.99)):
+        results[name] = cli("run", config, "--set", f"norm.momentum={momentum}", "--name", name, "--out-dir", out)
+        assert results[name].exit_code == 0, results[name].output
+    assert "warning" not in results["default"].stderr
+    for name, says in (("zero", "norm.momentum 0: the running statistics stay at their initial 0 and 1"),
+                       ("keras", "norm.momentum 0.99: the running statistics follow the last batch")):  # fmt: skip
+        warnings = [line for line in results[name].stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and says in warnings[0] and "PyTorch's convention" in warnings[0], warnings
+        meta, metrics, _ = read_run(out / name)
+        assert meta["status"] == "completed"
+        assert (
+            yaml.safe_load((out / name / "config.yaml").read_text())["norm"]["momentum"] == float(name != "zero") * 0.99
+        )
+        assert metrics["train_loss"].tolist() == read_run(out / "default")[1]["train_loss"].tolist()
+    assert read_run(out / "zero")[1]["test_loss"].iloc[-1] != read_run(out / "default")[1]["test_loss"].iloc[-1]
+    grid = cli("sweep", config, "--grid", "norm.momentum=0.9,0.99,0.1", "--out-dir", out, "--dry-run")
+    assert grid.exit_code == 0 and grid.stderr.count("warning:") == 1 and "norm.momentum 0.9, 0.99:" in grid.stderr

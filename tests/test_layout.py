@@ -41,9 +41,12 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]  # fmt: skip
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:  # relative: from ..cli import display inside bnbench/nn/models.py
+                package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                source = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names = [f"{source}.{a.name}" if f"{source}.{a.name}" in known else source for a in node.names]
         found.update(n for n in names if n in known and n != module and n != "bnbench")
     return found
 
@@ -94,6 +97,7 @@ def test_the_checks_catch_a_planted_upward_import_and_circle(tmp_path, monkeypat
     (pkg / "config.py").write_text("from bnbench.nn import norms\n")  # the ground importing a layer above it
     (pkg / "nn" / "norms.py").write_text("def f():\n    from bnbench.evidence import compare\n")
     (pkg / "evidence" / "compare.py").write_text("import bnbench.nn.norms\n")
+    (pkg / "nn" / "models.py").write_text("def f():\n    from ..evidence import compare\n")  # relative
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     edges = graph()
     assert edges["bnbench.config"] == {"bnbench.nn.norms"}
@@ -102,6 +106,7 @@ def test_the_checks_catch_a_planted_upward_import_and_circle(tmp_path, monkeypat
     with_upward = [(a, b) for a, t in edges.items() for b in t if layer_of(b) > layer_of(a)]
     assert ("bnbench.nn.norms", "bnbench.evidence.compare") in with_upward
     assert ("bnbench.config", "bnbench.nn.norms") in with_upward
+    assert ("bnbench.nn.models", "bnbench.evidence.compare") in with_upward
 
 
 def test_the_documented_import_paths_still_import():

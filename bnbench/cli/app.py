@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from bnbench.cli import display
-from bnbench.config import shorten
+from bnbench.config import convention_warnings, shorten
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine
 
@@ -37,6 +38,26 @@ def Flag(*names: str, **options: Any) -> Any:
     return typer.Option(*names, metavar="", **options)
 
 
+def _flag_help(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""  # a flag takes no value: no `<bool>` beside -h/--help
+    return option
+
+
+class _Command(TyperCommand):
+    """A command whose help shows no `<bool>` beside -h/--help either (Click's `get_help_option` hook)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _flag_help(super().get_help_option(ctx))
+
+
+class _Group(TyperGroup):
+    """The same for the groups (`bnbench -h`, `bnbench config -h`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _flag_help(super().get_help_option(ctx))
+
+
 def _command_line_error(exc: typer.TyperException) -> str:
     """Click's usage errors (a bad value, an unknown option, a missing argument: exit code 2) as one line,
     pointing at the command's help or at the command where a misplaced option lives."""
@@ -48,6 +69,7 @@ def _command_line_error(exc: typer.TyperException) -> str:
 
 
 app = typer.Typer(
+    cls=_Group,
     help="What does Batch Normalization do to training? Run experiments from YAML configs and compare them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -192,7 +214,7 @@ def _report_results(results: list) -> None:
             display.note(f"to continue: bnbench run --resume {result.path}")
 
 
-@app.command(short_help="Train from YAML configs: one run per config and seed.")
+@app.command(cls=_Command, short_help="Train from YAML configs: one run per config and seed.")
 def run(
     configs: Annotated[
         Optional[list[Path]], typer.Argument(help="YAML config files or shipped config names, one run each.")
@@ -245,6 +267,8 @@ def run(
             if not configs:
                 raise UsageError("no config given: bnbench run CONFIG.yaml [CONFIG.yaml ...] (bnbench config list)")
             planned = plan_jobs(configs, overrides, seed_list)
+        for line in convention_warnings(job.cfg for job in planned):
+            display.warn(line)
         if dry_run:
             for job in planned:
                 where = job.path or out_dir / job.run_name
@@ -275,7 +299,7 @@ def _run_engine(jobs: list, engine: Engine, out_dir: Path, root: Optional[Path] 
         return execute(jobs, engine, out_dir, root, shown.result, shown.progress if shown.live else None)
 
 
-@app.command(short_help="Run a study (a grid x seeds) in parallel, resumably.")
+@app.command(cls=_Command, short_help="Run a study (a grid x seeds) in parallel, resumably.")
 def sweep(
     study: Annotated[
         Path,
@@ -324,6 +348,8 @@ def sweep(
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
         plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None, shard=part)
         total = len(plan.jobs) + len(plan.skipped)
+        for line in convention_warnings(job.cfg for job in plan.jobs):
+            display.warn(line)
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
@@ -380,11 +406,13 @@ def _sweep_summary(plan, results: list) -> None:
         display.say(f"every run and epoch: bnbench compare {plan.folder}", style="dim")
 
 
-config_app = typer.Typer(help="List the shipped configs and studies; show one resolved.", no_args_is_help=True)
+config_app = typer.Typer(
+    cls=_Group, help="List the shipped configs and studies; show one resolved.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("list")
+@config_app.command("list", cls=_Command)
 def config_list(wide: WideOption = False) -> None:
     """The configs and studies shipped with bnbench: `bnbench run NAME` and `bnbench sweep NAME` find them
     from any folder.
@@ -412,7 +440,7 @@ def config_list(wide: WideOption = False) -> None:
         display.show_table(f"shipped studies ({len(rows)}): bnbench sweep NAME", header, rows, wide)
 
 
-@config_app.command("show")
+@config_app.command("show", cls=_Command)
 def config_show(
     config: Annotated[Path, typer.Argument(help="A config file, or a shipped config's name (lenet_bn).")],
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.lr=0.5.")] = [],
@@ -431,7 +459,7 @@ def config_show(
         sys.stdout.write(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
 
 
-@app.command("ls", short_help="One line per run: status, epochs, accuracy, age.")
+@app.command("ls", cls=_Command, short_help="One line per run: status, epochs, accuracy, age.")
 def list_runs(
     folder: Annotated[Path, typer.Argument(help="A folder of runs (searched two levels down: studies too).")] = Path(
         "runs"
@@ -464,7 +492,7 @@ def list_runs(
         display.show_table(f"{len(rows)} runs in {folder}", header, cells, wide)
 
 
-@app.command(short_help="Compare runs: tables, seed groups, tests, plots.")
+@app.command(cls=_Command, short_help="Compare runs: tables, seed groups, tests, plots.")
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
     metric: Annotated[str, typer.Option(help="metrics.csv column for the per-epoch table and the test.")] = "test_acc",
@@ -520,7 +548,7 @@ def compare(
             _write_figure("--plot", plot, runs, diagnostics)
 
 
-@app.command(short_help="Write the evidence report of one or more studies.")
+@app.command(cls=_Command, short_help="Write the evidence report of one or more studies.")
 def report(
     studies: Annotated[list[Path], typer.Argument(help="Study folders written by `bnbench sweep` (runs/<study>).")],
     out: Annotated[
@@ -550,7 +578,7 @@ class ExportTarget(str, Enum):
     mlflow = "mlflow"
 
 
-@app.command(short_help="Export runs to TensorBoard or MLflow.")
+@app.command(cls=_Command, short_help="Export runs to TensorBoard or MLflow.")
 def export(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding them (studies).")],
     to: Annotated[ExportTarget, typer.Option("--to", help="The tracker.")],
@@ -581,7 +609,7 @@ def export(
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
-            exp.to_mlflow(runs, tracking_uri, experiment)
+            exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
             display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
 
 
@@ -623,7 +651,7 @@ def _write_figure(
     display.note(f"figure written to {path}")
 
 
-@app.command(short_help="Plot training curves, or what the norm did inside.")
+@app.command(cls=_Command, short_help="Plot training curves, or what the norm did inside.")
 def plot(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding run directories.")],
     out: Annotated[Path, typer.Option(help="Figure file: .png, .svg or .pdf.")],
@@ -650,7 +678,7 @@ def plot(
         _write_figure("--out", out, runs, diagnostics, layer, dpi)
 
 
-@app.command(short_help="Prove each hand-written norm equals its reference.")
+@app.command(cls=_Command, short_help="Prove each hand-written norm equals its reference.")
 def check(
     device: Annotated[Device, typer.Option(help="Where to check (auto: cuda, then mps, then cpu).")] = Device.auto,
     dtype: Annotated[Dtype, typer.Option(help="Precision of the comparison.")] = Dtype.float64,
@@ -697,7 +725,7 @@ def check(
             raise typer.Exit(1)
 
 
-@app.command(short_help="Throughput against the tutorials' loop, per norm.")
+@app.command(cls=_Command, short_help="Throughput against the tutorials' loop, per norm.")
 def bench(
     device: Annotated[Device, typer.Option(help="Where to benchmark (auto: cuda, then mps, then cpu).")] = Device.auto,
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "mlp,convnet,lenet",
@@ -777,7 +805,9 @@ def main(args: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as exc:  # Click's ClickException and its UsageError (exit code 2)
-        display.error(_command_line_error(exc) if exc.exit_code == 2 else exc.format_message())
+        message = _command_line_error(exc) if exc.exit_code == 2 else exc.format_message()
+        if exc.format_message():  # no arguments: Click has shown the help, with nothing to add
+            display.error(message)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

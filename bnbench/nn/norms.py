@@ -165,7 +165,11 @@ class BatchNorm(nn.Module):
 class GhostBatchNorm(BatchNorm):
     """Ghost Batch Normalization (Hoffer et al. 2017): in training, each run of `virtual_batch_size`
     examples is normalized with its own statistics and updates the running statistics once, in
-    order; exactly nn.BatchNorm applied to each virtual batch in turn. Eval mode is BatchNorm's."""
+    order; exactly nn.BatchNorm applied to each virtual batch in turn. Eval mode is BatchNorm's.
+    Virtual batches are a training device: with `whole_batch` set (by `batch_stats_eval`) each batch is
+    normalized whole with its own statistics, as nn.BatchNorm would."""
+
+    whole_batch: bool = False
 
     def __init__(self, num_features: int, virtual_batch_size: int = 32, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
@@ -175,7 +179,7 @@ class GhostBatchNorm(BatchNorm):
         return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.shape[0] <= self.virtual_batch_size:
+        if not self.training or self.whole_batch or x.shape[0] <= self.virtual_batch_size:
             return super().forward(x)
         chunks = list(x.split(self.virtual_batch_size))
         if chunks[-1].shape[0] == 1:  # one example has no batch statistics: it joins the previous chunk
@@ -470,16 +474,23 @@ class batch_stats_eval:
 
     Puts every BN layer in training mode with track_running_stats off, which both nn.BatchNorm
     and `BatchNorm` read as "use batch statistics, update nothing"; restores both flags after.
+    Ghost BN normalizes each batch whole here (`GhostBatchNorm.whole_batch`), not in virtual batches.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [m for m in model.modules() if is_batch_norm(m)]
+        self.ghosts = [m for m in self.layers if isinstance(m, GhostBatchNorm)]
 
     def __enter__(self) -> None:
         self.saved = [(m.training, m.track_running_stats) for m in self.layers]
         for m in self.layers:
             m.training, m.track_running_stats = True, False
+        self.saved_whole = [m.whole_batch for m in self.ghosts]
+        for m in self.ghosts:
+            m.whole_batch = True
 
     def __exit__(self, *exc: object) -> None:
         for m, (training, track) in zip(self.layers, self.saved, strict=True):
             m.training, m.track_running_stats = training, track
+        for m, whole in zip(self.ghosts, self.saved_whole, strict=True):
+            m.whole_batch = whole

@@ -139,6 +139,7 @@ class Study:
             return f"--set {text}" if self.source == "--grid" else f"{self.source or self.name}: set {text}"
 
         planned, seen = [], set()
+        resolved_cells: dict[str, tuple[str, dict]] = {}  # resolved config -> the first cell with it
         for combination in itertools.product(*(values for _, values in self.matrix)):
             values = {}
             for (key, _), value in zip(self.matrix, combination, strict=True):
@@ -159,6 +160,17 @@ class Study:
                 cfg = load_config(None, fixed + cell_overrides, base=base, named=named)
             except UsageError as exc:
                 raise UsageError(f"study {self.name}, cell {cell}: {exc}") from None
+            resolved = repr(sorted(flat(cfg.to_dict()).items(), key=lambda item: item[0]))
+            if resolved in resolved_cells:  # 1e-5 and 0.00001: two spellings, one run (and its seeds pooled twice)
+                other, other_values = resolved_cells[resolved]
+                differ = [k for k in values if other_values.get(k) != values[k]] or list(values)
+                first, second = (" ".join(_override(k, vals[k]) for k in differ) for vals in (other_values, values))
+                where = "--grid" if self.source == "--grid" else f"{self.source or self.name}: matrix"
+                raise UsageError(
+                    f"study {self.name}: cells {other} and {cell} are one run ({where} {first} and {second} "
+                    "resolve to the same config); give each value once"
+                )
+            resolved_cells[resolved] = (cell, values)
             for seed in self.seeds:
                 planned.append(PlannedRun(f"{cell}-s{seed}", cfg.with_seed(seed).with_name(f"{cell}-s{seed}"), cell))
         return planned
@@ -269,13 +281,17 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
     name = raw.get("name", path.stem if not path.is_dir() else path.name)
     check_folder_name(name, f"{source}: name")
     fixed = dict(_fixed(raw.get("set"), source))
+    matrix = _matrix(raw.get("matrix"), source)
+    if not path.is_dir():  # a saved study re-runs as it was saved
+        _check_fixed(matrix, list(fixed), f"{source}: set")
     for text in extra:
         keys, value = parse_override(text)
+        _check_fixed(matrix, [".".join(keys)], f"--set {shorten(text)}")
         fixed[".".join(keys)] = value
     question = raw.get("question", "")
     if not isinstance(question, str):
         raise UsageError(f"{source}: question: expected one line of text")
-    study = Study(name, base, _matrix(raw.get("matrix"), source), parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
+    study = Study(name, base, matrix, parse_seeds(raw.get("seeds", 0), f"{source}: seeds"),
                   tuple(fixed.items()), source=str(path if not path.is_dir() else path / STUDY_FILE),
                   claims=parse_claims(raw.get("claims"), source), question=question.strip(),
                   published=parse_published(raw.get("published"), source),
@@ -336,29 +352,69 @@ def study_from_options(config: Path, grid: list[str], seeds: str | None, name: s
     matrix = []
     for text in grid:
         key, sep, values = text.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        keys = [k.strip() for k in key.split(",")]
+        key = ",".join(keys)
+        if not sep or not all(keys) or not values.strip():
             raise UsageError(f"--grid {text}: expected dotted.key=value1,value2 (e.g. --grid train.lr=0.1,1)")
-        parse_override(f"{key.strip()}=0", f"--grid {text}")  # the key exists (values are checked per cell)
+        for k in keys:
+            parse_override(f"{k}=0", f"--grid {text}")  # the key exists (values are checked per cell)
         source = f"--grid {shorten(text)}"
         if values.strip().startswith("["):
             parsed = parse_yaml(values, source)
             items = parsed if isinstance(parsed, list) else [parsed]
+            spellings = [_override(key, v).partition("=")[2] for v in items]
+        elif len(keys) > 1:  # keys that vary together: one list per cell, as in a study file's matrix
+            raise UsageError(
+                f"--grid {shorten(text)}: keys that vary together take a YAML list with one list per cell, e.g. "
+                f"--grid '{key}=[[{', '.join('...' for _ in keys)}], [{', '.join('...' for _ in keys)}]]'"
+            )
         else:
+            spellings = [v.strip() for v in values.split(",")]
             items = [parse_yaml(v, source) for v in values.split(",")]
-        if key.strip() in dict(matrix):
-            raise UsageError(f"--grid {text}: {key.strip()} is already a --grid key; give its values in one --grid")
-        if key.strip() == "train.seed":
+        if set(keys) & {k for known, _ in matrix for k in known.split(",")}:
+            raise UsageError(f"--grid {text}: {key} is already a --grid key; give its values in one --grid")
+        if "train.seed" in keys:
             raise UsageError(f"--grid {text}: seeds are not a grid key; use --seeds {values.strip()}")
-        matrix.append((key.strip(), list(items)))
+        if len(keys) == 1:
+            _check_spellings(key, items, spellings, base, source)
+        matrix.append((key, list(items)))
     fixed = []
     for text in sets:
         keys, value = parse_override(text)
+        _check_fixed(matrix, [".".join(keys)], f"--set {shorten(text)}")
         fixed.append((".".join(keys), value))
     seed_list = parse_seeds(seeds if seeds is not None else "0", "--seeds")
     study = Study(name or base.name, base.to_dict(), _matrix(dict(matrix), "--grid"), seed_list, tuple(fixed),
                   source="--grid")  # fmt: skip
     check_folder_name(study.name, "--name")
     return study
+
+
+def _check_fixed(matrix: list | tuple, keys: list[str], source: str) -> None:
+    """A fixed override of a key the matrix varies would be silently lost (each cell's value wins): one line."""
+    varied = {k for key, _ in matrix for k in key.split(",")}
+    for key in keys:
+        if key in varied:
+            raise UsageError(
+                f"{source}: {key} varies in the matrix (each cell's value wins); give its values in one place"
+            )
+
+
+def _check_spellings(key: str, items: list, spellings: list[str], base: RunConfig, source: str) -> None:
+    """Two spellings of one value in a --grid (1e-5 and 0.00001) would plan one run twice and pool its seeds
+    twice: one line naming both. Values that do not validate alone are left to the per-cell check."""
+    first: dict[str, str] = {}
+    for item, spelled in zip(items, spellings, strict=True):
+        try:
+            resolved = flat(load_config(None, [_override(key, item)], base=base).to_dict()).get(key, item)
+        except UsageError:
+            continue
+        if repr(resolved) in first and first[repr(resolved)] != spelled:
+            raise UsageError(
+                f"{source}: {first[repr(resolved)]} and {spelled} are the same value ({format_value(resolved)}); "
+                "give it once"
+            )
+        first.setdefault(repr(resolved), spelled)
 
 
 def has_control(name: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from bnbench.errors import UsageError
@@ -67,6 +68,29 @@ def hyperparameters(run: Run) -> dict[str, object]:
             for k, v in flat(run.config).items() if v is not None}  # fmt: skip
 
 
+def mlflow_params(run: Run, limit: int) -> tuple[dict[str, str], list[str]]:
+    """The hyperparameters as MLflow params, each whole up to `limit` characters (MLflow's
+    MAX_PARAM_VAL_LENGTH); a longer one ends in "…" within the limit. Returns (params, the keys cut)."""
+    params, cut = {}, []
+    for key, value in hyperparameters(run).items():
+        text = str(value)
+        if len(text) > limit:
+            text, cut = text[: limit - 1] + "…", [*cut, key]
+        params[key] = text
+    return params, cut
+
+
+def mlflow_param_limit() -> int:
+    """The longest param value the installed MLflow accepts (its MAX_PARAM_VAL_LENGTH: 6,000 characters in
+    MLflow 3; 500, the old limit, where the constant is not found). A remote server of another version may
+    accept less: it then refuses the batch with its own error."""
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+    except ImportError:
+        return 500
+    return int(MAX_PARAM_VAL_LENGTH)
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value) or isinstance(value, int)
 
@@ -109,8 +133,11 @@ def _artifacts_beside(tracking_uri: str) -> str | None:
     return (database.resolve().parent / "mlartifacts").as_uri()
 
 
-def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str) -> dict[str, str]:
-    """Runs as MLflow runs (children of their study's parent run); returns run name -> MLflow run id."""
+def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
+              warn: Callable[[str], None] = lambda message: None) -> dict[str, str]:  # fmt: skip
+    """Runs as MLflow runs (children of their study's parent run); returns run name -> MLflow run id.
+    A param longer than MLflow's limit is cut and marked ("…", tag bnbench.cut_params), with one `warn`
+    per key; the full resolved config is the run's config.yaml artifact."""
     import logging
 
     import mlflow
@@ -128,19 +155,28 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str) -> dict[str, 
         experiment_id = found.experiment_id
     parents: dict[Path, str] = {}
     ids = {}
+    limit, warned = mlflow_param_limit(), set()
     for run in runs:
         study = run.path.parent if (run.path.parent / STUDY_FILE).is_file() else None
         tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status}
         if study is not None:
             if study not in parents:
-                parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.runs.study": str(study)})
+                parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": str(study)})
                 client.log_artifact(parent.info.run_id, str(study / STUDY_FILE))
                 client.set_terminated(parent.info.run_id)
                 parents[study] = parent.info.run_id
             tags["mlflow.parentRunId"] = parents[study]
         child = client.create_run(experiment_id, run_name=run.name, tags=tags, start_time=int(_start(run) * 1000))
         run_id = child.info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in hyperparameters(run).items()]
+        values, cut = mlflow_params(run, limit)
+        params = [Param(k, v) for k, v in values.items()]
+        for key in cut:
+            if key not in warned:
+                warned.add(key)
+                warn(f"{key}: longer than MLflow's {limit:,} characters, cut and marked '…' (tag bnbench.cut_params); "
+                     "the full config is each run's config.yaml artifact")  # fmt: skip
+        if cut:
+            client.set_tag(run_id, "bnbench.cut_params", ",".join(cut))
         metrics = []
         for i, when in enumerate(epoch_times(run)):
             epoch = int(run.table["epoch"][i])

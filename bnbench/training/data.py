@@ -106,13 +106,18 @@ def torchvision_class(dataset: str) -> type:
 
 
 def _try_download(dataset: str, root: Path) -> None:
-    """Let torchvision download the files; if that fails, remove whatever the attempt created."""
+    """Let torchvision download the files; if that fails, remove whatever the attempt created: every folder
+    it made (up to the outermost missing one above the data directory) and every new file in raw/."""
     import shutil
     import socket
 
     cls = torchvision_class(dataset)
-    created = next((p for p in (root, root / FOLDERS[dataset]) if not p.exists()), None)
     raw = root / FOLDERS[dataset] / "raw"
+    created = None  # the outermost folder the download will create (`../shared` for ../shared/data), if any
+    for folder in (raw.absolute(), *raw.absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        created = folder
     before = set(raw.iterdir()) if raw.is_dir() else set()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # no network must fail quickly, not hang

@@ -4,7 +4,7 @@
     model: {name: my_norms:tiny_mlp}
 
 Run from the folder holding this file (bnbench also looks there), or put it on PYTHONPATH, or install
-it in a package that registers the names (entry-point groups `bnbench.nn.norms` / `bnbench.nn.models`).
+it in a package that registers the names (entry-point groups `bnbench.norms` / `bnbench.models`).
 """
 
 from __future__ import annotations

@@ -125,3 +125,51 @@ def test_a_study_file_with_a_duplicated_key_is_refused(tmp_path):
     study.write_text("base: base.yaml\nseeds: 0-2\nseeds: 3\n")
     with pytest.raises(UsageError, match="duplicate key 'seeds'"):
         load_study(study)
+
+
+def test_two_spellings_of_one_value_are_refused_naming_both(tmp_path, cli):
+    """1e-5 (a string to YAML, a float once validated) and 0.00001 are one run: planning both would train it
+    twice and pool each seed twice in one group. Refused in one line, in a --grid and in a study file."""
+    base = write_config(tmp_path / "base.yaml", norm={"kind": "torch"})
+    out = tmp_path / "runs"
+    grid = cli("sweep", base, "--grid", "norm.eps=1e-5,0.00001,1e-3", "--seeds", "0-1", "--out-dir", out)
+    assert grid.exit_code == 2 and len(grid.stderr.splitlines()) == 1, grid.output
+    assert "1e-5 and 0.00001 are the same value" in grid.stderr
+    listed = cli("sweep", base, "--grid", "norm.eps=[1e-5, 0.00001]", "--out-dir", out)
+    assert listed.exit_code == 2 and "are the same value" in listed.stderr
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"base": "base.yaml", "matrix": {"norm.eps": ["1e-5", 1e-5], "train.lr": [0.1]}}))
+    matrix = cli("sweep", study, "--out-dir", out, "--dry-run")
+    assert matrix.exit_code == 2 and len(matrix.stderr.splitlines()) == 1, matrix.output
+    assert "cells eps=1e-5,lr=0.1 and eps=1e-05,lr=0.1 are one run" in matrix.stderr
+    assert "norm.eps=1e-5 and norm.eps=1.0e-05" in matrix.stderr
+    assert not out.exists()
+    distinct = cli("sweep", base, "--grid", "norm.eps=1e-5,1e-3", "--seeds", "0-1", "--out-dir", out, "--dry-run")
+    assert distinct.exit_code == 0 and "4 runs" in distinct.output
+
+
+def test_a_fixed_override_of_a_matrix_key_is_refused(tmp_path, cli):
+    """--set of a key the grid varies would be lost silently (each cell's value wins)."""
+    base = write_config(tmp_path / "base.yaml", norm={"kind": "torch"})
+    result = cli("sweep", base, "--grid", "norm.eps=1e-3,1e-4", "--set", "norm.eps=1e-4", "--dry-run")
+    assert result.exit_code == 2 and "--set norm.eps=1e-4: norm.eps varies in the matrix" in result.stderr
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"base": "base.yaml", "matrix": {"norm.eps": [1e-3, 1e-4]}}))
+    result = cli("sweep", study, "--set", "norm.eps=1e-4", "--dry-run")
+    assert result.exit_code == 2 and "norm.eps varies in the matrix" in result.stderr
+
+
+def test_grid_keys_that_vary_together(tmp_path, cli):
+    """Comma-joined keys, as in a study file's matrix: one list per cell; the flat form is one clear line."""
+    base = write_config(tmp_path / "base.yaml")
+    out = tmp_path / "runs"
+    joined = "norm.kind,norm.virtual_batch_size=[[ghost, 8], [ghost, 16]]"
+    result = cli("sweep", base, "--grid", joined, "--grid", "train.lr=0.1,0.2", "--out-dir", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "kind=ghost,virtual_batch_size=16,lr=0.2-s0" in result.output and "4 runs" in result.output
+    flat_form = cli("sweep", base, "--grid", "norm.kind,norm.virtual_batch_size=ghost,16", "--dry-run")
+    assert flat_form.exit_code == 2 and len(flat_form.stderr.splitlines()) == 1
+    assert "keys that vary together take a YAML list with one list per cell" in flat_form.stderr
+    assert "did you mean" not in flat_form.stderr
+    typo = cli("sweep", base, "--grid", "norm.kind,norm.virtul=[[ghost, 8]]", "--dry-run")
+    assert typo.exit_code == 2 and "'norm.virtul': unknown key" in typo.stderr

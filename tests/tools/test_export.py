@@ -102,3 +102,43 @@ def test_a_missing_extra_is_one_line_naming_it(study, tmp_path, cli, monkeypatch
     result = cli("export", study, "--to", target, "--out", tmp_path / "tb", "--tracking-uri", "sqlite:///x.db")
     assert result.exit_code == 2 and f"pip install 'bnbench[{extra}]'" in result.stderr
     assert not (tmp_path / "tb").exists()
+
+
+def test_mlflow_params_are_whole_up_to_mlflows_limit_and_a_cut_is_marked(tmp_path, cli, monkeypatch):
+    """Two MLPs with 170 and 180 hidden layers of width 8: model.hidden is over 500 characters and must reach
+    MLflow whole (MLflow 3 takes 6,000), so the runs differ there. Under a lower limit the value is cut,
+    ends in "…", is tagged, and one warning names the key (once for both runs)."""
+    import mlflow.utils.validation
+    from mlflow.tracking import MlflowClient
+
+    config = write_config(tmp_path / "deep.yaml", norm={"kind": "none"}, data={"train_subset": 64},
+                          train={"epochs": 1, "batch_size": 64})  # fmt: skip
+    out = tmp_path / "runs"
+    for depth in (170, 180):
+        hidden = "model.hidden=[" + ",".join(["8"] * depth) + "]"
+        result = cli("run", config, "--set", hidden, "--name", f"d{depth}", "--out-dir", out, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+
+    def exported(uri: str) -> tuple[dict, object]:
+        result = cli("export", out, "--to", "mlflow", "--tracking-uri", uri)
+        assert result.exit_code == 0, result.stderr
+        client = MlflowClient(uri)
+        found = client.search_runs([client.get_experiment_by_name("bnbench").experiment_id])
+        return {r.info.run_name: r for r in found}, result
+
+    runs, result = exported(f"sqlite:///{tmp_path / 'whole.db'}")
+    for depth in (170, 180):
+        value = runs[f"d{depth}"].data.params["model.hidden"]
+        assert value == str([8] * depth) and len(value) > 500
+        assert "bnbench.cut_params" not in runs[f"d{depth}"].data.tags
+    assert "warning" not in result.stderr
+
+    monkeypatch.setattr(mlflow.utils.validation, "MAX_PARAM_VAL_LENGTH", 300)
+    runs, result = exported(f"sqlite:///{tmp_path / 'cut.db'}")
+    for name in ("d170", "d180"):
+        value = runs[name].data.params["model.hidden"]
+        assert len(value) == 300 and value.endswith("…") and value.startswith("[8, 8")
+        assert runs[name].data.tags["bnbench.cut_params"] == "model.hidden"
+        assert runs[name].data.params["norm.kind"] == "none"
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "model.hidden" in warnings[0] and "config.yaml" in warnings[0]

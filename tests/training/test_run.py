@@ -216,3 +216,51 @@ def test_eval_order_changes_only_what_batch_statistics_see():
     running = [r[0] for r in results.values()]
     assert running == pytest.approx([running[0]] * 3)  # running statistics: each example alone
     assert results["class_sorted"][1] != pytest.approx(results["shuffled"][1], abs=1e-3)  # one class per batch
+
+
+def test_ghost_batch_statistics_evaluation_normalizes_each_test_batch_whole(tmp_path, cli):
+    """Ghost BN with virtual_batch_size equal to the training batch is nn.BatchNorm; evaluated with batch
+    statistics it must see each eval batch whole (eval_batch_size), not split into virtual batches."""
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1, "eval_bn": "batch"})
+    runs = {
+        "torch": ["norm.kind=torch"],
+        "ghost": ["norm.kind=ghost", "norm.virtual_batch_size=32"],
+        "torch_eval32": ["norm.kind=torch", "train.eval_batch_size=32"],
+    }
+    for name, sets in runs.items():
+        args = [a for s in sets for a in ("--set", s)]
+        result = cli("run", config, *args, "--name", name, "--out-dir", tmp_path / "runs", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+    torch_bn, ghost, torch_32 = (read_run(tmp_path / "runs" / name)[1].iloc[-1] for name in runs)
+    assert ghost["train_loss"] == pytest.approx(torch_bn["train_loss"], abs=1e-6)
+    assert ghost["test_loss"] == pytest.approx(torch_bn["test_loss"], abs=1e-5)  # eval batches of 256, whole
+    assert ghost["test_acc"] == torch_bn["test_acc"]
+    assert ghost["test_loss"] != pytest.approx(torch_32["test_loss"], abs=1e-4)  # not batches of 32
+    assert ghost["test_acc_running_stats"] == torch_bn["test_acc_running_stats"]
+
+
+def test_norm_weight_decay_keeps_decay_off_the_norms_scale_and_shift(tmp_path, cli):
+    """train.weight_decay reaches every parameter (PyTorch's default), the norms' γ and β too;
+    train.norm_weight_decay: 0 leaves γ/β undecayed while the weights still decay."""
+    config = write_config(tmp_path / "c.yaml", norm={"kind": "torch"}, train={"epochs": 2, "lr": 0.1})
+    runs = {"plain": ["train.weight_decay=0"], "all": ["train.weight_decay=0.5"],
+            "weights": ["train.weight_decay=0.5", "train.norm_weight_decay=0"]}  # fmt: skip
+    models = {}
+    for name, sets in runs.items():
+        args = [a for s in sets for a in ("--set", s)]
+        result = cli("run", config, *args, "--name", name, "--out-dir", tmp_path / "runs", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        models[name] = torch.load(tmp_path / "runs" / name / "checkpoint.pt", weights_only=False)
+
+    def gamma(name: str) -> float:
+        return models[name]["model"]["norm1.norm.weight"].mean().item()
+
+    def weights(name: str) -> float:
+        return models[name]["model"]["fc1.weight"].norm().item()
+
+    assert gamma("all") < 0.7 * gamma("plain")  # decayed γ: 16 steps of (1 - 0.05)
+    assert gamma("weights") == pytest.approx(gamma("plain"), rel=0.05)  # γ not decayed
+    assert weights("weights") < 0.8 * weights("plain") and weights("all") < 0.8 * weights("plain")
+    groups = models["weights"]["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0] and len(groups[1]["params"]) == 2  # γ and β
+    assert len(models["all"]["optimizer"]["param_groups"]) == 1
