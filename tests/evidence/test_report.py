@@ -239,7 +239,8 @@ def test_a_users_own_study_file_with_claims_gets_verdicts(tmp_path, cli, mnist_d
         "figures": [{"plot": "curves", "x": "step", "columns": ["train_loss"]}],
         "claims": [
             {"id": "bn_helps", "says": "BN lowers the final train loss", "compare": {"norm.kind": "torch"},
-             "against": {"norm.kind": "none"}, "metric": {"column": "train_loss", "at": "final"}, "expect": "less", "margin": 0.01},
+             "against": {"norm.kind": "none"}, "metric": {"column": "train_loss", "at": "final"}, "expect": "less",
+             "margin": 0.01},
             {"id": "same_as_itself", "says": "no norm equals itself", "compare": {"norm.kind": "none"},
              "against": {"norm.kind": "none"}, "metric": {"column": "test_acc"}, "expect": "equivalent",
              "margin": 0.01},
