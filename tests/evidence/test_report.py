@@ -280,3 +280,20 @@ def test_bad_report_inputs_are_one_line_exit_2(tmp_path, cli):
 
 def test_metric_columns_fabricated_match_the_schema():
     assert set(METRIC_COLUMNS) <= set(metrics_schema(True, "running").columns)
+
+
+def test_the_readme_block_is_generated_from_the_report(full_report, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, text = full_report
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{module.BEGIN}\nhand-written, stale\n{module.END}\n\n## Commands\n")
+    module.main(out / "README.md", readme)
+    written = readme.read_text()
+    assert "hand-written" not in written and written.endswith("## Commands\n")
+    assert "findings (" in written and "bn_higher_final" in written
+    for name in REPORTED:
+        assert f"[{name}](docs/results/README.md#{name})" in written
