@@ -49,3 +49,4 @@ studies: install
 
 report: install
 	$(BIN)/bnbench report $(addprefix $(RESULTS_RUNS)/,$(STUDIES)) --out docs/results
+	$(BIN)/python scripts/readme_results.py docs/results/README.md README.md

@@ -492,12 +492,12 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             f"{nc.kind} normalizes with batch statistics, which need at least 2 examples per "
             f"{'micro-batch' if tc.accumulate > 1 else 'batch'}; got {tc.batch_size // tc.accumulate}",
         )
-    if batch_stats and tc.eval_batch_size < 2:
+    if batch_stats and tc.eval_batch_size < 2 and tc.eval_bn == "batch":  # running: the extra column stays empty
         raise ConfigError(
             source_of("train.eval_batch_size"),
             "train.eval_batch_size",
-            f"{nc.kind} runs evaluate with each test batch's statistics too (train.eval_bn: batch, or the "
-            "test_acc_batch_stats column), which need at least 2 examples",
+            f"{nc.kind} with train.eval_bn batch evaluates with each test batch's statistics, which need at least "
+            "2 examples",
         )
     if nc.kind == "renorm" and not nc.track_running_stats:
         raise ConfigError(
@@ -505,6 +505,20 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             "norm.track_running_stats",
             "renorm corrects batch statistics towards the running ones, so it needs them (true)",
         )
+    if nc.kind in BATCH_STATISTICS_KINDS and not nc.track_running_stats:
+        if tc.precise_bn:
+            raise ConfigError(
+                source_of("train.precise_bn"),
+                "train.precise_bn",
+                "norm.track_running_stats is false: there are no running statistics to make precise",
+            )
+        if tc.eval_bn == "running":
+            raise ConfigError(
+                source_of("train.eval_bn"),
+                "train.eval_bn",
+                "norm.track_running_stats is false: there are no running statistics, so evaluation uses each "
+                "test batch's own (as nn.BatchNorm does); say so with train.eval_bn: batch",
+            )
     if tc.trainable in ("norm", "norm_output", "random") and (nc.kind == "none" or not nc.affine):
         raise ConfigError(
             source_of("train.trainable"),

@@ -78,6 +78,20 @@ def test_each_model_has_a_config_per_norm_differing_only_in_norm_kind():
             "so it needs them (true)",
         ),
         (
+            {"norm": {"kind": "torch", "track_running_stats": False}, "train": {"precise_bn": 4}},
+            "train.precise_bn: norm.track_running_stats is false: there are no running statistics to make precise",
+        ),
+        (
+            {"norm": {"kind": "scratch", "track_running_stats": False}},
+            "train.eval_bn: norm.track_running_stats is false: there are no running statistics, so evaluation uses "
+            "each test batch's own (as nn.BatchNorm does); say so with train.eval_bn: batch",
+        ),
+        (
+            {"norm": {"kind": "torch"}, "train": {"eval_batch_size": 1, "eval_bn": "batch"}},
+            "train.eval_batch_size: torch with train.eval_bn batch evaluates with each test batch's statistics, "
+            "which need at least 2 examples",
+        ),
+        (
             {"norm": {"kind": "renorm", "backward": "manual"}},
             "norm.backward: renorm has no manual backward; use autograd",
         ),

@@ -162,7 +162,6 @@ DataDirOption = Annotated[
 
 @app.callback()
 def _options(
-    ctx: typer.Context,
     debug: Annotated[bool, Flag("--debug", help="Show tracebacks (or BNBENCH_DEBUG=1).")] = False,
     version: Annotated[
         bool, Flag("--version", callback=_version, is_eager=True, help="Print the version and exit.")

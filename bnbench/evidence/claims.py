@@ -43,29 +43,45 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bnbench.config import flat
+from bnbench.evidence.stats import ALPHA, Effect, effect, holm, one_per_seed, pair_by_seed
 from bnbench.runs.specs import Claim, Metric, Published, matches
 
-ALPHA = 0.05
-POWER = 0.80
 DIFFERENCE_CLAIMS = ("greater", "less", "different")  # tested against zero: the Holm family
 
 
 # --- measuring a run -------------------------------------------------------------------------------------
 
 
+CHANCE = 0.1  # accuracy of a guess among 10 classes: what a diverged run scores from its divergence on
+
+
+def worst(column: str) -> float:
+    """What a diverged run holds for a column from its divergence on: chance accuracy, infinite loss; NaN
+    for a quantity with no worst value (a diagnostic), which the claim then reports as not measured."""
+    if "acc" in column:
+        return CHANCE
+    if "loss" in column:
+        return math.inf
+    return math.nan
+
+
 def measure(run: Any, metric: Metric, against: bool = False) -> float:
-    """The metric of one run (compare.Run) from its metrics.csv, steps.csv or diagnostics.csv; NaN when it
-    cannot be read. `against`: the against arm's column where the metric names another one."""
+    """The metric of one run (compare.Run) from its metrics.csv, steps.csv or diagnostics.csv; NaN when the
+    run never reached the point the metric reads (never a neighbouring value). A diverged run counts as
+    diverged: from its divergence on it holds the worst value (`worst`). `against`: the against arm's
+    column where the metric names another one."""
     if against and metric.against_column is not None:
         metric = replace(metric, column=metric.against_column, against_column=None)
+    diverged = getattr(run, "status", "") == "diverged"
     if metric.layer is not None:
-        return _diagnostic(run, metric)
-    return _measure(run.table, run.step_table, metric)
+        return math.nan if diverged else _diagnostic(run, metric)
+    epochs = int(run.config.get("train", {}).get("epochs", 0) or 0)
+    return _measure(run.table, run.step_table, metric, worst(metric.column) if diverged else None, epochs)
 
 
 def _diagnostic(run: Any, metric: Metric) -> float:
     """A diagnostics.csv quantity of one norm position ("last": the deepest), at its last probes, or at
-    the last probe of an epoch or at or before a step."""
+    the last probe of an epoch or at or before a step the run reached."""
     d = run.diagnostics
     if d.empty:
         return math.nan
@@ -76,7 +92,8 @@ def _diagnostic(run: Any, metric: Metric) -> float:
     if metric.at_kind == "epoch":
         values = values[values["epoch"] == metric.at].tail(1)
     elif metric.at_kind == "step":
-        values = values[values["step"] <= metric.at].tail(1)
+        reached = bool(len(values)) and float(values["step"].max()) >= metric.at
+        values = values[values["step"] <= metric.at].tail(1) if reached else values.iloc[0:0]
     else:
         values = values.tail(metric.mean_of_last)
     if values.empty or (metric.at_kind == "final" and len(values) < metric.mean_of_last):
@@ -84,157 +101,61 @@ def _diagnostic(run: Any, metric: Metric) -> float:
     return float(values["value"].mean())
 
 
-def _measure(table: dict[str, list], step_table: dict[str, list], metric: Metric) -> float:
+def _measure(table: dict[str, list], step_table: dict[str, list], metric: Metric, worst_value: float | None,
+             epochs: int) -> float:  # fmt: skip
+    """`worst_value`: None for a run that did not diverge, else what it holds after its last recorded row."""
+    diverged = worst_value is not None
     if metric.steps_to is not None:
         source = step_table if metric.column in step_table else table
         index = "step" if source is step_table else "epoch"
         for position, value in zip(source.get(index, []), source.get(metric.column, []), strict=True):
             if value == value and value >= metric.steps_to:
                 return float(position)
-        return math.inf  # never reached: ranks last
-    values = table.get(metric.column, [])
+        return math.inf  # never reached (or diverged first): ranks last
+    if metric.column not in table and not (metric.at_kind == "step" and metric.column in step_table):
+        return math.nan
+    values = [v if v == v or not diverged else worst_value for v in table.get(metric.column, [])]
     if metric.auc:
-        finite = [v for v in values if v == v]
+        padded = values + [worst_value] * max(0, epochs - len(values)) if diverged else values
+        finite = [v for v in padded if v == v]
         return statistics.fmean(finite) if finite else math.nan
     if metric.at_kind == "final":
+        if diverged:
+            return worst_value
         tail = values[-metric.mean_of_last :]
         return statistics.fmean(tail) if len(tail) == metric.mean_of_last else math.nan
     if metric.at_kind == "epoch":
-        epochs = [int(e) for e in table.get("epoch", [])]
-        return values[epochs.index(metric.at)] if metric.at in epochs else math.nan
+        recorded = [int(e) for e in table.get("epoch", [])]
+        if metric.at in recorded:
+            return values[recorded.index(metric.at)]
+        return worst_value if diverged and metric.at <= epochs else math.nan
     steps = step_table.get("step", [])
     column = step_table.get(metric.column)
     if column is None:
         return math.nan
+    if not steps or max(steps) < metric.at:  # the run never got there
+        return worst_value if diverged else math.nan
     before = [v for s, v in zip(steps, column, strict=True) if s <= metric.at]
     return before[-1] if before else math.nan
 
 
-# --- statistics ------------------------------------------------------------------------------------------
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment (1979): the k-th smallest p times (m - k + 1), kept monotone, capped at 1.
-    NaN p-values (claims with no test) are left out of the family and stay NaN."""
-    indexed = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
-    m, running, adjusted = len(indexed), 0.0, [math.nan] * len(pvalues)
-    for rank, (p, i) in enumerate(indexed):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
-@dataclass
-class Effect:
-    n: int  # pairs, or the smaller arm when unpaired
-    paired: bool
-    estimate: float  # compare minus against
-    low: float  # 95% CI
-    high: float
-    p: float  # two-sided, for a difference
-    low90: float = math.nan  # 90% CI, for TOST
-    high90: float = math.nan
-    detectable: float = math.nan  # the smallest effect this design detects with 80% power
-    test: str = ""
-
-
-def effect(a: list[float], b: list[float], pairs: list[tuple[float, float]] | None, discrete: bool) -> Effect:
-    """The difference a - b: paired (a list of (a, b) per seed) or not; t-based for continuous measures,
-    rank-based p (Wilcoxon / Mann-Whitney) with a bootstrap CI for discrete ones (steps to a target)."""
-    from scipy import stats
-
-    if pairs is not None:
-        diffs = [x - y for x, y in pairs]
-        n = len(diffs)
-        estimate = statistics.fmean(diffs) if diffs else math.nan
-        if discrete:
-            p = _safe(lambda: stats.wilcoxon(diffs).pvalue) if any(diffs) else 1.0
-            low, high, low90, high90 = _bootstrap(diffs)
-            spread = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.nan
-            return Effect(n, True, estimate, low, high, p, low90, high90, _detectable(spread, n - 1), "Wilcoxon")
-        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.nan
-        dof = n - 1
-        if se == 0:  # every pair differs by the same amount (identical computations: by nothing)
-            p = 1.0 if estimate == 0 else 0.0
-        else:
-            p = _safe(lambda: stats.ttest_1samp(diffs, 0.0).pvalue)
-    else:
-        n = min(len(a), len(b))
-        estimate = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
-        if discrete:
-            p = _safe(lambda: stats.mannwhitneyu(a, b).pvalue)
-            low, high, low90, high90 = _bootstrap(a, b)
-            va, vb = (statistics.variance(x) if len(x) > 1 else math.nan for x in (a, b))
-            spread = math.sqrt(va / len(a) + vb / len(b))
-            return Effect(n, False, estimate, low, high, p, low90, high90, _detectable(spread, n - 1), "Mann-Whitney")
-        va, vb = (statistics.variance(x) if len(x) > 1 else math.nan for x in (a, b))
-        se = math.sqrt(va / len(a) + vb / len(b))
-        dof = (va / len(a) + vb / len(b)) ** 2 / (
-            (va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1)
-        ) if se else max(1, len(a) + len(b) - 2)  # fmt: skip
-        p = _safe(lambda: stats.ttest_ind(a, b, equal_var=False).pvalue) if se else (1.0 if estimate == 0 else 0.0)
-    if not (se == se) or dof < 1:
-        return Effect(n, pairs is not None, estimate, math.nan, math.nan, math.nan, test="too few seeds")
-    t95, t90 = stats.t.ppf(1 - ALPHA / 2, dof), stats.t.ppf(1 - ALPHA, dof)
-    return Effect(n, pairs is not None, estimate, estimate - t95 * se, estimate + t95 * se, float(p),
-                  estimate - t90 * se, estimate + t90 * se, _detectable(se, dof),
-                  "paired t" if pairs is not None else "Welch t")  # fmt: skip
-
-
-def _safe(compute) -> float:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(compute())
-        except ValueError:
-            return math.nan
-
-
-def _detectable(se: float, dof: float) -> float:
-    from scipy import stats
-
-    if not (se == se) or dof < 1:
-        return math.nan
-    return float((stats.t.ppf(1 - ALPHA / 2, dof) + stats.t.ppf(POWER, dof)) * se)
-
-
-def _bootstrap(a: list[float], b: list[float] | None = None, resamples: int = 4000) -> tuple[float, ...]:
-    """Percentile bootstrap of the mean (of a, or of a minus b): 95% and 90% intervals; seeded."""
-    import random
-
-    rng = random.Random(0)
-    finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731 - "never reached" has no mean
-    a = finite(a)
-    b = finite(b) if b is not None else None
-    if not a or (b is not None and not b):
-        return (math.nan,) * 4
-    means = []
-    for _ in range(resamples):
-        sample = statistics.fmean(rng.choices(a, k=len(a)))
-        means.append(sample - statistics.fmean(rng.choices(b, k=len(b))) if b is not None else sample)
-    means.sort()
-
-    def q(x: float) -> float:
-        return means[min(len(means) - 1, max(0, int(x * len(means))))]
-
-    return q(0.025), q(0.975), q(0.05), q(0.95)
+# --- verdicts --------------------------------------------------------------------------------------------
 
 
 def verdict(claim: Claim, e: Effect, adjusted_p: float) -> str:
-    """supported, contradicted or inconclusive (see the module's docstring)."""
+    """supported, contradicted or inconclusive (see the module's docstring). The interval that decides:
+    the 95% one for greater, less and not_worse, the 90% one for equivalent (TOST), both for different."""
     if not (e.low == e.low):
         return "inconclusive"
-    sign = -1.0 if claim.expect == "less" else 1.0
-    low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # in the claimed direction
+    m = claim.margin or 0.0
     if claim.expect in ("greater", "less"):
+        sign = -1.0 if claim.expect == "less" else 1.0
+        low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # in the claimed direction
+        if high < m:  # the CI rules out any effect of interest (in the direction claimed, or at all)
+            return "contradicted"
         if low > 0 and adjusted_p < ALPHA:
             return "supported"
-        if high < (claim.margin or 0.0):  # the CI rules out any effect (or one of the declared size)
-            return "contradicted"
         return "inconclusive"
-    m = claim.margin or 0.0
     if claim.expect == "different":
         if (e.low > m or e.high < -m) and adjusted_p < ALPHA:
             return "supported"
@@ -268,37 +189,64 @@ class Judged:
     n_against: int = 0
     note: str = ""
     arms: dict[str, list[float]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # seeds or runs left out, each with why
+    diverged: int = 0  # runs in the two arms that diverged (they count, at their worst value)
+
+
+def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[str], int]:
+    """One arm: seed -> measured value, one run per seed; what was left out and why; diverged runs."""
+    wanted = claim.compare if side == "compare" else claim.against
+    members = [r for r in runs if matches(flat(r.config), wanted)]
+    finished = [r for r in members if r.status in ("completed", "diverged")]
+    dropped = [f"{side} {r.name}: {r.status}" for r in members if r.status not in ("completed", "diverged")]
+    kept, repeated = one_per_seed(finished)
+    dropped += [f"{side} {note}" for note in repeated]
+    values: dict[Any, float] = {}
+    for seed, run in kept.items():
+        value = measure(run, claim.metric, against=side == "against")
+        if value == value:
+            values[seed] = value
+        else:
+            dropped.append(
+                f"{side} {run.name}: {claim.metric.describe()} not reached"
+                + (" (diverged; a diagnostic has no worst value)" if run.status == "diverged" else "")
+            )
+    return values, dropped, sum(r.status == "diverged" for r in kept.values())
 
 
 def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
-    """Every claim of one study over its finished runs (compare.Run): completed, and diverged ones with what
-    they recorded (leaving out the runs that diverged would hide the worst outcomes); Holm-adjusted as one family."""
-    completed = [r for r in runs if r.status in ("completed", "diverged")]
-    flats = [(r, flat(r.config)) for r in completed]
+    """Every claim of one study over its runs (compare.Run). The seed is the unit: one run per seed and arm
+    (the most recent of repeated ones), arms paired on the seeds they share (the others named, with why),
+    unpaired only when they share fewer than two. A diverged run counts at its worst value, with a rank test.
+    Holm-adjusted over the study's difference claims as one family."""
     judged: list[Judged] = []
+    family = sum(c.expect in DIFFERENCE_CLAIMS for c in claims)
     for claim in claims:
-        arm_a = [(f.get("train.seed"), measure(r, claim.metric)) for r, f in flats if matches(f, claim.compare)]
-        arm_b = [(f.get("train.seed"), measure(r, claim.metric, against=True)) for r, f in flats
-                 if matches(f, claim.against)]  # fmt: skip
-        a = [v for _, v in arm_a if v == v]
-        b = [v for _, v in arm_b if v == v]
-        item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b))
+        seeds_a, dropped_a, div_a = _arm(claim, runs, "compare")
+        seeds_b, dropped_b, div_b = _arm(claim, runs, "against")
+        a, b = list(seeds_a.values()), list(seeds_b.values())
+        item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b),
+                      dropped=dropped_a + dropped_b, diverged=div_a + div_b)  # fmt: skip
         judged.append(item)
         if len(a) < 2 or len(b) < 2:
-            item.note = f"needs at least 2 completed runs per arm (has {len(a)} and {len(b)})"
+            item.note = f"needs at least 2 measured runs per arm (has {len(a)} and {len(b)})"
             continue
-        seeds_a, seeds_b = dict(arm_a), dict(arm_b)
-        paired = len(seeds_a) == len(arm_a) and set(seeds_a) == set(seeds_b)  # one run per seed in each arm
-        pairs = [(seeds_a[s], seeds_b[s]) for s in sorted(seeds_a) if seeds_a[s] == seeds_a[s]
-                 and seeds_b[s] == seeds_b[s]] if paired else None  # fmt: skip
-        if claim.metric.discrete:  # "never reached" ranks last: a large finite stand-in keeps the ranks
-            cap = max([x for x in a + b if math.isfinite(x)] or [0.0]) * 2 + 1
+        pairs, unshared = pair_by_seed(seeds_a, seeds_b)
+        if len(pairs) >= 2:
+            item.dropped += [f"seed {s}: only in the {'compare' if s in seeds_a else 'against'} arm; unpaired"
+                             for s in unshared]  # fmt: skip
+        else:
+            pairs = None
+        rank_based = claim.metric.discrete or item.diverged > 0
+        values = [x for x in a + b if math.isfinite(x)]
+        if any(not math.isfinite(x) for x in a + b):  # never reached / diverged loss: ranks last, finitely
+            cap = (max(values) if values else 0.0) * 2 + 1
             a, b = [min(x, cap) for x in a], [min(x, cap) for x in b]
             pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
-        item.effect = effect(a, b, pairs, claim.metric.discrete)
+        item.effect = effect(a, b, pairs, rank_based, family if claim.expect in DIFFERENCE_CLAIMS else 1)
         item.arms = {"compare": a, "against": b}
-        if claim.metric.discrete and pairs is not None and len(pairs) <= 5:
-            item.note = f"a signed-rank test on {len(pairs)} pairs cannot reach p < {ALPHA}: at least 6 seeds"
+        if item.effect.rank_based and item.effect.low == -math.inf:
+            item.note = f"an exact rank test on {item.effect.n} seeds cannot reach p < {ALPHA}: more seeds needed"
     if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in DIFFERENCE_CLAIMS]:
         for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
             j.p_adjusted = adjusted

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bnbench.errors import UsageError
-from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, judge, matches
+from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, holm, judge, matches, verdict
 from bnbench.evidence.compare import Run, find_runs, flat
 from bnbench.evidence.figures import DRAW, FigureSpec, cell_label
 from bnbench.evidence.tables import is_numeric
@@ -219,11 +219,15 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
     lines = [
         "### Claims",
         "",
-        f"Effect = the first arm minus the second, mean over seeds (paired by seed where the arms share them), "
-        f"with its 95% confidence interval; p two-sided, Holm-adjusted over this study's {family} difference "
-        f"claims; supported needs the interval on the claimed side and adjusted p < {ALPHA}; equivalence by "
-        "TOST (the 90% interval within ±margin). An inconclusive row gives the smallest effect this design "
-        "detects with 80% power: a test that misses p < 0.05 is not evidence against a claim.",
+        f"Effect = the first arm minus the second over seeds, paired by seed on the seeds the arms share (mean "
+        f"difference, t interval; Hodges-Lehmann estimate with its exact interval where a rank test decides: steps "
+        f"to a target, a diverged run, or no spread), with the interval that decides: 95% for greater, less and "
+        f"not_worse, 90% (TOST) for equivalent. p two-sided, Holm-adjusted over this study's {family} difference "
+        f"claims; every difference claim names its smallest effect of interest (margin): supported needs the "
+        f"interval on the claimed side and adjusted p < {ALPHA}, contradicted that the interval lies below the "
+        "margin. An inconclusive difference row gives the smallest effect this design detects with 80% power at "
+        "the Holm level: a test that misses p < 0.05 is not evidence against a claim. Checks are true by "
+        "construction (the same computation two ways) and are counted apart from findings.",
         "",
     ]
     rows = []
@@ -232,25 +236,54 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
         digits = 0 if j.claim.metric.discrete else 4  # steps are counts
         detail = "" if e is None else f"{e.test}, n {e.n}{' pairs' if e.paired else ''}"
         detail = f"{detail}; {j.note}" if j.note else detail
-        if j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable:
+        if (j.verdict == "inconclusive" and e is not None and e.detectable == e.detectable
+                and j.claim.expect in ("greater", "less", "different")):  # fmt: skip
             detail += f"; detectable: ±{figure(e.detectable, digits)}"
         if j.claim.margin is not None:
             detail += f"; margin {j.claim.margin:g}"
+        if j.claim.kind == "check":
+            detail += "; a check (true by construction)"
+        if j.diverged:
+            detail += f"; {j.diverged} diverged run(s) counted at their worst value"
+        if j.dropped:
+            detail += "; left out: " + "; ".join(j.dropped)
         arms = f"{_arm(j.claim.compare)} vs {_arm(j.claim.against)}"
         means = " vs ".join(_mean(j.arms.get(side, []), digits) for side in ("compare", "against"))
         rows.append([f"**{j.claim.id}**: {j.claim.says}", arms, j.claim.metric.describe(), means, j.claim.expect,
                      effect_text(j), "–" if e is None else p_text(e.p), p_text(j.p_adjusted), VERDICT_MARKS[j.verdict],
                      detail.strip("; "), "; ".join(deviations(published, j.claim, runs)) or "none",
                      _cite(dict(j.claim.source)) or "–"])  # fmt: skip
-    header = ["claim", "arms", "metric", "means", "expect", "effect [95% CI]", "p", "Holm p", "verdict", "test",
+    header = ["claim", "arms", "metric", "means", "expect", "effect [CI]", "p", "Holm p", "verdict", "test",
               "deviations from the published setup", "source"]  # fmt: skip
     return lines + [table(header, rows), ""]
 
 
 def effect_text(j: Judged) -> str:
-    """`0.0356 [0.0302, 0.0411]`: the effect and its 95% interval (steps to a target: whole steps)."""
+    """`0.0356 [0.0302, 0.0411]`: the effect and the interval that decides its verdict, 95% (90% for an
+    equivalence claim, marked); steps to a target in whole steps."""
     e, digits = j.effect, 0 if j.claim.metric.discrete else 4
-    return "–" if e is None else f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
+    if e is None:
+        return "–"
+    if j.claim.expect == "equivalent":
+        return f"{figure(e.estimate, digits)} [{figure(e.low90, digits)}, {figure(e.high90, digits)}] (90%)"
+    return f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
+
+
+def headline(verdicts: list[Judged]) -> str:
+    """`N findings (a supported, ...), M checks (...)`: findings counted with Holm's correction over every
+    difference finding of the report (not only its study), checks apart."""
+    findings = [j for j in verdicts if j.claim.kind != "check"]
+    checks = [j for j in verdicts if j.claim.kind == "check"]
+    family = [j for j in findings if j.effect is not None and j.claim.expect in ("greater", "less", "different")]
+    wide = dict(zip(map(id, family), holm([j.effect.p for j in family]), strict=True))
+    overall = [verdict(j.claim, j.effect, wide.get(id(j), j.effect.p)) if j.effect is not None else j.verdict
+               for j in findings]  # fmt: skip
+
+    def counts(values: list[str]) -> str:
+        return ", ".join(f"{values.count(v)} {v}" for v in VERDICT_MARKS)
+
+    return (f"{len(findings)} findings ({counts(overall)}; Holm-corrected over the report's {len(family)} "
+            f"difference findings), {len(checks)} checks ({counts([j.verdict for j in checks])})")  # fmt: skip
 
 
 def _mean(values: list[float], digits: int) -> str:
@@ -376,7 +409,6 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
     versions = sorted({f"torch {r.meta.get('versions', {}).get('torch', '?')}" for r in all_runs})
     commits = sorted({str(r.meta.get("git_commit") or "?")[:10] for r in all_runs})
     total = sum(m for s in loaded if not math.isnan(m := wall_minutes(s.runs)))
-    counts = {v: sum(j.verdict == v for _, j in verdicts) for v in VERDICT_MARKS}
     lines = [
         "# Results: what Batch Normalization did on this data",
         "",
@@ -384,10 +416,11 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
         + ("; the shipped studies' full set: `make results`" if all(_shipped(s) for s in loaded) else "")
         + "). Each study file "
         "declares the claims it tests, their published source and setup; one engine judges every claim of every "
-        "study: the effect (first arm minus second, paired by seed where the arms share seeds) with its 95% "
-        f"confidence interval and Holm-adjusted p within the study. **supported**: the interval lies on the "
-        f"claimed side and adjusted p < {ALPHA}; **contradicted**: the interval rules the claimed effect out; "
-        "**inconclusive**: neither (with the smallest effect the design could detect).",
+        "study: the effect (first arm minus second, paired by seed on the seeds the arms share) with the interval "
+        f"that decides (95%; 90% for equivalence) and Holm-adjusted p within the study. **supported**: the "
+        f"interval lies on the claimed side and adjusted p < {ALPHA}; **contradicted**: the interval rules out "
+        "the smallest effect of interest (margin) every claim declares; **inconclusive**: neither (with the "
+        "smallest effect the design could detect). The counts below are corrected over the whole report.",
         "",
         f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
         f"Studies' wall time (first start to last end, summed): {total:.0f} min.",
@@ -408,10 +441,10 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
         "",
         "## Verdicts",
         "",
-        f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
+        headline([j for _, j in verdicts]) + ".",
         "",
         table(
-            ["study", "claim", "verdict", "effect [95% CI]", "Holm p", "deviations from the published setup"],
+            ["study", "claim", "verdict", "effect [CI]", "Holm p", "deviations from the published setup"],
             [
                 [
                     f"[{s.name}](#{s.name})",

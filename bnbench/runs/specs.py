@@ -14,7 +14,8 @@ from bnbench.config import check_keys, parse_override
 from bnbench.errors import UsageError
 
 EXPECTS = ("greater", "less", "equivalent", "not_worse", "different")
-CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin")
+CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin", "kind")
+KINDS = ("finding", "check")  # check: true by construction (hand-written = torch); counted apart
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Claim:
     expect: str
     margin: float | None = None
     source: tuple[tuple[str, str], ...] = ()
+    kind: str = "finding"
 
     def to_dict(self) -> dict:
         metric: dict[str, Any] = {"column": self.metric.column}
@@ -76,6 +78,8 @@ class Claim:
             out["margin"] = self.margin
         if self.source:
             out["source"] = dict(self.source)
+        if self.kind != "finding":
+            out["kind"] = self.kind
         return out
 
 
@@ -109,18 +113,25 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
         if expect not in EXPECTS:
             raise UsageError(f"{where}: expect: {expect!r} is not one of {', '.join(EXPECTS)}")
         margin = item.get("margin")
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
-            raise UsageError(f"{where}: margin: expected a number >= 0, got {margin!r}")
-        if expect in ("equivalent", "not_worse", "different") and not margin:
-            raise UsageError(f"{where}: expect {expect} needs a margin > 0 (how close counts as the same)")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not 0 < margin < math.inf):  # fmt: skip
+            raise UsageError(f"{where}: margin: expected a positive finite number, got {margin!r}")
+        kind = item.get("kind", "finding")
+        if kind not in KINDS:
+            raise UsageError(f"{where}: kind: {kind!r} is not one of {', '.join(KINDS)}")
         source_raw = item.get("source") or {}
         if not isinstance(source_raw, dict):
             raise UsageError(f"{where}: source: expected a mapping, e.g. {{cite: ..., url: ...}}")
-        claims.append(Claim(claim_id, str(item["says"]), tuple(_mapping(item["compare"], f"{where}: compare").items()),
-                            tuple(_mapping(item["against"], f"{where}: against").items()),
-                            _metric(item.get("metric", {}), f"{where}: metric"), expect,
+        compare = tuple(_mapping(item["compare"], f"{where}: compare").items())
+        against = tuple(_mapping(item["against"], f"{where}: against").items())
+        metric = _metric(item.get("metric", {}), f"{where}: metric")
+        if margin is None:
+            why = ("how close counts as the same" if expect in ("equivalent", "not_worse", "different") else
+                   "the smallest effect of interest, so that a null can contradict the claim")  # fmt: skip
+            raise UsageError(f"{where}: expect {expect} needs a margin > 0 in the metric's units ({why})")
+        claims.append(Claim(claim_id, str(item["says"]), compare, against, metric, expect,
                             float(margin) if margin is not None else None,
-                            tuple((str(k), str(v)) for k, v in source_raw.items())))  # fmt: skip
+                            tuple((str(k), str(v)) for k, v in source_raw.items()), kind))  # fmt: skip
     return tuple(claims)
 
 

@@ -305,12 +305,17 @@ def check_claim_arms(study: Study, source: str) -> None:
     inconclusive verdict with no runs after hours of training."""
     if not study.claims:
         return
-    cells = [flat(run.config.to_dict()) for run in study.runs() if run.config.train.seed == study.seeds[0]]
+    cells = [(run.cell, flat(run.config.to_dict())) for run in study.runs() if run.config.train.seed == study.seeds[0]]
     for claim in study.claims:
         for side, wanted in (("compare", claim.compare), ("against", claim.against)):
-            if not any(matches(cell, wanted) for cell in cells):
-                shown = ", ".join(f"{k}: {v}" for k, v in wanted)
+            shown = ", ".join(f"{k}: {v}" for k, v in wanted)
+            hits = [name for name, cell in cells if matches(cell, wanted)]
+            if not hits:
                 raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches no cell of the study")
+            if len(hits) > 1:  # two runs per seed in one arm: which one counts would be an accident
+                named = ", ".join(hits[:4]) + (", ..." if len(hits) > 4 else "")
+                raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches {len(hits)} cells "
+                                 f"({named}); name one cell")  # fmt: skip
 
 
 def study_from_command_line(given: Path, grid: list[str], seeds: str | None, name: str | None,

@@ -54,7 +54,7 @@ def recorded_epoch_seconds(folder: Path | None) -> dict[str, list[float]]:
 
 def measured_epoch_seconds(cfg: RunConfig, device: torch.device) -> float:
     """Time a few steps and an evaluation on synthetic data of this config's sizes; scale to an epoch."""
-    from bnbench.training.train import Trainer, batch_bounds, has_batch_norm
+    from bnbench.training.train import Trainer, batch_bounds, has_running_stats
 
     n_train, n_test = sizes(cfg)
     steps = TIMED_STEPS + WARMUP_STEPS
@@ -73,7 +73,7 @@ def measured_epoch_seconds(cfg: RunConfig, device: torch.device) -> float:
     started = time.perf_counter()
     trainer.evaluate(data.test, batch_stats=False)
     eval_seconds = (time.perf_counter() - started) * n_test / len(data.test)
-    evaluations = 2 if has_batch_norm(trainer.model) else 1  # BN runs evaluate with both statistics
+    evaluations = 2 if has_running_stats(trainer.model) else 1  # BN runs evaluate with both statistics
     return step_seconds * len(batch_bounds(n_train, cfg.train.batch_size)) + evaluations * eval_seconds
 
 

@@ -120,6 +120,11 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(is_batch_norm(m) for m in model.modules())
 
 
+def has_running_stats(model: nn.Module) -> bool:
+    """A BN that keeps running statistics: only then is there a second evaluation mode to record."""
+    return any(is_batch_norm(m) and getattr(m, "track_running_stats", True) for m in model.modules())
+
+
 def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
     """The learning rate of step `step` (0 = the first): constant, tc.lr * tc.lr_factor ** step, or a cosine
     from tc.lr to 0 over the run. Computed from the step alone, so a resumed run continues it exactly."""
@@ -272,7 +277,7 @@ class Trainer:
     @property
     def metrics(self) -> Schema:
         """metrics.csv's schema for this model and evaluation mode."""
-        return metrics_schema(has_batch_norm(self.model), self.cfg.train.eval_bn)
+        return metrics_schema(has_running_stats(self.model), self.cfg.train.eval_bn)
 
     @property
     def records(self) -> tuple[Schema, ...]:
@@ -403,9 +408,10 @@ class Trainer:
             test_acc=test_acc,
             lr=self.optimizer.param_groups[0]["lr"],
         )
-        if has_batch_norm(self.model):
+        if has_running_stats(self.model):
             other = "test_acc_running_stats" if batch_mode else "test_acc_batch_stats"
-            values[other] = self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+            single = not batch_mode and self.cfg.train.eval_batch_size < 2  # one image: no batch statistics
+            values[other] = math.nan if single else self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
         row = self.metrics.row(
             **values,
             epoch_seconds=time.perf_counter() - started,

@@ -296,3 +296,20 @@ def test_float16_precision_off_cuda_is_one_line_exit_2_and_no_run_folder(tmp_pat
     assert result.stderr.strip().count("\n") == 0 and "train.precision float16" in result.stderr
     assert "cuda" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_what_a_run_records_is_what_it_used(tmp_path, cli):
+    """One image at a time with running statistics (the deployment case) runs, with the batch-statistics
+    column left empty; without running statistics there is no second evaluation column at all."""
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 1})
+    result = cli("run", config, "--set", "norm.kind=torch", "--set", "train.eval_batch_size=1", "--name", "one",
+                 "--out-dir", tmp_path / "runs", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = read_run(tmp_path / "runs" / "one")[1]
+    assert metrics["test_acc_batch_stats"].isna().all() and metrics["test_acc"].notna().all()
+    result = cli("run", config, "--set", "norm.kind=torch", "--set", "norm.track_running_stats=false",
+                 "--set", "train.eval_bn=batch", "--name", "none", "--out-dir", tmp_path / "runs",
+                 "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = read_run(tmp_path / "runs" / "none")[1]
+    assert "test_acc_running_stats" not in metrics and "test_acc_batch_stats" not in metrics
