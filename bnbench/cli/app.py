@@ -558,6 +558,8 @@ def compare(
         for what in cmp.mixed(runs):
             display.warn(f"comparing runs on different {what}")
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
+        for note in comparison.groups.attrs.get("repeated", []):  # a seed counts once: say which run did
+            display.warn(note)
         which = table.value if table is not None else None
         if format is CompareFormat.markdown:
             sys.stdout.write(cmp.to_markdown(comparison, which))

@@ -1,4 +1,4 @@
-"""`bnbench compare`: run directories side by side, seed groups with mean ± std, Welch t-tests, plots.
+"""`bnbench compare`: run directories side by side, seed groups with mean ± std, tests paired by seed, plots.
 
 Reads what `bnbench run` writes (config.yaml, meta.json, metrics.csv, steps.csv) and writes nothing
 into run directories.
@@ -21,12 +21,13 @@ import yaml
 
 from bnbench.config import flat
 from bnbench.errors import UsageError
+from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
 from bnbench.naming import cell_name, format_value, short_keys
 from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
 from bnbench.runs.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
-TEST_NAME = "Welch's t-test (unequal variances), two-sided"
+TEST_NAME = "paired t on the seeds both groups share (Welch's t where they share fewer than 2), two-sided"
 
 
 @dataclass
@@ -301,7 +302,8 @@ def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], m
 def add_baseline(
     groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
 ) -> pd.DataFrame:
-    """Difference of the final metric to the baseline group, and Welch's p-value where n >= 2 both sides."""
+    """Each group against the baseline group on the final metric (`versus`): the difference with its 95%
+    interval, the p-value and the test that gave them."""
 
     if not groups:
         raise UsageError(f"--baseline {baseline}: no run has completed, so there is no seed group to compare")
@@ -310,30 +312,39 @@ def add_baseline(
         if not owner:
             raise UsageError(f"--baseline {baseline}: no such run or group; choose one of {', '.join(groups)}")
         baseline = owner[0]
-    from bnbench.evidence.claims import effect
-
-    base = [summaries[r.name][f"final_{metric}"] for r in groups[baseline]]
-    deltas, lows, highs, pvalues = [], [], [], []
+    deltas, lows, highs, pvalues, tests = [], [], [], [], []
     for name in groups_df["group"]:
-        values = [summaries[r.name][f"final_{metric}"] for r in groups[name]]
-        deltas.append(pd.Series(values).mean() - pd.Series(base).mean() if name != baseline else 0.0)
-        p = low = high = math.nan
-        if name != baseline and len(values) >= 2 and len(base) >= 2:
-            p = welch_p(values, base)
-            finite, finite_base = [v for v in values if v == v], [v for v in base if v == v]
-            if len(finite) >= 2 and len(finite_base) >= 2:  # Welch's 95% interval of the difference of means
-                interval = effect(finite, finite_base, None, False)
-                low, high = interval.low, interval.high
-        lows.append(low)
-        highs.append(high)
-        pvalues.append(p)
+        if name == baseline:
+            deltas.append(0.0), lows.append(math.nan), highs.append(math.nan), pvalues.append(math.nan)
+            tests.append("")
+            continue
+        e = versus(groups[name], groups[baseline], summaries, metric)
+        deltas.append(e.estimate), lows.append(e.low), highs.append(e.high), pvalues.append(e.p)
+        tests.append(e.test)
     out = groups_df.copy()
     out[f"delta_final_{metric}"] = deltas
     out[f"delta_final_{metric}_ci95_low"] = lows
     out[f"delta_final_{metric}_ci95_high"] = highs
     out["p_value"] = pvalues
+    out["test"] = tests
     out.attrs["baseline"] = baseline
     return out
+
+
+def _by_seed(runs: list[Run], summaries: dict[str, dict], metric: str) -> dict:
+    values = {r.config.get("train", {}).get("seed"): summaries[r.name][f"final_{metric}"] for r in runs}
+    return {seed: float(v) for seed, v in values.items() if v is not None and v == v}
+
+
+def versus(group: list[Run], base: list[Run], summaries: dict[str, dict], metric: str) -> Effect:
+    """The final `metric` of one seed group minus another's, as the claims engine compares arms: paired by
+    seed on the seeds both have (paired t; an exact signed-rank test where the differences have no spread),
+    Welch's t where they share fewer than two. One run per seed (the groups come from `one_per_seed`)."""
+    a, b = _by_seed(group, summaries, metric), _by_seed(base, summaries, metric)
+    pairs, _ = pair_by_seed(a, b)
+    if len(pairs) >= 2:
+        return effect([], [], pairs, rank_based=False)
+    return effect(list(a.values()), list(b.values()), None, rank_based=False)
 
 
 def welch_p(a: list[float], b: list[float]) -> float:
@@ -406,8 +417,14 @@ def compare(
         group_baseline = None
     # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
     groups = group_runs([r for r in runs if r.status == "completed"])
+    repeated = []
+    for name, members in groups.items():  # the seed is the unit: one run per seed, the most recent
+        kept, notes = one_per_seed(members)
+        groups[name] = [r for r in members if r in kept.values()]
+        repeated += [f"{name}: {note}" for note in notes]
     groups_df = summarize_groups(groups, summaries, metric)
     groups_df.attrs["left_out"] = [f"{r.name} ({r.status})" for r in runs if r.status != "completed"]
+    groups_df.attrs["repeated"] = repeated
     if group_baseline is not None:
         groups_df = add_baseline(groups_df, groups, summaries, group_baseline, metric)
     return Comparison(
@@ -433,7 +450,8 @@ def pivot_table(
     runs: list[Run], summaries: dict[str, dict], pivot: str, by: str, metric: str, baseline: str | None
 ) -> pd.DataFrame:
     """Final `metric` per (pivot value, by value): n, mean, std, diverged; with `baseline` ('key=value' of
-    the --by key), each cell's difference from the baseline column in its row and Welch's p-value."""
+    the --by key), each cell's difference from the baseline column in its row and its p-value (`versus`:
+    paired by seed where the cells share seeds). A seed counts once per cell (the most recent run)."""
 
     flats = {r.name: flat(r.config) for r in runs}
     for option, key in (("--pivot", pivot), ("--by", by)):
@@ -450,12 +468,14 @@ def pivot_table(
             shown = ", ".join(cell_name({by: v}).split("=", 1)[1] for v in values.values())
             raise UsageError(f"--baseline {baseline}: {by} has no value {text}; it has {shown}")
         base_value = matches[0]
-    cells: dict[tuple, list[tuple[float, str]]] = {}
+    by_cell: dict[tuple, list[Run]] = {}
     for run in runs:
         f = flats[run.name]
-        cells.setdefault((repr(f.get(pivot)), repr(f.get(by))), []).append(
-            (summaries[run.name][f"final_{metric}"], run.status)
-        )
+        by_cell.setdefault((repr(f.get(pivot)), repr(f.get(by))), []).append(run)
+    kept_runs = {key: list(one_per_seed(members)[0].values()) for key, members in by_cell.items()}  # a seed once
+    cells: dict[tuple, list[tuple[float, str]]] = {
+        key: [(summaries[r.name][f"final_{metric}"], r.status) for r in members] for key, members in kept_runs.items()
+    }
     label = {repr(f.get(k)): f.get(k) for f in flats.values() for k in (pivot, by)}
     rows = []
     for (pv, bv), members in cells.items():
@@ -475,7 +495,9 @@ def pivot_table(
             if finals and base:
                 row["delta"] = row["mean"] - float(pd.Series(base).mean())
             if len(finals) >= 2 and len(base) >= 2:
-                row["p_value"] = welch_p(finals, base)
+                ok = lambda members: [r for r in members if r.status != "diverged"]  # noqa: E731
+                e = versus(ok(kept_runs[(pv, bv)]), ok(kept_runs[(pv, repr(base_value))]), summaries, metric)
+                row["delta"], row["p_value"] = e.estimate, e.p
         rows.append(row)
     frame = pd.DataFrame(rows)
     order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
@@ -582,8 +604,8 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
                 else _delta(r[delta], r[f"{delta}_ci95_low"], r[f"{delta}_ci95_high"])  # fmt: skip
                 for r in rows
             ]
-            groups["p (Welch)"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
-            title = f"seed groups: mean ± std over seeds; Δ final {label(comp.metric)} vs {comp.baseline}, Welch p"
+            groups["p"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
+            title = f"seed groups: mean ± std over seeds; Δ final {label(comp.metric)} vs {comp.baseline}, p"
         groups["best test acc"] = [_mean_std(r, "best_test_acc") for r in rows]
         groups["final train loss"] = [_mean_std(r, "final_train_loss") for r in rows]
         groups[f"epochs to {target}"] = [
@@ -597,7 +619,7 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
         pivot, by = comp.pivot_keys
         title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
         if comp.baseline is not None:
-            title += f"; Δ and Welch p against {comp.baseline} in the same row"
+            title += f"; Δ and p against {comp.baseline} in the same row (paired by seed where they share seeds)"
         tables.append(("pivot", title, pivot_display(comp)))
     if which == "pivot" and comp.pivot is None:
         raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
@@ -619,9 +641,11 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
     elif about_target and comp.target is None and comp.targets:
         per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
         notes.append(f"targets per dataset: {per}" + (f" ({lowest} there)" if comp.target_is_default else ""))
-    if comp.baseline is not None and comp.pivot is None and (on_screen("p (Welch)") or on_screen("Δ vs ")):
-        notes.append(f"Δ: mean final {label(comp.metric)} minus {comp.baseline}'s, 95% Welch interval; p: Welch's "
-                     "t-test, two-sided")  # fmt: skip
+    if comp.baseline is not None and comp.pivot is None and (on_screen("p") or on_screen("Δ vs ")):
+        used = sorted({str(x) for x in comp.groups.get("test", []) if x})
+        notes.append(f"Δ: final {label(comp.metric)} minus {comp.baseline}'s with its 95% interval, paired by seed on "
+                     f"the seeds both groups share, Welch's where they share fewer than 2; p two-sided; "
+                     f"test{'s' if len(used) > 1 else ''}: {', '.join(used) or '-'}")  # fmt: skip
         base = comp.groups[comp.groups["group"] == comp.baseline] if len(comp.groups) else comp.groups
         if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
             notes.append(f"warning: the baseline {comp.baseline} never left chance (final test acc "

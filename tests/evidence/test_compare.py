@@ -80,10 +80,10 @@ def test_default_target_is_the_lowest_final_accuracy_of_completed_runs(tmp_path)
     assert comp.runs["epochs_to_target"].tolist()[:2] == [2, 2] and pd.isna(comp.runs["epochs_to_target"][2])
 
 
-def test_seed_groups_mean_std_and_welch_test(tmp_path):
+def test_seed_groups_mean_std_and_welch_test_when_they_share_no_seed(tmp_path):
     for seed, acc in enumerate([0.90, 0.91, 0.92]):
         fake_run(tmp_path, f"mlp_none-s{seed}", [acc], seed=seed, norm="none")
-    for seed, acc in enumerate([0.95, 0.96, 0.97]):
+    for seed, acc in enumerate([0.95, 0.96, 0.97], start=3):
         fake_run(tmp_path, f"mlp_bn-s{seed}", [acc], seed=seed, norm="torch")
     runs, _ = find_runs([tmp_path])
     assert sorted(group_runs(runs)) == ["mlp_bn", "mlp_none"]
@@ -95,7 +95,32 @@ def test_seed_groups_mean_std_and_welch_test(tmp_path):
     assert groups.loc["mlp_bn", "delta_final_test_acc"] == pytest.approx(0.05)
     # By hand: t = 0.05 / sqrt(2 * 0.01**2 / 3) = 6.124 with Welch-Satterthwaite df = 4, two-sided p = 0.0036
     assert groups.loc["mlp_bn", "p_value"] == pytest.approx(0.0036, rel=0.01)
+    assert groups.loc["mlp_bn", "test"] == "Welch t"
     assert math.isnan(groups.loc["mlp_none", "p_value"])
+
+
+def test_groups_that_share_seeds_are_compared_paired_by_seed(tmp_path):
+    for seed, (none, bn) in enumerate([(0.90, 0.95), (0.91, 0.97), (0.92, 0.96)]):
+        fake_run(tmp_path, f"mlp_none-s{seed}", [none], seed=seed, norm="none")
+        fake_run(tmp_path, f"mlp_bn-s{seed}", [bn], seed=seed, norm="torch")
+    groups = compare(find_runs([tmp_path])[0], baseline="mlp_none").groups.set_index("group")
+    # By hand: differences 0.05, 0.06, 0.04: mean 0.05, sd 0.01, t = 0.05 / (0.01 / sqrt 3) = 8.66, df 2
+    assert groups.loc["mlp_bn", "test"] == "paired t"
+    assert groups.loc["mlp_bn", "p_value"] == pytest.approx(0.01307, rel=0.01)
+    assert groups.loc["mlp_bn", "delta_final_test_acc_ci95_low"] > 0
+
+
+def test_a_repeated_seed_counts_once_with_a_warning_naming_the_runs(tmp_path, cli):
+    config = write_config(tmp_path / "x.yaml", train={"epochs": 1})
+    for _ in range(2):  # the same command twice into one folder: x-s0 and x-s0-2
+        assert cli("run", config, "--seed", "0", "--out-dir", tmp_path / "runs").exit_code == 0
+    assert cli("run", config, "--seed", "1", "--out-dir", tmp_path / "runs").exit_code == 0
+    result = cli("compare", tmp_path / "runs", "--table", "groups", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    groups = pd.read_csv(io.StringIO(result.stdout))
+    assert groups["n"].tolist() == [2]  # seeds 0 and 1, each once
+    (warning,) = [line for line in result.stderr.splitlines() if "seed 0" in line]
+    assert "ran 2 times" in warning and "counts" in warning
 
 
 def test_runs_differing_in_more_than_seed_are_separate_groups(tmp_path):
@@ -142,7 +167,7 @@ def test_formats_parse_and_the_plot_is_a_png(tmp_path, cli):
 
     table = cli("compare", out, "--baseline", "plain", "--target", "0.3")
     assert table.exit_code == 0, table.output
-    assert "seed groups" in table.stdout and "Welch" in table.stdout and "tiny-s1" in table.stdout
+    assert "seed groups" in table.stdout and "paired by seed" in table.stdout and "tiny-s1" in table.stdout
     text = cli("compare", out, "--format", "csv", "--target", "0.01").stdout
     csv = pd.read_csv(io.StringIO(text))
     assert len(csv) == 4 and "tiny-s1" in set(csv["name"])  # one table: the runs
