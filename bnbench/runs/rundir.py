@@ -252,34 +252,33 @@ def run_dirs_under(folder: Path, max_depth: int = 6) -> list[Path]:
 
 def list_runs(folder: Path) -> list[dict]:
     """Every run directory in `folder` (or `folder` itself when it is a run), at any depth, sorted by path."""
-    found = run_dirs_under(folder)
-    rows = []
-    for path in found:
-        label = str(path.relative_to(folder)) if path != folder else path.name
-        try:
-            meta = read_meta(path)
-            status = status_of(path)
-        except (OSError, ValueError):
-            rows.append({"run": label, "status": "unreadable", "epochs_completed": 0,
-                         "epochs": None, "final_test_acc": None, "age": "-", "path": str(path)})  # fmt: skip
-            continue
-        final = None
-        try:
-            lines = read_run_file(path / "metrics.csv").splitlines()
-            header = lines[0].split(",")
-            if len(lines) > 1 and "test_acc" in header:
-                final = float(lines[-1].split(",")[header.index("test_acc")])
-        except (OSError, ValueError, IndexError):  # DamagedFile is a ValueError
-            pass
-        rows.append(
-            {
-                "run": label,
-                "status": status,
-                "epochs_completed": meta.get("epochs_completed", 0),
-                "epochs": meta.get("epochs"),
-                "final_test_acc": final,
-                "age": _age(meta.get("updated_at") or meta.get("started_at")),
-                "path": str(path),
-            }
-        )
-    return rows
+    return [run_row(path, str(path.relative_to(folder)) if path != folder else path.name)
+            for path in run_dirs_under(folder)]  # fmt: skip
+
+
+def run_row(path: Path, label: str) -> dict:
+    """What `bnbench ls` shows of one run directory: run (`label`), status, epochs_completed, epochs,
+    final_test_acc (None before the first epoch), age, path; status `unreadable` for a damaged meta.json."""
+    try:
+        meta = read_meta(path)
+        status = status_of(path)
+    except (OSError, ValueError):
+        return {"run": label, "status": "unreadable", "epochs_completed": 0,
+                "epochs": None, "final_test_acc": None, "age": "-", "path": str(path)}  # fmt: skip
+    final = None
+    try:
+        lines = read_run_file(path / "metrics.csv").splitlines()
+        header = lines[0].split(",")
+        if len(lines) > 1 and "test_acc" in header:
+            final = float(lines[-1].split(",")[header.index("test_acc")])
+    except (OSError, ValueError, IndexError):  # DamagedFile is a ValueError
+        pass
+    return {
+        "run": label,
+        "status": status,
+        "epochs_completed": meta.get("epochs_completed", 0),
+        "epochs": meta.get("epochs"),
+        "final_test_acc": final,
+        "age": _age(meta.get("updated_at") or meta.get("started_at")),
+        "path": str(path),
+    }
