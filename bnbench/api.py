@@ -321,12 +321,14 @@ def sweep(
     """Run a study like `bnbench sweep`: `study` is a study file, a shipped study's name, a saved study
     folder (re-run as it is), or a config with `grid` ({'train.lr': [0.1, 1]}) and `seeds`. Resumable and
     locked as from the CLI: completed and diverged runs are skipped, interrupted ones resumed. `jobs`: runs
-    at once in worker processes (default one per CPU core). Returns every run of the study folder
-    (out_dir/<study>), loaded; bad input raises InputError before anything is written."""
+    at once in spawned worker processes (default one per CPU core; a script calling this with more than one
+    needs `if __name__ == "__main__":`, as multiprocessing does); `jobs=1` trains in this process.
+    Returns every run of the study folder (out_dir/<study>), loaded; bad input raises InputError before
+    anything is written."""
     from bnbench.cli import display
     from bnbench.config import convention_warnings
     from bnbench.runs import study as studies
-    from bnbench.runs.sweep import Engine, execute, plan_study, prepare, save_study
+    from bnbench.runs.sweep import Engine, default_jobs, execute, plan_study, prepare, save_study
 
     given = Path(study)
     with _input():
@@ -342,13 +344,20 @@ def sweep(
             _warn(line)
         engine = Engine(device, None if data_dir is None else Path(data_dir), workers, threads_per_job)
         root = prepare(plan.jobs, engine)
+        from bnbench.runs.execute import run_jobs
+
         for run_name, why in plan.skipped:
             if why.endswith("not touched"):
                 _warn(f"{run_name} skipped: {why}")
         save_study(plan)
         display.say(f"{wanted.name}: {len(plan.jobs) + len(plan.skipped)} runs in {plan.folder}; "
                     f"{len(plan.jobs)} to run, {len(plan.skipped)} skipped")  # fmt: skip
-        with display.SweepDisplay(len(plan.jobs), False) as shown:
-            results, _ = execute(plan.jobs, engine, plan.folder, root, shown.result)
+        if (workers or default_jobs(device)) == 1:  # in this process, as `bnbench run` runs one job at a time
+            say = lambda m: print(m, flush=True)  # noqa: E731
+            results, _ = run_jobs(plan.jobs, device, engine.data_dir, plan.folder, display.PlainReporter, say,
+                                  threads_per_job)  # fmt: skip
+        else:  # worker processes, spawned: a script that calls this needs `if __name__ == "__main__":`
+            with display.SweepDisplay(len(plan.jobs), False) as shown:
+                results, _ = execute(plan.jobs, engine, plan.folder, root, shown.result)
     _results(results)
     return load(plan.folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -147,3 +148,15 @@ def test_run_trains_resumes_by_call_and_refuses_bad_input_like_the_cli(tmp_path,
     assert not (tmp_path / "bad").exists()
     with pytest.raises(bnbench.InputError, match="no such study file"):
         bnbench.sweep(tmp_path / "nothing.yaml", out_dir=tmp_path / "bad")
+
+
+def test_the_tour_notebook_runs_headless(tmp_path):
+    """docs/examples/bnbench_tour.py (a Jupytext percent notebook) executes cell after cell without a display."""
+    tour = Path(__file__).resolve().parents[1] / "docs" / "examples" / "bnbench_tour.py"
+    env = {**os.environ, "BNBENCH_TOUR_DIR": str(tmp_path / "tour"), "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, tour], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "tour" / "curves.png").stat().st_size > 10_000
+    assert "bn_lower_loss" in result.stdout and "tour: 6 runs" in result.stdout
+    assert len(bnbench.load(tmp_path / "tour" / "runs")) == 6
