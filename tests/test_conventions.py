@@ -158,7 +158,36 @@ def test_the_wheel_ships_configs_and_studies(tmp_path):
     assert {
         "bnbench/configs/lenet_bn.yaml",
         "bnbench/configs/studies/lenet_norms.yaml",
+        "bnbench/configs/smoke.yaml",
+        "bnbench/api.py",
     } <= names
+    # Installed into a fresh virtual environment (no editable install, no repository on the path; torch and
+    # the other dependencies seen through a .pth file), it trains a shipped config and loads it from Python.
+    import os
+    import site
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True, timeout=300)
+    (packages,) = venv.glob("lib/python*/site-packages")
+    (packages / "shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def inside(*args: object) -> subprocess.CompletedProcess:
+        return subprocess.run([str(a) for a in args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+    installed = inside(venv / "bin/python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel)
+    assert installed.returncode == 0, installed.stderr
+    listed = inside(venv / "bin/bnbench", "config", "list")
+    assert listed.returncode == 0 and "smoke" in listed.stdout and "mlp_lr" in listed.stdout, listed.stderr
+    trained = inside(venv / "bin/bnbench", "run", "smoke", "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr
+    code = "import bnbench; print(bnbench.__file__); print(len(bnbench.load('runs')))"
+    loaded = inside(venv / "bin/python", "-c", code)
+    assert loaded.returncode == 0, loaded.stderr
+    where, count = loaded.stdout.split()
+    assert Path(where).is_relative_to(venv) and count == "1"
 
 
 def test_tables_drop_columns_on_a_narrow_terminal_and_never_split_a_number():
