@@ -60,6 +60,9 @@ class Runs(list):
         frames, config_columns = [], {}
         for run in self:
             data = getattr(run, part).copy()
+            for column in ("epoch", "step"):  # counts (read as floats with the rest of the CSV)
+                if column in data and data[column].notna().all() and (data[column] % 1 == 0).all():
+                    data[column] = data[column].astype("int64")
             ident = {"name": run.name, "status": run.status, "seed": run.config.get("train", {}).get("seed"),
                      "path": str(run.path)}  # fmt: skip
             config = {("config.name" if k == "name" else k): _hashable(v) for k, v in flat(run.config).items()}
