@@ -557,6 +557,8 @@ def compare(
         runs = _found_runs(paths)
         for what in cmp.mixed(runs):
             display.warn(f"comparing runs on different {what}")
+        if (studies := cmp.mixed_studies(runs)) is not None:
+            display.warn(studies)
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
         for note in comparison.groups.attrs.get("repeated", []):  # a seed counts once: say which run did
             display.warn(note)

@@ -25,6 +25,7 @@ from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
 from bnbench.naming import cell_name, format_value, short_keys
 from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
 from bnbench.runs.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
+from bnbench.runs.study import STUDY_FILE
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
 TEST_NAME = "paired t on the seeds both groups share (Welch's t where they share fewer than 2), two-sided"
@@ -247,23 +248,57 @@ def mixed(runs: list[Run]) -> list[str]:
     return out
 
 
+def _shared_name(members: list[Run]) -> str | None:
+    """The name a seed group's runs share without their seed suffix: their configs' `name`, else their
+    folders' name; None when they share neither."""
+    for names in ({SEED_SUFFIX.sub("", str(r.config.get("name") or r.path.name)) for r in members},
+                  {SEED_SUFFIX.sub("", r.path.name) for r in members}):  # fmt: skip
+        if len(names) == 1:
+            return names.pop()
+    return None
+
+
+def _keys_name(members: list[Run], keys: list[str]) -> str:
+    values = flat(members[0].config)  # one group: these keys have one value across its runs
+    return cell_name({k: values.get(k) for k in keys})
+
+
+def mixed_studies(runs: list[Run]) -> str | None:
+    """One warning line when the runs come from several studies (folders `bnbench sweep` wrote, holding
+    study.yaml), or from a study and runs outside it (a glob that caught more than was meant); None else."""
+    studies = sorted({str(r.path.parent) for r in runs if (r.path.parent / STUDY_FILE).is_file()})
+    loose = sum(not (r.path.parent / STUDY_FILE).is_file() for r in runs)
+    if len(studies) + (loose > 0) < 2:
+        return None
+    plural = "study" if len(studies) == 1 else "studies"
+    outside = f" and {loose} run{'s' * (loose != 1)} from no study" if loose else ""
+    return (f"these runs mix {len(studies)} {plural} ({', '.join(studies)}){outside}; "
+            "name one study's folder to compare only its runs")  # fmt: skip
+
+
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Seed groups: runs whose configs differ only in seed and name. A group is named by its runs' common
-    name without the seed suffix; where two groups would share that name, by the keys that differ."""
+    """Seed groups: runs whose configs differ only in seed and name. A group is named by what its runs
+    share: their name without the seed suffix (the config's `name`, else the folder's), else the config
+    keys that tell the groups apart; where two groups would share a name, the keys that differ between
+    them are added in brackets. A name never depends on one member or on the order of `runs`."""
     by_key: dict[str, list[Run]] = {}
     for run in runs:
         by_key.setdefault(run.group_key(), []).append(run)
-    stems = []
-    for members in by_key.values():
-        names = {SEED_SUFFIX.sub("", r.name) for r in members}
-        stems.append(names.pop() if len(names) == 1 else str(members[0].config.get("name", members[0].name)))
+    members_of = list(by_key.values())
     keys = [k for k in differing_keys(runs) if k != "train.seed"]
+    names = []
+    for members in members_of:
+        shared = _shared_name(members)
+        if shared is None:  # runs named differently (a renamed or resumed run): name what they share
+            everyone = sorted({SEED_SUFFIX.sub("", str(r.config.get("name") or r.path.name)) for r in members})
+            shared = _keys_name(members, keys) if keys else "+".join(everyone)
+        names.append(shared)
     groups = {}
-    for stem, members in zip(stems, by_key.values(), strict=True):
-        if stems.count(stem) > 1 or stem in groups:
-            values = flat(members[0].config)
-            stem = f"{stem}[{cell_name({k: values.get(k) for k in keys})}]"
-        groups[stem] = members
+    for name, members in zip(names, members_of, strict=True):
+        if names.count(name) > 1:
+            rivals = [r for n, ms in zip(names, members_of, strict=True) if n == name for r in ms]
+            name = f"{name}[{_keys_name(members, [k for k in differing_keys(rivals) if k != 'train.seed'])}]"
+        groups[name] = members
     return groups
 
 

@@ -165,16 +165,18 @@ def _curve(members: list, x: str, column: str, until: int | None) -> tuple[list[
 
 def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """A column of panels per `spec.panels` value, a row per metric; a line per cell, mean ± std over seeds."""
-    from bnbench.evidence.plots import _pyplot, _style, save_figure
+    from bnbench.evidence.plots import _pyplot, _style, band_note, norm_of, save_figure
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
     panels = _groups(runs, panel_keys)
     line_keys = _line_keys([k for k in keys if k not in panel_keys], panels)
+    columns = [c for c in spec.columns if any(_curve([r], spec.x, c, spec.until)[0] for r in runs)]  # no empty row
+    columns = columns or list(spec.columns)
     fig, axes = plt.subplots(
-        len(spec.columns),
+        len(columns),
         len(panels),
-        figsize=(4.6 * len(panels) + 1.4, 3.3 * len(spec.columns)),
+        figsize=(4.6 * len(panels) + 1.4, 3.3 * len(columns)),
         squeeze=False,
         sharey="row",
     )  # fmt: skip (panels side by side compare on one scale)
@@ -182,7 +184,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
     all_lines = list(_groups(runs, line_keys))
     for col, (panel, members) in enumerate(panels.items()):
         lines = _groups(members, line_keys)
-        for row, column in enumerate(spec.columns):
+        for row, column in enumerate(columns):
             ax = axes[row][col]
             means = {}
             for cell, group in lines.items():
@@ -191,10 +193,12 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
                 if not xs:
                     continue
                 label = f"{cell_label(line_keys, cell)} (n={len(group)})"
-                ax.plot(xs, mean, label=label, markevery=max(1, len(xs) // 12), **_style(i))
-                ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
-                                [m + s for m, s in zip(mean, std, strict=True)], color=_style(i)["color"], alpha=0.15,
-                                linewidth=0)  # fmt: skip
+                style = _style(i, norm_of(group))
+                ax.plot(xs, mean, label=label, markevery=max(1, len(xs) // 12), **style)
+                if len(group) > 1:  # the band: ± 1 std over seeds
+                    ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
+                                    [m + s for m, s in zip(mean, std, strict=True)], color=style["color"], alpha=0.15,
+                                    linewidth=0)  # fmt: skip
                 means[cell_label(line_keys, cell) + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "")] = (
                     mean
                 )
@@ -211,7 +215,10 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             if row == 0 and line_keys and ax.lines:  # each panel names its own lines (they differ by panel)
                 ax.legend(fontsize=7, loc="best")
             notes += [f"{note} in {COLUMN_NAMES.get(column, column)}" for note in _coinciding(means)]
-    _title(fig, title_of(runs, keys) + " (mean ± std over seeds)")
+            if not ax.lines:  # a column this panel's runs never record (no norm: batch statistics): no empty panel
+                ax.set_visible(False)
+    note = band_note([len(g) for ms in panels.values() for g in _groups(ms, line_keys).values()])
+    _title(fig, title_of(runs, keys) + (f" ({note})" if note else ""))
     fig.tight_layout()
     save_figure(fig, path, 90)
     plt.close(fig)
@@ -221,7 +228,7 @@ def curves(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
 def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """`spec.column` at the end against the swept `spec.x` (log axis ticked at the values that ran): a panel per
     `spec.panels` value, a line per `spec.lines` cell, error bars = std over seeds."""
-    from bnbench.evidence.plots import _pyplot, _style, save_figure
+    from bnbench.evidence.plots import _pyplot, _style, norm_of, save_figure
     from bnbench.naming import format_value
 
     plt = _pyplot()
@@ -243,7 +250,7 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
                 continue
             label = cell_label(line_keys, cell)
             ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], label=label, capsize=3,
-                        **_style(all_lines.index(cell)))  # fmt: skip
+                        **_style(all_lines.index(cell), norm_of(group)))  # fmt: skip
             means[label] = [m for m, _ in stats]
         ax.set_xscale("log")
         ticks = [x for (x,) in xs_run]
@@ -256,7 +263,9 @@ def sweep(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         notes += [f"{n}" + (f" ({cell_label(panel_keys, panel)})" if panel_keys else "") for n in _coinciding(means)]
-    _title(fig, title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}, mean ± std over seeds")
+    seeds = max((len(ms) for ms in _groups(runs, [*panel_keys, *line_keys, spec.x]).values()), default=1)
+    over = f", mean ± std over seeds (error bars, n={seeds})" if seeds > 1 else ""
+    _title(fig, title_of(runs, keys) + f": final {COLUMN_NAMES.get(spec.column, spec.column)}{over}")
     fig.tight_layout()
     save_figure(fig, path, 90)
     plt.close(fig)
@@ -274,7 +283,7 @@ def diagnostics(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> li
 def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[str]:
     """A diagnostics quantity (`spec.column`) at every norm position, first to last, at diagnostic step
     `spec.step`: a panel per `spec.panels` value, a line per cell (mean over seeds), log scale."""
-    from bnbench.evidence.plots import _pyplot, _style, save_figure
+    from bnbench.evidence.plots import _pyplot, _style, norm_of, save_figure
 
     plt = _pyplot()
     panel_keys = [spec.panels] if spec.panels else []
@@ -295,7 +304,7 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             if by_layer:
                 xs = sorted(by_layer)
                 ax.plot(xs, [_mean_std(by_layer[x])[0] for x in xs], label=cell_label(line_keys, cell),
-                        markevery=max(1, len(xs) // 12), **_style(all_lines.index(cell)))  # fmt: skip
+                        markevery=max(1, len(xs) // 12), **_style(all_lines.index(cell), norm_of(group)))  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel("norm position (1 = first hidden layer)")
         ax.set_ylabel(spec.column)
@@ -303,7 +312,8 @@ def layers(runs: list, spec: FigureSpec, keys: list[str], path: Path) -> list[st
             ax.set_title(cell_label(panel_keys, panel), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _title(fig, f"{title_of(runs, keys)}: {spec.column} at step {spec.step}, mean over seeds")
+    several = any(len(ms) > 1 for ms in _groups(runs, [*panel_keys, *line_keys]).values())
+    _title(fig, f"{title_of(runs, keys)}: {spec.column} at step {spec.step}" + (", mean over seeds" * several))
     fig.tight_layout()
     save_figure(fig, path, 90)
     plt.close(fig)

@@ -24,9 +24,40 @@ def _pyplot():
     return plt
 
 
-def _style(i: int) -> dict:
-    """Colour, line style and marker of the i-th run or group: two coinciding lines still differ."""
-    return {"color": f"C{i % 10}", "linestyle": LINE_STYLES[i % 4], "marker": MARKERS[i % 8], "markersize": 4}
+# One colour per norm in every figure bnbench draws (norm.kind -> colour); other series take matplotlib's cycle.
+NORM_COLOURS = {
+    "none": "tab:gray",
+    "torch": "tab:blue",
+    "scratch": "tab:cyan",
+    "layer": "tab:green",
+    "torch_layer": "tab:olive",
+    "group": "tab:purple",
+    "torch_group": "tab:pink",
+    "ghost": "tab:orange",
+    "renorm": "tab:red",
+}
+
+
+def norm_of(runs: list[Run]) -> str | None:
+    """The one `norm.kind` the runs share; None when they have several (or none)."""
+    kinds = {str(r.config.get("norm", {}).get("kind")) for r in runs}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _style(i: int, norm: str | None = None) -> dict:
+    """Colour, line style and marker of the i-th run or group: two coinciding lines still differ. The colour
+    is the norm's (NORM_COLOURS) when the series has one known norm."""
+    color = NORM_COLOURS.get(norm or "", f"C{i % 10}")
+    return {"color": color, "linestyle": LINE_STYLES[i % 4], "marker": MARKERS[i % 8], "markersize": 4}
+
+
+def band_note(sizes: list[int]) -> str:
+    """What a figure's shaded band is, for its legend or title: empty when every series is one run."""
+    several = [n for n in sizes if n > 1]
+    if not several:
+        return ""
+    n = f"n={min(several)}" if min(several) == max(several) else f"n={min(several)}-{max(several)}"
+    return f"line: mean over seeds, band: ± 1 std over seeds ({n})"
 
 
 def _markevery(points: int) -> int:
@@ -61,14 +92,15 @@ def training_curves(runs: list[Run], path: Path) -> None:
     ]
     groups = group_runs(runs)
     for i, (name, members) in enumerate(groups.items()):
-        color = _style(i)["color"]
+        style = _style(i, norm_of(members))
+        color = style["color"]
         label = f"{name} (n={len(members)})" if len(members) > 1 else name
         for ax, (table, x, y, _) in zip(axes, panels, strict=True):
             frames = [getattr(r, table) for r in members if len(getattr(r, table)) and y in getattr(r, table)]
             if not frames:
                 continue
             stats = pd.concat(frames).groupby(x)[y].agg(["mean", "std"])
-            ax.plot(stats.index, stats["mean"], label=label, **_style(i), markevery=_markevery(len(stats)))
+            ax.plot(stats.index, stats["mean"], label=label, **style, markevery=_markevery(len(stats)))
             if len(frames) > 1:
                 ax.fill_between(
                     stats.index,
@@ -87,7 +119,7 @@ def training_curves(runs: list[Run], path: Path) -> None:
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_yscale("log")
     axes[2].set_yscale("log")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, title=band_note([len(ms) for ms in groups.values()]) or None, title_fontsize=7)
     axes[2].xaxis.set_major_formatter(EngFormatter())
     names = list(groups)
     fig.suptitle(f"{_datasets(runs)}: " + " vs ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
@@ -131,9 +163,10 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         for col, name in enumerate(names):
             ax, stats = grid[row][col], _mean_over_seeds(groups[name], layer, percentiles)
             if set(percentiles) <= set(stats.columns):
-                ax.fill_between(stats.index, stats["unit_p15"], stats["unit_p85"], color=f"C{col % 10}", alpha=0.25,
+                color = _style(col, norm_of(groups[name]))["color"]
+                ax.fill_between(stats.index, stats["unit_p15"], stats["unit_p85"], color=color, alpha=0.25,
                                 linewidth=0, label="15th-85th percentile")  # fmt: skip
-                ax.plot(stats.index, stats["unit_p50"], color=f"C{col % 10}", label="median")
+                ax.plot(stats.index, stats["unit_p50"], color=color, label="median")
             ax.set_title(f"{name}: {layer}", fontsize=9)
             ax.grid(alpha=0.3)
             if col == 0:
@@ -141,13 +174,14 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
             if row == len(layers) - 1:
                 ax.set_xlabel("step")
     grid[0][0].legend(fontsize=7, loc="upper right")
+    over = ", mean over seeds" if any(len(ms) > 1 for ms in groups.values()) else ""
     top.suptitle("activation input of one fixed unit per norm position (15th / 50th / 85th percentile over the "
-                 "probe batch, mean over seeds)", fontsize=10)  # fmt: skip
+                 f"probe batch{over})", fontsize=10)  # fmt: skip
     panels = middle.subplots(1, 4, squeeze=False)[0]
     for i, name in enumerate(names):
         model = _mean_over_seeds(groups[name], "model", ["loss", "landscape_loss_min", "landscape_loss_max",
                                                          "grad_change_max", "beta_smoothness"])  # fmt: skip
-        style = _style(i)
+        style = _style(i, norm_of(groups[name]))
         if {"landscape_loss_min", "landscape_loss_max"} <= set(model.columns) and model[
             "landscape_loss_min"
         ].notna().any():
@@ -182,7 +216,7 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
         for i, name in enumerate(names):
             stats = _mean_over_seeds(groups[name], layer, ["grad_weight_norm"])
             if "grad_weight_norm" in stats.columns:
-                grads[col].plot(stats.index, stats["grad_weight_norm"], label=name, **_style(i),
+                grads[col].plot(stats.index, stats["grad_weight_norm"], label=name, **_style(i, norm_of(groups[name])),
                                 markevery=_markevery(len(stats)))  # fmt: skip
         grads[col].set_title(f"|grad| of the weights feeding {layer}", fontsize=9)
         if grads[col].lines:

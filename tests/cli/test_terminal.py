@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,18 @@ def test_the_quickstart_as_written_in_a_terminal(tmp_path, columns):
         assert_fits(session, columns)
         assert "Traceback" not in session.text
     assert statuses(tmp_path / "runs") and set(statuses(tmp_path / "runs")) == {"completed"}
+    # Typed after all of them, each compare still reads exactly its own runs: one folder, no warning of a mix.
+    compares = [c for c in commands if c.startswith("bnbench compare")]
+    assert len(compares) >= 3
+    for command in compares:
+        words = shlex.split(command)[2:]
+        inputs = [w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), len(words))]]
+        result = subprocess.run([sys.executable, "-m", "bnbench", "compare", *inputs, "--format", "json"],
+                                cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        folders = {str(Path(run["path"]).parent) for run in json.loads(result.stdout)["runs"]}
+        assert len(folders) == 1, f"{command} read runs from {sorted(folders)}"
+        assert "mix" not in result.stderr, result.stderr
 
 
 COMMANDS = ["run", "sweep", "compare", "ls", "report", "plot", "check", "bench", "config list", "config show"]
@@ -229,13 +242,14 @@ def test_the_command_list_says_whole_sentences(cli):
 
 @pytest.fixture(scope="module")
 def quickstart_runs(tmp_path_factory) -> Path:
-    """The Quickstart's first command (3 seeds of mlp_none and mlp_bn, 3 epochs) on tiny synthetic data."""
+    """The Quickstart's first command (3 seeds of mlp_none and mlp_bn, 3 epochs, into runs/quickstart) on tiny
+    synthetic data."""
     import subprocess
 
     folder = tmp_path_factory.mktemp("quickstart")
     subprocess.run(
         [sys.executable, "-m", "bnbench", "run", "mlp_none", "mlp_bn", "--seeds", "0,1,2", "--epochs", "3",
-         "--set", "data.dataset=synthetic", "--set", "data.train_subset=512"],
+         "--out-dir", "runs/quickstart", "--set", "data.dataset=synthetic", "--set", "data.train_subset=512"],
         cwd=folder, check=True, capture_output=True,
     )  # fmt: skip
     return folder
@@ -246,7 +260,7 @@ DELTA_CELL = re.compile(r"[+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]")
 
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_the_quickstart_compare_answer_is_on_one_screen(quickstart_runs, columns):
-    session = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none", quickstart_runs, columns)
+    session = in_terminal("bnbench compare runs/quickstart --baseline mlp_none", quickstart_runs, columns)
     assert session.code == 0, session.text
     screen = session.screen[-29:]  # what a 30-line terminal still shows, above the prompt
     text = "\n".join(screen)
@@ -266,7 +280,7 @@ def test_the_quickstart_compare_answer_is_on_one_screen(quickstart_runs, columns
 
 
 def test_wide_draws_every_column_whole_however_narrow_the_terminal(quickstart_runs):
-    session = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none --wide", quickstart_runs, 60)
+    session = in_terminal("bnbench compare runs/quickstart --baseline mlp_none --wide", quickstart_runs, 60)
     assert session.code == 0, session.text
     text = "".join(session.screen)  # the terminal wraps the wide lines: read them joined
     assert "…" not in text and "hidden to fit" not in text
@@ -277,8 +291,8 @@ def test_wide_draws_every_column_whole_however_narrow_the_terminal(quickstart_ru
 
 
 def test_footers_describe_only_columns_on_screen(quickstart_runs):
-    narrow = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none", quickstart_runs, 100)
-    wide = in_terminal("bnbench compare runs/mlp_* --baseline mlp_none --wide", quickstart_runs, 100)
+    narrow = in_terminal("bnbench compare runs/quickstart --baseline mlp_none", quickstart_runs, 100)
+    wide = in_terminal("bnbench compare runs/quickstart --baseline mlp_none --wide", quickstart_runs, 100)
     shown_target = any(re.search(r"┃.*epochs to", line) for line in narrow.screen)
     assert ("target " in narrow.text) == shown_target
     assert "target " in wide.text and "completed runs that learned (above 0.2)" in wide.text

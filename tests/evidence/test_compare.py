@@ -129,6 +129,73 @@ def test_runs_differing_in_more_than_seed_are_separate_groups(tmp_path):
     assert len(group_runs(find_runs([tmp_path])[0])) == 2
 
 
+def renamed(path: Path, name: str) -> Path:
+    """Give a fake run's config another `name` (as `--name`, or as a sweep names its runs: cell-sSEED)."""
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    (path / "config.yaml").write_text(yaml.safe_dump({**config, "name": name}))
+    return path
+
+
+def group_names(cli, *paths: Path) -> list[str]:
+    result = cli("compare", *paths, "--table", "groups", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    return sorted(pd.read_csv(io.StringIO(result.stdout))["group"])
+
+
+def test_a_group_is_named_by_what_its_runs_share_whatever_the_order(tmp_path, cli):
+    # mlp_bn-s0..2 and a run of the same config under another name (`--name ctrlc_test`, resumed): one group,
+    # named by the key that tells it from the other group, not after whichever member came first.
+    for seed in range(3):
+        fake_run(tmp_path / "a", f"mlp_bn-s{seed}", [0.9], seed=seed, norm="torch")
+        fake_run(tmp_path / "b", f"mlp_none-s{seed}", [0.8], seed=seed, norm="none")
+    fake_run(tmp_path / "a", "ctrlc_test", [0.9], seed=3, norm="torch")
+    names = group_names(cli, tmp_path / "a", tmp_path / "b")
+    assert names == group_names(cli, tmp_path / "b", tmp_path / "a") == ["kind=torch", "mlp_none"]
+    assert group_names(cli, *sorted((tmp_path / "a").iterdir())) == group_names(
+        cli, *sorted((tmp_path / "a").iterdir(), reverse=True)
+    )  # one group, the same name either way: what its runs share ("ctrlc_test+mlp_bn"), no member's name
+    assert group_names(cli, tmp_path / "a") == ["ctrlc_test+mlp_bn"]
+
+
+def test_a_cell_swept_into_two_folders_is_named_without_a_seed(tmp_path, cli):
+    # A sweep names its runs cell-sSEED: the group is the cell, never "position=after-s0".
+    for folder in ("one", "two"):
+        for seed in range(3):
+            run = fake_run(tmp_path / folder, f"position=after-s{seed}", [0.9], seed=seed + 3 * (folder == "two"))
+            renamed(run, f"position=after-s{seed}")
+    assert group_names(cli, tmp_path / "one", tmp_path / "two") == ["position=after"]
+    assert group_names(cli, tmp_path / "two", tmp_path / "one") == ["position=after"]
+
+
+def test_two_groups_sharing_a_name_are_told_apart_by_their_keys_in_any_order(tmp_path, cli):
+    for seed in range(2):
+        fake_run(tmp_path / "slow", f"x-s{seed}", [0.9], seed=seed, lr=0.1)
+        fake_run(tmp_path / "fast", f"x-s{seed}", [0.9], seed=seed, lr=1.0)
+    expected = ["x[lr=0.1]", "x[lr=1]"]
+    assert group_names(cli, tmp_path / "slow", tmp_path / "fast") == expected
+    assert group_names(cli, tmp_path / "fast", tmp_path / "slow") == expected
+
+
+def test_compare_says_in_one_line_when_its_inputs_mix_studies(tmp_path, cli):
+    study = tmp_path / "runs" / "mlp_lr"
+    for seed in range(2):
+        fake_run(study, f"kind=none-s{seed}", [0.8], seed=seed, norm="none")
+        fake_run(tmp_path / "runs", f"mlp_none-s{seed}", [0.8], seed=seed, norm="none")
+    (study / "study.yaml").write_text("name: mlp_lr\n")
+    everything = cli("compare", *sorted((tmp_path / "runs").glob("mlp_*")))  # the glob catches the study too
+    assert everything.exit_code == 0, everything.output
+    (line,) = [line for line in everything.stderr.splitlines() if "mix" in line]
+    assert "1 study" in line and "mlp_lr" in line and "2 runs from no study" in line
+    for alone in ([study], sorted((tmp_path / "runs").glob("mlp_none-s*"))):
+        result = cli("compare", *alone)
+        assert result.exit_code == 0 and "mix" not in result.stderr, result.output
+    other = tmp_path / "runs" / "other"
+    fake_run(other, "kind=none-s0", [0.8], norm="none")
+    (other / "study.yaml").write_text("name: other\n")
+    two = cli("compare", study, other)
+    assert [line for line in two.stderr.splitlines() if "mix 2 studies" in line], two.stderr
+
+
 def test_broken_partial_and_foreign_directories(tmp_path, cli):
     fake_run(tmp_path, "good", [0.5, 0.6])
     fake_run(tmp_path, "partial", [0.4], status="running")  # pid 1 on another host: shown as running

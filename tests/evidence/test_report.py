@@ -179,7 +179,7 @@ def test_numbers_and_verdicts_come_from_the_runs(full_report):
     # scratch and torch are one computation: identical numbers, equivalent within the margin
     row = next(line for line in lenet.splitlines() if line.startswith("| **scratch_is_torch**"))
     assert "| supported |" in row
-    assert "coincide" not in lenet  # its figure has a panel per norm: nothing hides
+    assert "hand-written BN and nn.BatchNorm coincide" in lenet  # one axis for the norms: the caption names them
     assert "hand-written BN and nn.BatchNorm coincide" in section_of(text, "mlp_norms")  # the caption says so
     verdicts = text.split("\n## Verdicts\n")[1].split("\n## ")[0]
     assert "lenet_norms" in verdicts and "bn_higher_final" in verdicts
@@ -297,3 +297,30 @@ def test_the_readme_block_is_generated_from_the_report(full_report, tmp_path):
     assert "findings (" in written and "bn_higher_final" in written
     for name in REPORTED:
         assert f"[{name}](docs/results/README.md#{name})" in written
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels, from the PNG's IHDR chunk."""
+    data = path.read_bytes()[16:24]
+    return int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big")
+
+
+def test_lenet_norms_draws_the_norms_on_one_axis_with_no_empty_panel(tmp_path, cli):
+    study = fake_study(tmp_path, "lenet_norms")
+    result = cli("report", study, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    (figure,) = (tmp_path / "out").glob("lenet_norms_curves_*.png")
+    width, height = png_size(figure)
+    # One column of panels (the norms as lines on one axis), a row per metric: taller than wide. Before,
+    # a column per norm, with "no norm: test accuracy, batch statistics" drawn empty.
+    assert height > width
+
+
+def test_one_colour_per_norm_and_the_band_is_named_only_with_several_seeds():
+    from bnbench.evidence.plots import NORM_COLOURS, _style, band_note
+
+    for kind, colour in NORM_COLOURS.items():  # whatever position a series takes, its norm keeps its colour
+        assert {_style(i, kind)["color"] for i in range(12)} == {colour}
+    assert len(set(NORM_COLOURS.values())) == len(NORM_COLOURS)
+    assert band_note([3, 3]) == "line: mean over seeds, band: ± 1 std over seeds (n=3)"
+    assert band_note([1, 1]) == ""  # one run per series: no band, no "mean over seeds"
