@@ -236,32 +236,40 @@ def saved_config(run: RunDir) -> RunConfig:
     return config_from_dict(raw, str(path))
 
 
+FORWARDED_STOP = getattr(signal, "SIGUSR1", signal.SIGTERM)  # what a sweep sends its busy workers to stop
+
+
 class StopRequest:
     """SIGINT/SIGTERM/SIGHUP handler: the first asks the loop to stop after the current step; the second
-    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append)."""
+    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append).
+    FORWARDED_STOP (a sweep passing its own stop on to its workers) only asks, never escalates: closing a
+    terminal sends SIGHUP to the sweep *and* its workers, and the sweep's forward must not count as a second."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, requested: bool = False) -> None:
+        self.requested = requested
         self.signum: int | None = None
 
     def __call__(self) -> bool:
         return self.requested
 
     def handle(self, signum: int, frame: object) -> None:
-        if self.requested:
+        if self.requested and signum != FORWARDED_STOP:
             raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
+        if not self.requested:
+            self.requested, self.signum = True, signum
 
 
 @contextmanager
-def stop_on_signals(interrupt: bool = True) -> Iterator[StopRequest]:
-    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT. A sweep's workers leave SIGINT to
-    the sweep, which forwards one SIGTERM: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike."""
-    stop = StopRequest()
+def stop_on_signals(interrupt: bool = True, requested: bool = False) -> Iterator[StopRequest]:
+    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT; without `interrupt` (a sweep's
+    worker) also FORWARDED_STOP. A sweep's workers leave SIGINT to the sweep, which forwards one
+    FORWARDED_STOP: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike. `requested`: a stop that
+    arrived before (a worker asked to stop while it waited for this job)."""
+    stop = StopRequest(requested)
     if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
         yield stop
         return
-    signals = [signal.SIGINT] if interrupt else []
+    signals = [signal.SIGINT] if interrupt else ([FORWARDED_STOP] if FORWARDED_STOP != signal.SIGTERM else [])
     signals += [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, stop.handle) for sig in signals}
     try:
