@@ -30,6 +30,9 @@ import yaml
 import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
 from bnbench.errors import UsageError
+from bnbench.nn.models import MODELS, build_model
+from bnbench.nn.norms import NORMS, make_norm_factory
+from bnbench.plugins import PluginError
 from bnbench.records import DamagedFile, atomic_write, check_run_files, read_run_file
 from bnbench.runs.rundir import (
     LockHeld,
@@ -308,6 +311,11 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure is recorded in meta.json, then reported
         run.update_meta(status="failed", ended_at=now(), error=f"{type(exc).__name__}: {exc}")
         raise
+    except SystemExit as exc:  # a plugin norm or model called sys.exit while training: a failed run, not an exit
+        plugins = [s for s in (cfg.norm.kind, cfg.model.name) if s not in NORMS and s not in MODELS]
+        error = f"{' or '.join(plugins) or 'the run'} called sys.exit({exc.code!r}) during epoch {epoch}"
+        run.update_meta(status="failed", ended_at=now(), error=error)
+        raise RuntimeError(error) from None
 
 
 @dataclass
@@ -530,8 +538,18 @@ def exit_code_of(results: list[RunResult]) -> int:
 
 
 def check_jobs(jobs: list[Job], root: Path) -> None:
-    """What can only be checked against the data: the batch fits the training set."""
+    """What can only be checked against the data: the batch fits the training set; and a plugin norm or
+    model builds a module (built once per distinct model and norm, on the CPU)."""
+    built: set[str] = set()
     for job in jobs:
+        cfg = job.cfg
+        key = repr((cfg.model, cfg.norm, cfg.train.init))
+        if key not in built and (cfg.norm.kind not in NORMS or cfg.model.name not in MODELS):
+            built.add(key)
+            try:
+                build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+            except PluginError as exc:
+                raise UsageError(f"{job.source}: {exc}") from None
         n_train = train_size(job.cfg.data, root)
         if job.cfg.train.batch_size > n_train:
             raise UsageError(
