@@ -35,8 +35,19 @@ ARGUMENTS = {"norm": "(features_shape, cfg)", "model": "(block, cfg)"}
 
 
 def entry_points(what: str) -> dict[str, str]:
-    """name -> 'module:attr' registered by installed packages for `what` (norm or model)."""
-    return {ep.name: ep.value for ep in metadata.entry_points(group=GROUPS[what])}
+    """name -> 'module:attr' registered by installed packages for `what` (norm or model). A package whose
+    entry_points.txt cannot be read is skipped with one warning (it is another package's fault)."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        try:
+            points = dist.entry_points.select(group=GROUPS[what])
+        except Exception as exc:  # noqa: BLE001 - a malformed entry_points.txt of another package
+            name = (dist.metadata or {}).get("Name") or "a package"
+            print(f"warning: {name}: its entry_points.txt cannot be read ({type(exc).__name__}); skipped",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        found.update((ep.name, ep.value) for ep in points)
+    return found
 
 
 def is_import_path(text: str) -> bool:
@@ -115,3 +126,29 @@ def uses_batch_statistics(spec: str, what: str = "norm") -> bool:
     if _IMPORTS_REFUSED:
         return False
     return bool(getattr(resolve(spec, what), "uses_batch_statistics", False))
+
+
+class PluginError(UsageError):
+    """A plugin norm or model failed when called (raised, exited, or gave back something not a module)."""
+
+
+def call(plugin: Callable, spec: str, what: str, *args: object) -> object:
+    """`plugin(*args)`, where an exception or a `sys.exit` inside it becomes one PluginError naming it."""
+    key = "norm.kind" if what == "norm" else "model.name"
+    try:
+        return plugin(*args)
+    except UsageError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code failed: one line naming it
+        how = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"{key} {spec}: the plugin {what} failed when built ({how})") from None
+
+
+def built(module: object, spec: str, what: str) -> object:
+    """`module` if it is a torch.nn.Module; otherwise one PluginError naming the plugin."""
+    import torch.nn as nn
+
+    if not isinstance(module, nn.Module):
+        key = "norm.kind" if what == "norm" else "model.name"
+        raise PluginError(f"{key} {spec}: the plugin {what} returned a {type(module).__name__}, not a torch.nn.Module")
+    return module

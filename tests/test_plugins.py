@@ -129,3 +129,73 @@ def test_a_plugin_norm_in_bench_and_with_diagnostics(folder):
     assert (folder / "runs/diag/diagnostics.csv").read_text().count("\n") > 10
     result = bnbench(folder, "plot", "runs/diag", "--diagnostics", "--out", "inside.png")
     assert result.returncode == 0, result.stderr
+
+
+EVIL = """
+import sys
+import torch.nn as nn
+
+
+class ExitNorm(nn.Module):
+    def __init__(self, shape, cfg):
+        super().__init__()
+
+    def forward(self, x):
+        sys.exit(7)
+
+
+class RaiseNorm(nn.Module):
+    def __init__(self, shape, cfg):
+        raise RuntimeError("boom")
+
+
+def not_a_module(shape, cfg):
+    return 42
+
+
+def model_not_a_module(block, cfg):
+    return "nope"
+"""
+
+
+@pytest.mark.parametrize(
+    "key, spec, message",
+    [
+        ("norm", "evil:RaiseNorm", "norm.kind evil:RaiseNorm: the plugin norm failed when built (RuntimeError: boom)"),
+        ("norm", "evil:not_a_module", "norm.kind evil:not_a_module: the plugin norm returned a int, not a torch"),
+        ("model", "evil:model_not_a_module", "model.name evil:model_not_a_module: the plugin model returned a str"),
+    ],
+)
+def test_a_plugin_that_raises_or_returns_no_module_is_one_line_exit_2(folder, key, spec, message):
+    (folder / "evil.py").write_text(EVIL)
+    write_config(folder / "bad.yaml", **({"norm": {"kind": spec}} if key == "norm" else {"model": {"name": spec}}))
+    for command in (["run"], ["sweep", "--seeds", "0,1"]):
+        result = bnbench(folder, *command, "bad.yaml", "--out-dir", "runs")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (folder / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_plugin_that_exits_in_forward_fails_its_run_with_one_line(folder, command):
+    (folder / "evil.py").write_text(EVIL)
+    write_config(folder / "bad.yaml", norm={"kind": "evil:ExitNorm"})
+    seeds = ["--seeds", "0", "--jobs", "1"] if command == "sweep" else []
+    result = bnbench(folder, command, "bad.yaml", *seeds, "--out-dir", "runs")
+    assert result.returncode == 1, result.stderr
+    assert "evil:ExitNorm called sys.exit(7)" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert _statuses(folder / "runs") == ["failed"]
+
+
+def test_a_malformed_entry_point_of_another_package_is_no_traceback(folder, tmp_path):
+    site = tmp_path / "site"
+    (site / "bad-1.0.dist-info").mkdir(parents=True)
+    (site / "bad-1.0.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: bad\nVersion: 1.0\n")
+    (site / "bad-1.0.dist-info/entry_points.txt").write_text("[bnbench.norms]\nweird = not a path!\n")
+    env = {"PYTHONPATH": str(site)}
+    result = bnbench(folder, "run", "mine.yaml", "--out-dir", "runs", env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    write_config(folder / "weird.yaml", norm={"kind": "weird"})
+    result = bnbench(folder, "run", "weird.yaml", "--out-dir", "runs2", env=env)
+    assert result.returncode == 2 and "weird: cannot import not a path!" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

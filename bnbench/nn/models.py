@@ -157,6 +157,11 @@ def build_model(cfg: ModelConfig, norm: NormFactory, init: str = "default", posi
     def block(shape: tuple[int, ...]) -> NormAct:
         return NormAct(norm(shape), act(), position == "before", ShiftNoise(shape[0], noise) if noise > 0 else None)
 
-    model = builder(block, cfg)
+    if cfg.name in MODELS:
+        model = builder(block, cfg)
+    else:
+        from bnbench import plugins
+
+        model = plugins.built(plugins.call(builder, cfg.name, "model", block, cfg), cfg.name, "model")
     init_weights(model, init)
     return model

@@ -591,7 +591,7 @@ def norm_builder(kind: str) -> NormBuilder:
     from bnbench import plugins
 
     plugin = plugins.resolve(kind, "norm")
-    return lambda cfg, shape: plugin(shape, cfg)
+    return lambda cfg, shape: plugins.built(plugins.call(plugin, kind, "norm", shape, cfg), kind, "norm")
 
 
 def make_norm_factory(cfg: NormConfig) -> NormFactory:

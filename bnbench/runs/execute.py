@@ -30,6 +30,9 @@ import yaml
 import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
 from bnbench.errors import UsageError
+from bnbench.nn.models import MODELS, build_model
+from bnbench.nn.norms import NORMS, make_norm_factory
+from bnbench.plugins import PluginError
 from bnbench.records import DamagedFile, atomic_write, check_run_files, read_run_file
 from bnbench.runs.rundir import (
     LockHeld,
@@ -236,32 +239,40 @@ def saved_config(run: RunDir) -> RunConfig:
     return config_from_dict(raw, str(path))
 
 
+FORWARDED_STOP = getattr(signal, "SIGUSR1", signal.SIGTERM)  # what a sweep sends its busy workers to stop
+
+
 class StopRequest:
     """SIGINT/SIGTERM/SIGHUP handler: the first asks the loop to stop after the current step; the second
-    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append)."""
+    raises KeyboardInterrupt at once (files stay consistent: every write is atomic or a flushed append).
+    FORWARDED_STOP (a sweep passing its own stop on to its workers) only asks, never escalates: closing a
+    terminal sends SIGHUP to the sweep *and* its workers, and the sweep's forward must not count as a second."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, requested: bool = False) -> None:
+        self.requested = requested
         self.signum: int | None = None
 
     def __call__(self) -> bool:
         return self.requested
 
     def handle(self, signum: int, frame: object) -> None:
-        if self.requested:
+        if self.requested and signum != FORWARDED_STOP:
             raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
+        if not self.requested:
+            self.requested, self.signum = True, signum
 
 
 @contextmanager
-def stop_on_signals(interrupt: bool = True) -> Iterator[StopRequest]:
-    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT. A sweep's workers leave SIGINT to
-    the sweep, which forwards one SIGTERM: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike."""
-    stop = StopRequest()
+def stop_on_signals(interrupt: bool = True, requested: bool = False) -> Iterator[StopRequest]:
+    """Stop requests from SIGTERM, SIGHUP and (with `interrupt`) SIGINT; without `interrupt` (a sweep's
+    worker) also FORWARDED_STOP. A sweep's workers leave SIGINT to the sweep, which forwards one
+    FORWARDED_STOP: a terminal's Ctrl-C and a `kill -INT` of the sweep stop alike. `requested`: a stop that
+    arrived before (a worker asked to stop while it waited for this job)."""
+    stop = StopRequest(requested)
     if threading.current_thread() is not threading.main_thread():  # e.g. a Ray task: the host handles signals
         yield stop
         return
-    signals = [signal.SIGINT] if interrupt else []
+    signals = [signal.SIGINT] if interrupt else ([FORWARDED_STOP] if FORWARDED_STOP != signal.SIGTERM else [])
     signals += [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, stop.handle) for sig in signals}
     try:
@@ -300,6 +311,11 @@ def execute(run: RunDir, trainer: Trainer, first_epoch: int = 1) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure is recorded in meta.json, then reported
         run.update_meta(status="failed", ended_at=now(), error=f"{type(exc).__name__}: {exc}")
         raise
+    except SystemExit as exc:  # a plugin norm or model called sys.exit while training: a failed run, not an exit
+        plugins = [s for s in (cfg.norm.kind, cfg.model.name) if s not in NORMS and s not in MODELS]
+        error = f"{' or '.join(plugins) or 'the run'} called sys.exit({exc.code!r}) during epoch {epoch}"
+        run.update_meta(status="failed", ended_at=now(), error=error)
+        raise RuntimeError(error) from None
 
 
 @dataclass
@@ -522,8 +538,18 @@ def exit_code_of(results: list[RunResult]) -> int:
 
 
 def check_jobs(jobs: list[Job], root: Path) -> None:
-    """What can only be checked against the data: the batch fits the training set."""
+    """What can only be checked against the data: the batch fits the training set; and a plugin norm or
+    model builds a module (built once per distinct model and norm, on the CPU)."""
+    built: set[str] = set()
     for job in jobs:
+        cfg = job.cfg
+        key = repr((cfg.model, cfg.norm, cfg.train.init))
+        if key not in built and (cfg.norm.kind not in NORMS or cfg.model.name not in MODELS):
+            built.add(key)
+            try:
+                build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+            except PluginError as exc:
+                raise UsageError(f"{job.source}: {exc}") from None
         n_train = train_size(job.cfg.data, root)
         if job.cfg.train.batch_size > n_train:
             raise UsageError(

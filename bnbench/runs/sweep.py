@@ -135,13 +135,26 @@ def _watch_parent(parent: int) -> None:
     os._exit(130)
 
 
+_STOP_PENDING: list[int] = []  # stops (signal numbers) a worker was asked for while it held no run
+
+
+def _stop_while_idle(signum: int, frame: object) -> None:
+    """A worker between runs keeps a stop for the run it may be handed next (a sweep hands it one in the
+    same instant a terminal closes), rather than dying by the signal's default action."""
+    _STOP_PENDING.append(signum)
+
+
 def _init_worker(threads: int) -> None:
     import torch
+
+    from bnbench.runs.execute import FORWARDED_STOP
 
     _PARENT.append(os.getppid())
     _die_with_parent()
     threading.Thread(target=_watch_parent, args=(_PARENT[0],), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an idle worker ignores Ctrl-C; a run handles its own
+    for sig in {FORWARDED_STOP, getattr(signal, "SIGHUP", FORWARDED_STOP)}:  # SIGTERM still ends an idle worker
+        signal.signal(sig, _stop_while_idle)
     torch.set_num_threads(threads)
 
 
@@ -187,7 +200,7 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, send: Call
 
     device = pick_device(device_option)
     key = (job.cfg.data, str(root), str(device))
-    with stop_on_signals(interrupt=not _PARENT) as stop:  # a local worker: the sweep forwards stops
+    with stop_on_signals(interrupt=not _PARENT, requested=bool(_STOP_PENDING)) as stop:  # local: the sweep forwards
         try:
             if key not in _DATA:
                 _DATA.clear()
@@ -198,12 +211,31 @@ def run_in_worker(job, device_option: str, root: Path, out_dir: Path, send: Call
             return run_job(job, _DATA[key], device, root, out_dir, make_reporter, stop)
         except LockHeld as exc:
             return RunResult(job.path, "skipped", 0, None, 0, str(exc))
+        except KeyboardInterrupt:  # a second stop before the run's loop began (loading data, creating the run)
+            return _stopped_before_training(job, out_dir)
         except Exception as exc:  # noqa: BLE001 - a run that could not even start is a failed run
             return RunResult(job.path or out_dir / job.run_name, "failed", 0, None, EXIT_FAILED,
                              f"{type(exc).__name__}: {exc}")  # fmt: skip
         finally:
             if _PARENT and os.getppid() != _PARENT[0]:  # the sweep died: nobody waits for this result
                 os._exit(130)
+
+
+def _stopped_before_training(job, out_dir: Path):
+    """The result of a run stopped twice before its training loop could record the stop itself."""
+    from bnbench.runs.execute import EXIT_INTERRUPTED, RunResult
+    from bnbench.runs.rundir import RunDir, is_run_dir
+
+    path, epochs = job.path or out_dir / job.run_name, 0
+    if is_run_dir(path):
+        try:
+            run = RunDir(path, read_meta(path))
+            if run.meta.get("status") == "running":
+                run.update_meta(status="interrupted", error="interrupted before training began")
+            epochs = int(run.meta.get("epochs_completed") or 0)
+        except (OSError, ValueError):
+            pass
+    return RunResult(path, "interrupted", epochs, None, EXIT_INTERRUPTED, "interrupted before training began")
 
 
 def _worker_main(conn, threads: int, progress: bool) -> None:
@@ -286,7 +318,7 @@ def run_local(
     own run and is replaced. Returns the results and whether a signal stopped the sweep."""
     from multiprocessing.connection import wait as wait_for
 
-    from bnbench.runs.execute import stop_on_signals
+    from bnbench.runs.execute import FORWARDED_STOP, stop_on_signals
 
     context = multiprocessing.get_context("spawn")
     todo, idle, busy = list(jobs), [], []
@@ -326,9 +358,9 @@ def run_local(
                         on_result(result)
                 if stop() and not forwarded:  # let the running runs stop cleanly, with their checkpoints
                     forwarded = True
-                    for worker in busy:  # workers ignore SIGINT: one SIGTERM each, whatever stopped the sweep
-                        if worker.process.is_alive():
-                            os.kill(worker.process.pid, signal.SIGTERM)
+                    for worker in busy:  # workers ignore SIGINT: one stop each, whatever stopped the sweep; a
+                        if worker.process.is_alive():  # worker that got the same SIGHUP does not take it as a second
+                            os.kill(worker.process.pid, FORWARDED_STOP)
         finally:
             for worker in idle + busy:
                 worker.close(grace=30 if worker in busy else 5)

@@ -102,6 +102,26 @@ def test_workers_do_not_outlive_a_killed_sweep(tmp_path):
     assert {m["status"] for m in _metas(folder).values()} == {"interrupted"}
 
 
+def test_a_closed_terminal_leaves_every_run_interrupted_and_resumable(tmp_path):
+    """SIGHUP to the sweep's whole process group (a terminal closing): the workers got it too, so the
+    sweep's own forwarded stop must not count as their second (which aborts at once)."""
+    study = _study(tmp_path, epochs=10, subset=1024)
+    cmd = [sys.executable, "-m", "bnbench", "sweep", str(study), "--out-dir", str(tmp_path / "runs"), "--jobs", "2"]
+    proc = subprocess.Popen(cmd + ["--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    folder = tmp_path / "runs/st"
+    _wait(lambda: len(_running(folder)) == 2, proc)
+    os.killpg(proc.pid, signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    statuses = [m["status"] for m in _metas(folder).values()]
+    assert "interrupted" in statuses and set(statuses) <= {"interrupted", "completed"}, statuses
+    again = subprocess.run(cmd + ["--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert [m["status"] for m in _metas(folder).values()] == ["completed"] * 4
+
+
 def test_two_sweeps_at_once_train_each_run_once(tmp_path):
     study = _study(tmp_path, epochs=3, subset=512, seeds="0-2")
     first, second = (_sweep(study, "--out-dir", tmp_path / "runs", "--jobs", "1") for _ in range(2))
