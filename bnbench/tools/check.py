@@ -625,11 +625,25 @@ def torch_test_families(spec: str, kind: str | None, backward: str = "autograd")
     return rows
 
 
-def family_variants() -> list[tuple[str, str]]:
-    """The built-in (kind, backward) pairs the families run on."""
-    return [(k, b) for k in ("scratch", "layer", "group", "ghost") for b in ("autograd", "manual")] + [
-        ("renorm", "autograd")
-    ]
+def family_variants() -> list[tuple[str, str, str]]:
+    """The built-in norms the families run on: (kind, its reference kind, backward)."""
+    pairs = [(k, b) for k in ("scratch", "layer", "group", "ghost") for b in ("autograd", "manual")]
+    return [(kind, kind, backward) for kind, backward in [*pairs, ("renorm", "autograd")]]
+
+
+def family_lines(rows: list[tuple[str, str | None]], norm: str | None = None) -> list:
+    """Rich lines for torch_test_families' rows: one per family, or with `norm`, one for that norm's
+    families (its failures named)."""
+    from rich.text import Text
+
+    if norm is None:
+        return [Text.assemble(f"torch's tests, {family}: ", ("pass", "green") if failure is None else ("FAIL", "red"),
+                              "" if failure is None else f" ({failure})") for family, failure in rows]  # fmt: skip
+    failed = [(family, failure) for family, failure in rows if failure is not None]
+    if not failed:
+        return [Text.assemble(f"torch's tests, {norm}: {len(rows)} of {len(rows)} families ", ("pass", "green"))]
+    named = "; ".join(f"{family} ({failure})" for family, failure in failed)
+    return [Text.assemble(f"torch's tests, {norm}: ", ("FAIL", "red"), f" {named}")]
 
 
 # The summary table's columns: each the worst of these quantities.
@@ -648,10 +662,12 @@ def run_contract_check(spec: str, dtype: torch.dtype, device: str, width: int | 
     from bnbench.evidence.tables import fitted
 
     rows = contract_checks(spec, dtype, device)
-    failures = sum(not ok for _, ok in rows)
+    families = torch_test_families(spec, None)
+    failures = sum(not ok for _, ok in rows) + sum(failure is not None for _, failure in families)
     table = fitted(f"{spec}: the norm contract on {device} (no reference; --reference torch|layer|group compares)",
                    ["check", "result"], [[label, "pass" if ok else "FAIL"] for label, ok in rows], width)  # fmt: skip
-    return [table, Text(f"{len(rows) - failures} passed, {failures} failed")], failures
+    units = len(rows) + len(families)
+    return [table, *family_lines(families), Text(f"{units - failures} passed, {failures} failed")], failures
 
 
 def run_check(
@@ -681,9 +697,11 @@ def run_check(
     rows: dict[tuple[str, str], tuple[int, dict[str, float], int]] = {}
     kind_of: dict[tuple[str, str], str] = {}
     todo = list(plugin_cases(*plugin) if plugin else cases())
+    variants = [(plugin[0], PLUGIN_REFERENCES[plugin[1]], "autograd")] if plugin else family_variants()
+    total = len(todo) + len(variants)
     for done, case in enumerate(todo):
         if on_case is not None:
-            on_case(done, len(todo), case.name)
+            on_case(done, total, case.name)
         try:
             diffs = compare_case(case, dtype, device)
         except Exception:  # noqa: BLE001 - a plugin that cannot even load the reference's state fails its row
@@ -709,12 +727,20 @@ def run_check(
     failures = sum(failed for _, _, failed in rows.values())
     checked_cases = sum(count for count, _, _ in rows.values())
     lines = []
+    family_rows = {}  # (spec, backward) -> torch_test_families' rows; float64 and CPU whatever --dtype/--device say
+    for done, (spec, kind, backward) in enumerate(variants, start=len(todo)):
+        if on_case is not None:
+            on_case(done, total, f"torch's tests, {spec} ({backward})")
+        family_rows[(spec, backward)] = torch_test_families(spec, kind, backward)
+    family_units = sum(len(rows) for rows in family_rows.values())
+    failures += sum(failure is not None for rows in family_rows.values() for _, failure in rows)
     if plugin:
         contract = contract_checks(plugin[0], dtype, device)
         failures += sum(not ok for _, ok in contract)
         lines += [Text.assemble(f"{label}: ", ("pass", "green") if ok else ("FAIL", "red")) for label, ok in contract]
+        lines += family_lines(family_rows[(plugin[0], "autograd")])
         table = fitted(title.replace("hand-written norms", plugin[0]), header, table_rows, width, wide)
-        summary = Text(f"{checked_cases + len(contract) - failures} passed, {failures} failed")
+        summary = Text(f"{checked_cases + len(contract) + family_units - failures} passed, {failures} failed")
         return [table, *lines, summary], failures
     for kind, backward, spatial in gradcheck_cases():
         try:
@@ -725,11 +751,14 @@ def run_check(
         shape = "(N,C,H,W)" if spatial else "(N,C)"
         lines.append(Text.assemble(f"gradcheck float64, {kind} ({backward}), {shape}: ",
                                    ("pass", "green") if ok else ("FAIL", "red")))  # fmt: skip
+    lines.append(Text("torch's test families: " + ", ".join(TORCH_FAMILIES), style="dim"))
+    for (spec, backward), rows in family_rows.items():
+        lines += family_lines(rows, f"{spec} ({backward})")
     extras = extra_checks()
     for label, value, ok in extras:
         failures += not ok
         lines.append(Text.assemble(f"{label}: {value:.1e} ", ("pass", "green") if ok else ("FAIL", "red")))
-    total = checked_cases + len(gradcheck_cases()) + len(extras)
+    total = checked_cases + len(gradcheck_cases()) + family_units + len(extras)
     names = {name: ", ".join(SHORT_NAMES[q] for q in qs) for name, qs in columns.items()}
     legend = ", ".join(f"{name} = {qs}" for name, qs in names.items() if name != qs)
     if every_case:
