@@ -72,13 +72,25 @@ def test_a_plugin_norm_on_local_ray(folder):
 def test_check_holds_a_plugin_norm_to_its_reference_and_finds_a_wrong_one(folder):
     result = bnbench(folder, "check", "--norm", "my_norms:MyBatchNorm", "--reference", "torch")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "my_norms:MyBatchNorm (autograd)" in result.stdout and "0 failed" in result.stdout
-    result = bnbench(folder, "check", "--norm", "my_norms:MyBatchNorm")  # the contract alone
-    assert result.returncode == 0 and "6 passed, 0 failed" in result.stdout
+    assert "my_norms:MyBatchNorm (autograd)" in result.stdout and "45 passed, 0 failed" in result.stdout
+    result = bnbench(folder, "check", "--norm", "my_norms:MyBatchNorm")  # the contract and torch's families alone
+    assert result.returncode == 0 and "11 passed, 0 failed" in result.stdout
     wrong = (folder / "my_norms.py").read_text().replace("x.var(dims, unbiased=False)", "x.var(dims, unbiased=True)")
     (folder / "wrong_norms.py").write_text(wrong)
     result = bnbench(folder, "check", "--norm", "wrong_norms:MyBatchNorm", "--reference", "torch")
     assert result.returncode == 1 and "FAIL" in result.stdout
+
+
+def test_check_names_the_one_family_a_norm_returning_zeros_for_one_value_per_channel_fails(folder):
+    """nn.BatchNorm raises ValueError on one value per channel in training; a copy of the example without
+    that check returns the bias (zeros) instead, and fails the error-cases row, and only it."""
+    zeros = (folder / "my_norms.py").read_text().replace("x.numel() == x.shape[1]", "False")
+    assert zeros != (folder / "my_norms.py").read_text()
+    (folder / "zero_norms.py").write_text(zeros)
+    result = bnbench(folder, "check", "--norm", "zero_norms:MyBatchNorm", "--reference", "torch")
+    assert result.returncode == 1 and "44 passed, 1 failed" in result.stdout, result.stdout + result.stderr
+    failing = [line for line in result.stdout.splitlines() if "FAIL" in line]
+    assert len(failing) == 1 and "torch's tests, error cases: FAIL (one value per channel" in failing[0], failing
 
 
 @pytest.mark.parametrize(

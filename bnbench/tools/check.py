@@ -9,9 +9,11 @@ and the tests prove the same things.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import itertools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -361,6 +363,292 @@ def extra_checks() -> list[tuple[str, float, bool]]:
     return rows
 
 
+# ---- What PyTorch's own tests of nn.BatchNorm, nn.LayerNorm and nn.GroupNorm ask (test_modules.py's
+# ModuleInfo checks, test_nn.py, test_load_state_dict.py), one row per family. With a reference kind,
+# torch's module built from the same arguments is the oracle; without one (a plugin's contract), the
+# families that need no oracle.
+TORCH_FAMILIES = (
+    "batched gradients and vmap",
+    "second derivatives",
+    "error cases",
+    "empty batch",
+    "state dicts",
+    "low precision",
+    "channels_last",
+)
+NEEDS_TORCH = ("error cases", "channels_last")
+_SMALL = ((6, 4), (4, 4, 2, 2))  # Ghost BN's virtual batches of 2: three and two of them
+
+
+class _Failed(Exception):
+    """A family's check did not hold; the message says what."""
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Failed(what)
+
+
+def _label(shape: tuple[int, ...]) -> str:
+    return "(" + ",".join(map(str, shape)) + ")"
+
+
+def _data(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Inputs of mean 2 and std 3, as in the grid."""
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3 + 2).to(dtype)
+
+
+def family_config(kind: str, backward: str = "autograd") -> NormConfig:
+    """The small configuration the families use: 2 groups, virtual batches of 2, renorm at rmax 1, dmax 0
+    (where it is nn.BatchNorm)."""
+    return NormConfig(kind=kind, backward=backward, groups=2, virtual_batch_size=2, rmax=1.0, dmax=0.0,
+                      renorm_warmup=0)  # fmt: skip
+
+
+def _torch_twin(kind: str, cfg: NormConfig, shape: tuple[int, ...], ours: nn.Module | None = None) -> nn.Module:
+    """torch's module for `kind` with random parameters (seeded), float64; `ours`, if given, loads its state."""
+    twin = reference(Case(kind, shape, cfg)).double()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in twin.named_parameters():
+            param.copy_(torch.rand(param.shape, generator=gen) + 0.5 if name.endswith("weight") else
+                        torch.randn(param.shape, generator=gen))  # fmt: skip
+    if ours is not None:
+        ours.load_state_dict(_state_of(twin))
+    return twin
+
+
+def _as_function(module: nn.Module, x: torch.Tensor) -> tuple[Callable, tuple[torch.Tensor, ...]]:
+    """The module as a function of its input and parameters (for gradcheck), and those arguments."""
+    names = [name for name, _ in module.named_parameters()]
+
+    def forward(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(module, dict(zip(names, params, strict=True)), (x,))
+
+    return forward, (x.requires_grad_(), *(p.detach().clone().requires_grad_() for p in module.parameters()))
+
+
+def _batched_and_vmap(build: Callable, cfg: NormConfig, kind: str | None):
+    for shape in _SMALL:
+        yield f"{_label(shape)} gradcheck(check_batched_grad=True)"
+        module = build(cfg, shape[1:]).double().train()
+        forward, inputs = _as_function(module, _data(shape, 7))
+        _expect(
+            torch.autograd.gradcheck(
+                forward, inputs, eps=1e-6, atol=1e-7, check_batched_grad=True, raise_exception=False
+            ),
+            "gradients differ from finite differences",
+        )
+        xs = torch.stack([_data(shape, seed) for seed in (8, 9, 10)])
+        plain = build(dataclasses.replace(cfg, track_running_stats=False), shape[1:]).double().train()
+        trained = build(cfg, shape[1:]).double().train()
+        trained(_data(shape, 11))
+        for mode, m in (("training, no running statistics", plain), ("eval", trained.eval())):
+            yield f"{_label(shape)} torch.func.vmap over 3 inputs, {mode}"
+            params = dict(m.named_parameters())
+            batched = torch.func.vmap(lambda x, m=m, params=params: torch.func.functional_call(m, params, (x,)))(xs)
+            looped = torch.stack([m(x) for x in xs])
+            _expect(torch.allclose(batched, looped, rtol=1e-10, atol=1e-10), "differs from a loop over the inputs")
+
+
+def _second_derivatives(build: Callable, cfg: NormConfig, kind: str | None):
+    for shape in _SMALL:
+        yield f"{_label(shape)} gradgradcheck"
+        module = build(cfg, shape[1:]).double().train()
+        forward, inputs = _as_function(module, _data(shape, 12))
+        _expect(torch.autograd.gradgradcheck(forward, inputs, eps=1e-6, atol=1e-5, raise_exception=False),
+                "second derivatives differ from finite differences")  # fmt: skip
+
+
+def _outcome(make: Callable[[], nn.Module], x: torch.Tensor) -> type[BaseException] | None:
+    """The exception type building the module in training mode and calling it on x raises, None if none."""
+    try:
+        make().double().train()(x)
+    except Exception as exc:  # noqa: BLE001 - the type is the answer
+        return type(exc)
+    return None
+
+
+def _error_cases(build: Callable, cfg: NormConfig, kind: str | None):
+    """Where torch's module raises, ours raises the same exception type (in building or in forward)."""
+    cases = [
+        ("eps=0", dataclasses.replace(cfg, eps=0.0), (4,), (3, 4)),
+        ("eps=-1", dataclasses.replace(cfg, eps=-1.0), (4,), (3, 4)),
+        ("one value per channel (1,2)", cfg, (2,), (1, 2)),
+        ("one value per channel (1,2,1,1)", cfg, (2, 1, 1), (1, 2, 1, 1)),
+        ("5 channels into a norm of 4", cfg, (4,), (3, 5)),
+    ]
+    for name, case_cfg, features, shape in cases:
+        yield name
+        x = _data(shape, 13)
+        theirs = _outcome(lambda c=case_cfg, f=features: reference(Case(kind, (1, *f), c)), x)
+        ours = _outcome(lambda c=case_cfg, f=features: build(c, f), x)
+        if theirs is not None:
+            got = "returns a tensor" if ours is None else f"raises {ours.__name__}"
+            _expect(ours is not None and issubclass(ours, theirs), f"torch raises {theirs.__name__}, this {got}")
+
+
+def _empty_batch(build: Callable, cfg: NormConfig, kind: str | None):
+    for shape in ((0, 4), (0, 4, 2, 2)):
+        yield f"{_label(shape)} in training"
+        module = build(cfg, shape[1:]).double().train()
+        module(_data((6, *shape[1:]), 14))
+        before = {name: b.clone() for name, b in module.named_buffers()}
+        x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        y = module(x)
+        _expect(y.shape == x.shape, f"output shape {tuple(y.shape)}")
+        if y.requires_grad:
+            y.sum().backward()
+        for name, param in module.named_parameters():
+            _expect(param.grad is None or not param.grad.any(), f"{name}.grad is not zero")
+        for name, buffer in module.named_buffers():
+            if name != "num_batches_tracked":
+                _expect(torch.equal(buffer, before[name]), f"{name} changed")
+        if kind is not None and "num_batches_tracked" in before:
+            twin = _torch_twin(kind, cfg, (6, *shape[1:])).train()
+            twin(_data((6, *shape[1:]), 14))
+            twin(x)
+            count = int(_state_of(twin)["num_batches_tracked"])
+            _expect(int(module.num_batches_tracked) == count, f"num_batches_tracked {int(module.num_batches_tracked)}, "
+                    f"torch counts {count}")  # fmt: skip
+
+
+def _state_dicts(build: Callable, cfg: NormConfig, kind: str | None):
+    shape = (4, 4, 2, 2)
+    module = build(cfg, shape[1:]).double().train()
+    for seed in (15, 16):
+        module(_data(shape, seed))
+    module.eval()
+    x = _data(shape, 17)
+    yield "saved and loaded into a fresh instance"
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    fresh = build(cfg, shape[1:]).double().eval()
+    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    _expect(torch.equal(fresh(x), module(x)), "a different eval output")
+    state = module.state_dict()
+    if "num_batches_tracked" in state:
+        yield "an old state dict (version 1, no num_batches_tracked)"
+        old = type(state)((k, v) for k, v in state.items() if k != "num_batches_tracked")
+        old._metadata = {k: {**v, "version": 1} for k, v in state._metadata.items()}  # type: ignore[attr-defined]
+        fresh = build(cfg, shape[1:]).double()
+        fresh.load_state_dict(old)  # as nn.BatchNorm: the fresh module's counter (0) is kept
+        _expect(int(fresh.num_batches_tracked) == 0, f"num_batches_tracked {int(fresh.num_batches_tracked)}, not 0")
+    if kind is not None:
+        yield "torch's module loads it"
+        twin = _torch_twin(kind, cfg, shape).eval()
+        getattr(twin, "bn", twin).load_state_dict(state)
+        _expect(torch.allclose(twin(x), module(x), rtol=0, atol=1e-10), "torch's eval output differs")
+        yield "it loads torch's"
+        twin = _torch_twin(kind, cfg, shape).train()
+        twin(_data(shape, 19))
+        twin.eval()
+        fresh = build(cfg, shape[1:]).double().eval()
+        fresh.load_state_dict(_state_of(twin))
+        _expect(torch.allclose(twin(x), fresh(x), rtol=0, atol=1e-10), "a different eval output from torch's")
+
+
+def _low_precision(build: Callable, cfg: NormConfig, kind: str | None):
+    """float16/bfloat16 inputs, into float32 modules (torch's mixed mode) and into modules cast to them:
+    output and input gradient in the input's dtype; with a reference, the output's and the running statistics'
+    largest error against a float64 reference within 2x torch's own (+1e-6)."""
+    shape = (8, 4, 3, 3)
+    for dtype, mode in itertools.product((torch.float16, torch.bfloat16), ("float32 module", "module cast")):
+        yield f"{str(dtype).removeprefix('torch.')} input, {mode}"
+        ours = build(cfg, shape[1:]).float().train()
+        twin = _torch_twin(kind, cfg, shape, ours).float().train() if kind is not None else None
+        exact = copy.deepcopy(twin).double() if twin is not None else None
+        if mode == "module cast":
+            ours.to(dtype)
+            twin = twin.to(dtype) if twin is not None else None
+        x = _data(shape, 20, dtype).requires_grad_()
+        y = ours(x)
+        y.backward(torch.ones_like(y))
+        _expect(y.dtype == dtype and x.grad is not None and x.grad.dtype == dtype,
+                f"output {y.dtype}, input gradient {None if x.grad is None else x.grad.dtype}")  # fmt: skip
+        _expect(bool(y.isfinite().all()), "a non-finite output")
+        if twin is None or exact is None:
+            continue
+        truth = exact(x.detach().double())
+        pairs = [("output", y, twin(x.detach()), truth)]
+        for name in ("running_mean", "running_var"):
+            if name in _state_of(exact):
+                pairs.append((name, ours.state_dict()[name], _state_of(twin)[name], _state_of(exact)[name]))
+        for name, mine, theirs, true in pairs:
+            error, torch_error = ((t.double() - true).abs().max().item() for t in (mine, theirs))
+            _expect(error <= 2 * torch_error + 1e-6, f"{name} off by {error:.1e}, torch's by {torch_error:.1e}")
+
+
+def _channels_last(build: Callable, cfg: NormConfig, kind: str | None):
+    shape = (4, 4, 3, 3)
+    ours = build(cfg, shape[1:]).double()
+    twin = _torch_twin(kind, cfg, shape, ours)
+    x = _data(shape, 21).contiguous(memory_format=torch.channels_last)
+    for mode in ("training", "eval"):
+        yield f"{_label(shape)} channels_last, {mode}"
+        ours.train(mode == "training")
+        twin.train(mode == "training")
+        y, theirs = ours(x), twin(x)
+        _expect(torch.allclose(y, theirs, rtol=0, atol=1e-10), "a different output from torch's")
+        kept = theirs.is_contiguous(memory_format=torch.channels_last)
+        _expect(not kept or y.is_contiguous(memory_format=torch.channels_last), "torch keeps channels_last, this not")
+
+
+_FAMILY_CHECKS = dict(
+    zip(
+        TORCH_FAMILIES,
+        (_batched_and_vmap, _second_derivatives, _error_cases, _empty_batch, _state_dicts, _low_precision,
+         _channels_last),
+        strict=True,
+    )
+)  # fmt: skip
+
+
+def torch_test_families(spec: str, kind: str | None, backward: str = "autograd") -> list[tuple[str, str | None]]:
+    """(family, None when it passes or else the failing case and what failed) for the norm `spec` (a
+    registered kind or module:attribute) held to what PyTorch's tests ask of torch's module for `kind`
+    (scratch, ghost, renorm: nn.BatchNorm; layer; group); kind None: the families that need no oracle."""
+    build = norm_builder(spec)
+    cfg = family_config(kind or "none", backward)
+    rows: list[tuple[str, str | None]] = []
+    for family, check in _FAMILY_CHECKS.items():
+        if kind is None and family in NEEDS_TORCH:
+            continue
+        case, failure = "", None
+        try:
+            with warnings.catch_warnings():  # edge cases by design: var() of an empty batch warns
+                warnings.simplefilter("ignore")
+                for case in check(build, cfg, kind):  # noqa: B007 - the last case named is the failing one
+                    pass
+        except _Failed as exc:
+            failure = f"{case}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a user's norm that raises fails its row, named
+            failure = f"{case}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        rows.append((family, failure))
+    return rows
+
+
+def family_variants() -> list[tuple[str, str, str]]:
+    """The built-in norms the families run on: (kind, its reference kind, backward)."""
+    pairs = [(k, b) for k in ("scratch", "layer", "group", "ghost") for b in ("autograd", "manual")]
+    return [(kind, kind, backward) for kind, backward in [*pairs, ("renorm", "autograd")]]
+
+
+def family_lines(rows: list[tuple[str, str | None]], norm: str | None = None) -> list:
+    """Rich lines for torch_test_families' rows: one per family, or with `norm`, one for that norm's
+    families (its failures named)."""
+    from rich.text import Text
+
+    if norm is None:
+        return [Text.assemble(f"torch's tests, {family}: ", ("pass", "green") if failure is None else ("FAIL", "red"),
+                              "" if failure is None else f" ({failure})") for family, failure in rows]  # fmt: skip
+    failed = [(family, failure) for family, failure in rows if failure is not None]
+    if not failed:
+        return [Text.assemble(f"torch's tests, {norm}: {len(rows)} of {len(rows)} families ", ("pass", "green"))]
+    named = "; ".join(f"{family} ({failure})" for family, failure in failed)
+    return [Text.assemble(f"torch's tests, {norm}: ", ("FAIL", "red"), f" {named}")]
+
+
 # The summary table's columns: each the worst of these quantities.
 SUMMARY_COLUMNS = {
     "outputs": ("output", "eval_output"),
@@ -377,10 +665,12 @@ def run_contract_check(spec: str, dtype: torch.dtype, device: str, width: int | 
     from bnbench.evidence.tables import fitted
 
     rows = contract_checks(spec, dtype, device)
-    failures = sum(not ok for _, ok in rows)
+    families = torch_test_families(spec, None)
+    failures = sum(not ok for _, ok in rows) + sum(failure is not None for _, failure in families)
     table = fitted(f"{spec}: the norm contract on {device} (no reference; --reference torch|layer|group compares)",
                    ["check", "result"], [[label, "pass" if ok else "FAIL"] for label, ok in rows], width)  # fmt: skip
-    return [table, Text(f"{len(rows) - failures} passed, {failures} failed")], failures
+    units = len(rows) + len(families)
+    return [table, *family_lines(families), Text(f"{units - failures} passed, {failures} failed")], failures
 
 
 def run_check(
@@ -410,9 +700,11 @@ def run_check(
     rows: dict[tuple[str, str], tuple[int, dict[str, float], int]] = {}
     kind_of: dict[tuple[str, str], str] = {}
     todo = list(plugin_cases(*plugin) if plugin else cases())
+    variants = [(plugin[0], PLUGIN_REFERENCES[plugin[1]], "autograd")] if plugin else family_variants()
+    total = len(todo) + len(variants)
     for done, case in enumerate(todo):
         if on_case is not None:
-            on_case(done, len(todo), case.name)
+            on_case(done, total, case.name)
         try:
             diffs = compare_case(case, dtype, device)
         except Exception:  # noqa: BLE001 - a plugin that cannot even load the reference's state fails its row
@@ -438,12 +730,20 @@ def run_check(
     failures = sum(failed for _, _, failed in rows.values())
     checked_cases = sum(count for count, _, _ in rows.values())
     lines = []
+    family_rows = {}  # (spec, backward) -> torch_test_families' rows; float64 and CPU whatever --dtype/--device say
+    for done, (spec, kind, backward) in enumerate(variants, start=len(todo)):
+        if on_case is not None:
+            on_case(done, total, f"torch's tests, {spec} ({backward})")
+        family_rows[(spec, backward)] = torch_test_families(spec, kind, backward)
+    family_units = sum(len(rows) for rows in family_rows.values())
+    failures += sum(failure is not None for rows in family_rows.values() for _, failure in rows)
     if plugin:
         contract = contract_checks(plugin[0], dtype, device)
         failures += sum(not ok for _, ok in contract)
         lines += [Text.assemble(f"{label}: ", ("pass", "green") if ok else ("FAIL", "red")) for label, ok in contract]
+        lines += family_lines(family_rows[(plugin[0], "autograd")])
         table = fitted(title.replace("hand-written norms", plugin[0]), header, table_rows, width, wide)
-        summary = Text(f"{checked_cases + len(contract) - failures} passed, {failures} failed")
+        summary = Text(f"{checked_cases + len(contract) + family_units - failures} passed, {failures} failed")
         return [table, *lines, summary], failures
     for kind, backward, spatial in gradcheck_cases():
         try:
@@ -454,11 +754,14 @@ def run_check(
         shape = "(N,C,H,W)" if spatial else "(N,C)"
         lines.append(Text.assemble(f"gradcheck float64, {kind} ({backward}), {shape}: ",
                                    ("pass", "green") if ok else ("FAIL", "red")))  # fmt: skip
+    lines.append(Text("torch's test families: " + ", ".join(TORCH_FAMILIES), style="dim"))
+    for (spec, backward), rows in family_rows.items():
+        lines += family_lines(rows, f"{spec} ({backward})")
     extras = extra_checks()
     for label, value, ok in extras:
         failures += not ok
         lines.append(Text.assemble(f"{label}: {value:.1e} ", ("pass", "green") if ok else ("FAIL", "red")))
-    total = checked_cases + len(gradcheck_cases()) + len(extras)
+    total = checked_cases + len(gradcheck_cases()) + family_units + len(extras)
     names = {name: ", ".join(SHORT_NAMES[q] for q in qs) for name, qs in columns.items()}
     legend = ", ".join(f"{name} = {qs}" for name, qs in names.items() if name != qs)
     if every_case:

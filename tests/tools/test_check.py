@@ -8,7 +8,17 @@ import re
 import torch
 from rich.console import Console
 
-from bnbench.tools.check import cases, contract_checks, extra_checks, gradcheck_cases, plugin_cases, run_check
+from bnbench.tools.check import (
+    TORCH_FAMILIES,
+    cases,
+    contract_checks,
+    extra_checks,
+    family_variants,
+    gradcheck_cases,
+    plugin_cases,
+    run_check,
+    torch_test_families,
+)
 
 BIASED = '''
 import torch
@@ -55,15 +65,28 @@ def test_a_plugin_with_a_biased_running_variance_counts_cases_on_both_sides(tmp_
     renderables, failures = run_check(torch.float64, "cpu", plugin=("biased:BiasedBN", "torch"))
     passed, failed = _summary(renderables)
     units = len(plugin_cases("biased:BiasedBN", "torch")) + len(contract_checks("biased:BiasedBN"))
+    units += len(TORCH_FAMILIES)  # one unit per family of torch's tests
     assert passed >= 0 and failed == failures > 0
     assert passed + failed == units
-    # every case that tracks running statistics fails on running_var; the others pass
+    # every case that tracks running statistics fails on running_var; the others pass; and the families it fails
     tracked = [c for c in plugin_cases("biased:BiasedBN", "torch") if c.norm.track_running_stats]
-    assert failed == len(tracked)
+    families = torch_test_families("biased:BiasedBN", "scratch")
+    assert failed == len(tracked) + sum(failure is not None for _, failure in families)
 
 
 def test_the_built_in_check_counts_cases_on_both_sides():
     renderables, failures = run_check(torch.float64, "cpu")
     passed, failed = _summary(renderables)
     assert failed == failures == 0
-    assert passed == len(cases()) + len(gradcheck_cases()) + len(extra_checks())
+    families = len(family_variants()) * len(TORCH_FAMILIES)
+    assert passed == len(cases()) + len(gradcheck_cases()) + families + len(extra_checks())
+
+
+def test_the_families_name_the_failing_case_of_a_norm_that_ignores_eps_and_empty_batches(tmp_path, monkeypatch):
+    (tmp_path / "biased.py").write_text(BIASED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = dict(torch_test_families("biased:BiasedBN", "scratch"))
+    assert list(rows) == list(TORCH_FAMILIES)
+    assert rows["error cases"] == "eps=0: torch raises ValueError, this returns a tensor"
+    assert rows["empty batch"] is not None and rows["empty batch"].startswith("(0,4) in training: running_mean")
+    assert rows["second derivatives"] is None and rows["batched gradients and vmap"] is None
