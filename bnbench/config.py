@@ -455,7 +455,7 @@ def convention_warnings(configs: typing.Iterable[RunConfig]) -> list[str]:
         nc = cfg.norm
         if nc.kind not in BATCH_STATISTICS_KINDS or not nc.track_running_stats or cfg.train.precise_bn:
             continue
-        if nc.momentum == 0:
+        if nc.momentum is not None and nc.momentum < 1e-6:  # 0, or so small the statistics never move
             frozen.add(nc.momentum)
         elif nc.momentum is not None and nc.momentum > 0.5:
             fast.add(nc.momentum)
@@ -463,15 +463,16 @@ def convention_warnings(configs: typing.Iterable[RunConfig]) -> list[str]:
     convention = "PyTorch's convention: running = (1 - momentum) * running + momentum * batch"
     if frozen:
         lines.append(
-            f"norm.momentum 0: the running statistics stay at their initial 0 and 1, and eval mode normalizes with "
+            f"norm.momentum {', '.join(f'{m:g}' for m in sorted(frozen))}: the running statistics stay at their "
+            f"initial 0 and 1, and eval mode normalizes with "
             f"them ({convention}; TF/Keras' momentum 0.99 is PyTorch's 0.01, the default 0.1)"
         )
     if fast:
         shown = ", ".join(f"{m:g}" for m in sorted(fast))
-        lines.append(
-            f"norm.momentum {shown}: the running statistics follow the last batch or two ({convention}; "
-            f"TF/Keras' {shown} would be PyTorch's {', '.join(f'{1 - m:.2g}' for m in sorted(fast))})"
-        )
+        keras = [m for m in sorted(fast) if m < 1]
+        hint = f"; TF/Keras' {', '.join(f'{m:g}' for m in keras)} would be PyTorch's " + ", ".join(
+            f"{1 - m:.2g}" for m in keras) if keras else ""  # fmt: skip
+        lines.append(f"norm.momentum {shown}: the running statistics follow the last batch or two ({convention}{hint})")
     return lines
 
 

@@ -334,7 +334,7 @@ def shown(path: Path) -> str:
 def command_of(s: StudyRuns) -> str:
     """The command that runs the study again (a user's own study: its folder, which `sweep` re-runs)."""
     target = f"configs/studies/{s.name}.yaml" if _shipped(s) else shown(s.path)
-    return f"BNBENCH_DATA_DIR=../shared/data bnbench sweep {target}"
+    return f"bnbench sweep {target}"  # the data folder as the user has it: --data-dir or BNBENCH_DATA_DIR
 
 
 def recorded_commands(s: StudyRuns) -> list[str]:

@@ -108,7 +108,6 @@ def torchvision_class(dataset: str) -> type:
 def _try_download(dataset: str, root: Path) -> None:
     """Let torchvision download the files; if that fails, remove whatever the attempt created: every folder
     it made (up to the outermost missing one above the data directory) and every new file in raw/."""
-    import shutil
     import socket
 
     cls = torchvision_class(dataset)
@@ -121,20 +120,38 @@ def _try_download(dataset: str, root: Path) -> None:
     before = set(raw.iterdir()) if raw.is_dir() else set()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # no network must fail quickly, not hang
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # SIGTERM, SIGHUP: clean up as for Ctrl-C
+
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)} if main else {}
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
-    except Exception:  # noqa: BLE001 - any failure is reported as missing files by the caller
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        elif raw.is_dir():
-            for path in set(raw.iterdir()) - before:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+    except BaseException as exc:  # noqa: BLE001 - any failure (or Ctrl-C, SIGTERM) removes what it created
+        _remove_created(created, raw, before)
+        if not isinstance(exc, Exception):
+            raise  # an interrupt stays an interrupt; other failures are reported as missing files by the caller
     finally:
         socket.setdefaulttimeout(previous)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def _remove_created(created: Path | None, raw: Path, before: set[Path]) -> None:
+    import shutil
+
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    elif raw.is_dir():
+        for path in set(raw.iterdir()) - before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def train_size(cfg: DataConfig, root: Path) -> int:

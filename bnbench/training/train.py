@@ -172,11 +172,12 @@ def restrict_training(model: nn.Module, which: str, seed: int) -> int:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or Adam over every parameter. Weight decay reaches all of them (PyTorch's default: weights, biases
-    and the norms' scale γ and shift β) unless `norm_weight_decay` is set: the norms' γ/β then form a second
-    parameter group with that decay (timm's and the detection codebases' `norm_weight_decay`)."""
+    and the norms' scale γ and shift β) unless `norm_weight_decay` is set: the norms' γ/β and every bias then
+    form a second parameter group with that decay (timm's `no_weight_decay` rule: the 1-D parameters)."""
     params: list = list(model.parameters())
     if cfg.norm_weight_decay is not None and cfg.norm_weight_decay != cfg.weight_decay:
         norms = {id(p) for m in model.modules() if isinstance(m, NormAct) for p in m.norm.parameters()}
+        norms |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
         groups = [
             {"params": [p for p in params if id(p) not in norms], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if id(p) in norms], "weight_decay": cfg.norm_weight_decay},

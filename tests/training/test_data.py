@@ -96,3 +96,39 @@ def test_make_run_uses_the_clis_data_default_and_only_the_results_name_a_folder(
     )
     mine = _make("studies", tmp_path, "STUDIES=mlp_lr", "RESULTS_DATA_DIR=elsewhere")
     assert mine.rstrip().endswith("--data-dir elsewhere")
+
+
+def test_a_download_stopped_by_a_signal_removes_every_folder_it_created(tmp_path):
+    """SIGTERM while the download hangs (a proxy on this machine that accepts and never answers): the folders
+    the download made are removed and the process ends as stopped, not with an empty ../shared left behind."""
+    import signal
+    import socket
+    import sys
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    config = write_config(tmp_path / "c.yaml", data={"dataset": "fashion_mnist"})
+    env = {k: v for k, v in os.environ.items() if k != "BNBENCH_DATA_DIR"}
+    env.update(http_proxy=f"http://127.0.0.1:{port}", https_proxy=f"http://127.0.0.1:{port}")
+    made = tmp_path / "shared"
+    proc = subprocess.Popen([sys.executable, "-m", "bnbench", "run", str(config), "--data-dir", str(made / "data"),
+                             "--out-dir", str(tmp_path / "runs")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        server.settimeout(120)
+        connection, _ = server.accept()  # the download is under way: its folders exist now
+        deadline = time.monotonic() + 60
+        while not made.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert made.exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.close()
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert not made.exists() and not (tmp_path / "runs").exists()
+    connection.close()

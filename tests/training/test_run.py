@@ -244,7 +244,7 @@ def test_ghost_batch_statistics_evaluation_normalizes_each_test_batch_whole(tmp_
 
 def test_norm_weight_decay_keeps_decay_off_the_norms_scale_and_shift(tmp_path, cli):
     """train.weight_decay reaches every parameter (PyTorch's default), the norms' γ and β too;
-    train.norm_weight_decay: 0 leaves γ/β undecayed while the weights still decay."""
+    train.norm_weight_decay: 0 leaves γ/β and the biases undecayed while the weights still decay."""
     config = write_config(tmp_path / "c.yaml", norm={"kind": "torch"}, train={"epochs": 2, "lr": 0.1})
     runs = {"plain": ["train.weight_decay=0"], "all": ["train.weight_decay=0.5"],
             "weights": ["train.weight_decay=0.5", "train.norm_weight_decay=0"]}  # fmt: skip
@@ -265,7 +265,9 @@ def test_norm_weight_decay_keeps_decay_off_the_norms_scale_and_shift(tmp_path, c
     assert gamma("weights") == pytest.approx(gamma("plain"), rel=0.05)  # γ not decayed
     assert weights("weights") < 0.8 * weights("plain") and weights("all") < 0.8 * weights("plain")
     groups = models["weights"]["optimizer"]["param_groups"]
-    assert [g["weight_decay"] for g in groups] == [0.5, 0.0] and len(groups[1]["params"]) == 2  # γ and β
+    biases = [k for k in models["weights"]["model"] if k.endswith("bias") and ".norm." not in k]
+    assert biases and [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert len(groups[1]["params"]) == 2 + len(biases)  # γ, β and every bias (timm's 1-D rule)
     assert len(models["all"]["optimizer"]["param_groups"]) == 1
 
 
