@@ -273,7 +273,7 @@ class BatchNorm(nn.Module):
             mean, var = mean.flatten(), var.flatten()
         elif self.backward == "manual":
             y, mean, var, _ = _NormalizeFn.apply(x, dims, self.eps)
-            mean, var = mean.flatten(), var.flatten()
+            y, mean, var = y.clone(), mean.flatten(), var.flatten()  # y is saved for backward: not the output
         else:
             mean, centered, var = _centered_stats(x, dims)
             y = centered * torch.rsqrt(var + self.eps)
@@ -460,6 +460,8 @@ class LayerNorm(nn.Module):
         y = _normalize(x, tuple(range(-len(self.shape), 0)), self.eps, self.backward)
         if self.weight is not None:
             y = torch.addcmul(_as(self.bias, x.dtype), y, _as(self.weight, x.dtype))
+        elif self.backward == "manual":
+            y = y.clone()  # the manual backward saves its output: an in-place op after it must not touch that
         return y.to(out_dtype)
 
 
@@ -506,6 +508,8 @@ class GroupNorm(nn.Module):
         if self.weight is not None:
             shape = (1, -1) + (1,) * (x.dim() - 2)
             y = torch.addcmul(_as(self.bias, y.dtype).view(shape), y, _as(self.weight, y.dtype).view(shape))
+        elif self.backward == "manual":
+            y = y.clone()  # the manual backward saves its output: an in-place op after it must not touch that
         return _keep_memory_format(y.to(out_dtype), x)
 
 

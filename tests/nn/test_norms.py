@@ -468,3 +468,24 @@ def test_group_norm_keeps_channels_last_as_torch(backward):
     assert y.is_contiguous(memory_format=channels_last) and not y.is_contiguous()
     torch.testing.assert_close(y, expected)
     assert BatchNorm(6, backward=backward)(x).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda backward: BatchNorm(3, affine=False, backward=backward),
+        lambda backward: LayerNorm((3, 4, 4), affine=False, backward=backward),
+        lambda backward: GroupNorm(1, 3, affine=False, backward=backward),
+    ],
+    ids=["bn", "ln", "gn"],
+)
+def test_an_in_place_op_after_a_norm_without_affine_keeps_the_backward_intact(make):
+    """ReLU(inplace=True) after a norm with affine=False: the manual backward saves x̂, so the output must
+    be another tensor (torch's norms allow this; it used to raise 'modified by an inplace operation')."""
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for backward in ("autograd", "manual"):
+        x.grad = None
+        torch.nn.functional.relu(make(backward)(x), inplace=True).square().sum().backward()
+        grads.append(x.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
