@@ -10,7 +10,7 @@ A study file declares the claims it tests beside its grid:
         against: {norm.kind: none}
         metric: {column: test_acc, at: final, mean_of_last: 3}   # at: final | {epoch: N} | {step: N}
         expect: greater                      # greater | less | equivalent | not_worse
-        margin: 0.005                        # needed by equivalent and not_worse
+        margin: 0.005                        # every claim: the smallest effect of interest (metric units)
 
 or `metric: {column: train_acc, steps_to: 0.97}` (the first logged step reaching it; rank-based),
 `metric: {column: test_acc, auc: true}` (the mean over epochs), `metric: {diagnostic: lag_mean, layer: last,
@@ -23,15 +23,14 @@ the published setup as config keys (every value the runs differ in is printed be
 notes on what differs beyond the config, and published figures to print beside bnbench's. A claim's own
 `source: {deviates: ...}` says how its test differs from its paper's (printed beside that verdict only).
 
-Arms are paired by seed when they share their seeds (same initial weights and data order: the norm
-layers draw no random numbers); the effect is the mean difference with its 95% confidence interval.
-Verdicts, with Holm's correction over the claims of a study:
-  supported     the CI excludes zero in the claimed direction and the Holm-adjusted p < 0.05
-                (equivalent: the 90% CI lies within ±margin, TOST; not_worse: the 95% CI lies above -margin;
-                different: the 95% CI lies outside ±margin and the adjusted p < 0.05)
-  contradicted  the CI excludes the claimed effect (greater: it lies below margin or 0; equivalent: it
-                lies outside ±margin; not_worse: below -margin; different: TOST puts it within ±margin)
-  inconclusive  otherwise, with the smallest effect the design could have detected (80% power)
+Arms are paired by seed on the seeds they share, one run per seed (stats.py); a diverged run counts at its
+worst value (chance accuracy, infinite loss) with a rank test. Verdicts, Holm over the study's difference claims:
+  supported     the interval excludes zero in the claimed direction and the Holm-adjusted p < 0.05
+                (equivalent: the 90% interval lies within ±margin, TOST; not_worse: the 95% interval lies
+                above -margin; different: it lies outside ±margin and the adjusted p < 0.05)
+  contradicted  the interval rules the claim out (greater/less: it lies below the margin; equivalent:
+                outside ±margin; not_worse: below -margin; different: TOST puts it within ±margin)
+  inconclusive  otherwise, with the smallest effect the design could detect (80% power, Holm's level)
 A test that misses p < 0.05 is never evidence against a claim. No torch, no study-specific code here.
 """
 

@@ -289,10 +289,11 @@ def test_seed_bounds_and_seed_with_seeds(tmp_path, cli):
     assert result.exit_code == 2 and "train.seed" in result.stderr
     result = cli("run", config, "--seed", "1", "--seeds", "0,1", "--out-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "--seed and --seeds" in result.stderr
-    bn_eval_one = write_config(tmp_path / "e.yaml", norm={"kind": "torch"}, train={"eval_batch_size": 1})
+    bn_eval_one = write_config(tmp_path / "e.yaml", norm={"kind": "torch"},
+                               train={"eval_batch_size": 1, "eval_bn": "batch"})  # fmt: skip
     result = cli("run", bn_eval_one, "--out-dir", tmp_path / "runs")
-    assert result.exit_code == 2 and "test_acc_batch_stats" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert result.exit_code == 2 and "train.eval_bn batch evaluates with each test batch" in result.stderr
+    assert not (tmp_path / "runs").exists()  # (with running statistics one image at a time runs: test_run.py)
 
 
 def test_an_unreachable_ray_cluster_is_one_line_and_writes_nothing(tmp_path, cli):

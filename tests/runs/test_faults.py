@@ -83,14 +83,15 @@ def test_sigterm_and_a_second_sigint(tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == 130 and read_run(out / "long")[0]["status"] == "interrupted"
 
-    proc = _start(config, out)
-    _wait_for_epochs(out / "long-2", 1, proc)
+    done = read_run(out / "long")[0]["epochs_completed"]
+    proc = _start(config, out)  # the same command again continues the interrupted run
+    _wait_for_epochs(out / "long", done + 1, proc)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    meta, metrics, _ = read_run(out / "long-2")
-    assert meta["status"] == "interrupted" and meta["epochs_completed"] == len(metrics)
+    assert proc.returncode == 130 and not (out / "long-2").exists()
+    meta, metrics, _ = read_run(out / "long")
+    assert meta["status"] == "interrupted" and meta["epochs_completed"] == len(metrics) > done
 
 
 def test_sigkill_leaves_readable_files_shown_as_stale_and_resumable(tmp_path, cli):
