@@ -90,7 +90,7 @@ def test_check_names_the_one_family_a_norm_returning_zeros_for_one_value_per_cha
     result = bnbench(folder, "check", "--norm", "zero_norms:MyBatchNorm", "--reference", "torch")
     assert result.returncode == 1 and "44 passed, 1 failed" in result.stdout, result.stdout + result.stderr
     failing = [line for line in result.stdout.splitlines() if "FAIL" in line]
-    assert len(failing) == 1 and "torch's tests, error cases: FAIL (one value per channel" in failing[0], failing
+    assert len(failing) == 1 and "torch's tests, input checks: FAIL (one value per channel" in failing[0], failing
 
 
 @pytest.mark.parametrize(

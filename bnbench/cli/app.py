@@ -735,7 +735,7 @@ def check(
 ) -> None:
     """Prove each hand-written norm equals its reference (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, or the
     definition): outputs, gradients, running statistics, eval mode, state_dict; gradcheck; the families of
-    PyTorch's own tests (batched gradients and vmap, second derivatives, error cases, empty batch, state
+    PyTorch's own tests (batched gradients and vmap, second derivatives, input checks, empty batch, state
     dicts, low precision, channels_last), one row each naming a failing case; accumulation.
 
     \b

@@ -370,13 +370,13 @@ def extra_checks() -> list[tuple[str, float, bool]]:
 TORCH_FAMILIES = (
     "batched gradients and vmap",
     "second derivatives",
-    "error cases",
+    "input checks",
     "empty batch",
     "state dicts",
     "low precision",
     "channels_last",
 )
-NEEDS_TORCH = ("error cases", "channels_last")
+NEEDS_TORCH = ("input checks", "channels_last")
 _SMALL = ((6, 4), (4, 4, 2, 2))  # Ghost BN's virtual batches of 2: three and two of them
 
 

@@ -87,6 +87,6 @@ def test_the_families_name_the_failing_case_of_a_norm_that_ignores_eps_and_empty
     monkeypatch.syspath_prepend(str(tmp_path))
     rows = dict(torch_test_families("biased:BiasedBN", "scratch"))
     assert list(rows) == list(TORCH_FAMILIES)
-    assert rows["error cases"] == "eps=0: torch raises ValueError, this returns a tensor"
+    assert rows["input checks"] == "eps=0: torch raises ValueError, this returns a tensor"
     assert rows["empty batch"] is not None and rows["empty batch"].startswith("(0,4) in training: running_mean")
     assert rows["second derivatives"] is None and rows["batched gradients and vmap"] is None
