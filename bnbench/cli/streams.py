@@ -92,7 +92,10 @@ class SafeStream(io.TextIOBase):
             pass
 
     def isatty(self) -> bool:
-        return self.name not in _BROKEN and self.stream.isatty()
+        try:
+            return self.name not in _BROKEN and self.stream.isatty()
+        except ValueError:  # the stream was closed under us (another library's atexit hook asking): not a terminal
+            return False
 
     def fileno(self) -> int:
         return self.stream.fileno()
