@@ -380,6 +380,10 @@ def counting(label: str) -> Iterator[Callable[[int, int, str], None]]:
     def update(done: int, total: int, item: str) -> None:
         description, info = _fit_bar(columns[1], console.width, label, f"{done}/{total} {item}")
         bars.update(task, completed=done, total=max(1, total), description=description, info=info)
+        if not bars.live.is_started:  # the first frame shows a count, never a bare bar
+            bars.start()
 
-    with bars:
+    try:
         yield update
+    finally:
+        bars.stop()
