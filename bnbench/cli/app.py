@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -646,13 +647,20 @@ def export(
             raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
         if to is ExportTarget.mlflow and tracking_uri is None:
             raise UsageError("--to mlflow needs --tracking-uri, e.g. sqlite:///mlflow.db")
+        if to is ExportTarget.tensorboard and (out.exists() or out.is_symlink()) and not out.is_dir():
+            raise UsageError(f"--out {out}: not a folder (TensorBoard's log folder; one sub-folder per run)")
+        if to is ExportTarget.mlflow:
+            exp.check_tracking_uri(tracking_uri)
         runs = _found_runs(paths)
         if to is ExportTarget.tensorboard:
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
-            exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
-            display.say(f"{len(runs)} runs exported to MLflow at {tracking_uri}, experiment {experiment}")
+            done = exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
+            counts = Counter(what for what, _ in done.values())
+            said = ", ".join(f"{counts[w]} {w}" for w in ("exported", "updated", "unchanged") if counts[w])
+            display.say(f"MLflow at {tracking_uri}, experiment {experiment}: {said or 'nothing exported'}"
+                        + (" (unchanged: exported before, skipped)" if counts["unchanged"] else ""))  # fmt: skip
 
 
 def _found_runs(paths: list[Path]) -> list:

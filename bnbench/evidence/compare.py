@@ -12,6 +12,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -80,6 +81,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
     return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
 
 
+SECTIONS = ("model", "norm", "data", "train")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader: most of compare's time otherwise
 
 
@@ -103,15 +105,14 @@ def load_run(path: Path) -> Run:
         meta = read_meta(path)
     except ValueError as exc:
         raise DamagedFile(path / "meta.json", None, str(exc).removeprefix("meta.json: ")) from None
-    config = meta.get("config")
-    if not isinstance(config, dict):
-        try:
-            config = yaml.load(read_run_file(path / "config.yaml", MAX_SMALL_FILE), Loader=_YAML_LOADER)
-        except yaml.YAMLError:
-            raise DamagedFile(path / "config.yaml", None, "not YAML") from None
-    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("model", "norm", "data",
-                                                                                               "train")):  # fmt: skip
-        raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
+    try:  # read even when meta.json holds the config: a damaged config.yaml is a damaged run
+        saved = yaml.load(read_run_file(path / "config.yaml", MAX_SMALL_FILE), Loader=_YAML_LOADER)
+    except yaml.YAMLError:
+        raise DamagedFile(path / "config.yaml", None, "not YAML") from None
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else saved
+    for read in (saved, config):
+        if not isinstance(read, dict) or not all(isinstance(read.get(k, {}), dict) for k in SECTIONS):
+            raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
     metrics = _columns(path / "metrics.csv")
     missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics]
     if missing:
@@ -154,7 +155,8 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             warnings.append(f"{exc}; skipped")
         except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
-    runs.sort(key=lambda r: candidates.index(r.path))
+    order = {path: i for i, path in reversed(list(enumerate(candidates)))}  # first place each was named
+    runs.sort(key=lambda r: order[r.path])
     for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
         run.name = name
     return runs, warnings
@@ -167,7 +169,8 @@ def distinct_names(paths: list[Path]) -> list[str]:
     depth = [1] * len(paths)
     while True:
         names = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
-        clashes = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        counts = Counter(names)
+        clashes = [i for i, n in enumerate(names) if counts[n] > 1 and depth[i] < len(parts[i])]
         if not clashes:
             return names
         for i in clashes:

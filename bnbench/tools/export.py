@@ -8,7 +8,10 @@ directory as artifacts. Both libraries are optional extras.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +127,66 @@ def to_tensorboard(runs: list[Run], out: Path) -> list[Path]:
     return targets
 
 
+SQL_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow's other database stores (with a driver: mysql+pymysql)
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Refuse, before anything is created, a tracking URI MLflow could not use: `sqlite:///` without a
+    file, a folder, or a file that is not a SQLite database, or whose folder is missing; a server that
+    does not answer within `timeout` seconds; the file store (a folder, MLflow 3 deprecates it); an unknown
+    scheme. Raises UsageError (one line, exit 2)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    where = f"--tracking-uri {uri}"
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.lower().startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise UsageError(f"{where}: name the database file, e.g. sqlite:///mlflow.db")
+        database = Path(path)
+        if database.is_dir():
+            raise UsageError(f"{where}: {database} is a folder, not a database file")
+        if database.exists():
+            try:
+                with open(database, "rb") as f:
+                    header = f.read(16)
+            except OSError as exc:
+                raise UsageError(f"{where}: cannot read {database} ({exc.strerror})") from None
+            if header and header != b"SQLite format 3\x00":
+                raise UsageError(f"{where}: {database} is not a SQLite database")
+        elif not database.parent.is_dir():
+            raise UsageError(f"{where}: no such folder {database.parent}")
+    elif scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # a server answered (a proxy may refuse /health): MLflow reports what it says next
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UsageError(f"{where}: no MLflow server answers there ({reason})") from None
+    elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (C: on Windows)
+        raise UsageError(f"{where}: MLflow 3 deprecates the file store (a folder); use a database, "
+                         "e.g. sqlite:///mlflow.db")  # fmt: skip
+    elif scheme.split("+")[0] not in SQL_SCHEMES and scheme != "databricks":
+        raise UsageError(f"{where}: unknown scheme {scheme!r}; use sqlite:///FILE, http(s)://HOST:PORT, "
+                         "or a database URL (postgresql://, mysql://, mssql://)")  # fmt: skip
+
+
+def run_key(run: Run) -> str:
+    """A run's identity in a tracker, the same wherever its folder is copied: its name, its start time and
+    its config."""
+    identity = json.dumps([run.path.name, str(run.meta.get("started_at")), run.config], sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def run_fingerprint(run: Run) -> str:
+    """What an export of the run holds: its status and every recorded value. Equal: nothing to update."""
+    content = json.dumps([run.status, run.table, run.step_table], sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:24]
+
+
 def _artifacts_beside(tracking_uri: str) -> str | None:
     """For a SQLite store, artifacts go in `mlartifacts/` beside the database file, not into whatever folder
     the command ran in (MLflow's default, `./mlruns`); other stores keep MLflow's default."""
@@ -157,18 +220,24 @@ def run_artifacts(run_dir: Path) -> tuple[list[Path], list[str]]:
 
 
 def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
-              warn: Callable[[str], None] = lambda message: None) -> dict[str, str]:  # fmt: skip
-    """Runs as MLflow runs (children of their study's parent run); returns run name -> MLflow run id.
-    A param longer than MLflow's limit is cut and marked ("…", tag bnbench.cut_params), with one `warn`
-    per key; the full resolved config is the run's config.yaml artifact. Only the regular files bnbench
-    wrote are uploaded; anything else in a run directory is one `warn`."""
+              warn: Callable[[str], None] = lambda message: None) -> dict[str, tuple[str, str]]:  # fmt: skip
+    """Runs as MLflow runs (children of their study's parent run); returns run name -> (what was done:
+    "exported", "updated" or "unchanged", MLflow run id). Idempotent: each run carries tags bnbench.key (its
+    identity) and bnbench.fingerprint (its status and values); a run already exported unchanged is skipped,
+    a changed one (resumed, finished since) replaces its old MLflow run. A run still training is skipped
+    with a `warn`. An export that fails midway deletes the MLflow run it was writing (none is left RUNNING).
+    A param longer than MLflow's limit is cut and marked ("…", tag bnbench.cut_params), with one `warn` per
+    key; the full resolved config is the run's config.yaml artifact. Only the regular files bnbench wrote
+    are uploaded; anything else in a run directory is one `warn`."""
     import logging
 
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a server that goes away: fail, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
-    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about database tables say nothing
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -177,49 +246,109 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
         experiment_id = client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
     else:
         experiment_id = found.experiment_id
+    earlier, studies = _exported(client, experiment_id)
     parents: dict[Path, str] = {}
-    ids = {}
+    done: dict[str, tuple[str, str]] = {}
     limit, warned = mlflow_param_limit(), set()
     for run in runs:
+        if run.status == "running":
+            warn(f"{run.path}: still training; not exported (export it again when it has ended)")
+            continue
+        key, fingerprint = run_key(run), run_fingerprint(run)
+        old = earlier.get(key)
+        if old is not None and old.data.tags.get("bnbench.fingerprint") == fingerprint:
+            done[run.name] = ("unchanged", old.info.run_id)
+            continue
         saved = run.path.parent / STUDY_FILE
         study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
-        tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status}
+        tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status, "bnbench.key": key}
         if study is not None:
             if study not in parents:
-                parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": str(study)})
-                client.log_artifact(parent.info.run_id, str(study / STUDY_FILE))
-                client.set_terminated(parent.info.run_id)
-                parents[study] = parent.info.run_id
+                parents[study] = _study_parent(client, experiment_id, study, studies)
             tags["mlflow.parentRunId"] = parents[study]
         child = client.create_run(experiment_id, run_name=run.name, tags=tags, start_time=int(_start(run) * 1000))
-        run_id = child.info.run_id
-        values, cut = mlflow_params(run, limit)
-        params = [Param(k, v) for k, v in values.items()]
-        for key in cut:
-            if key not in warned:
-                warned.add(key)
-                warn(f"{key}: longer than MLflow's {limit:,} characters, cut and marked '…' (tag bnbench.cut_params); "
-                     "the full config is each run's config.yaml artifact")  # fmt: skip
-        if cut:
-            client.set_tag(run_id, "bnbench.cut_params", ",".join(cut))
-        metrics = []
-        for i, when in enumerate(epoch_times(run)):
-            epoch = int(run.table["epoch"][i])
-            metrics += [Metric(c, float(v[i]), int(when * 1000), epoch) for c, v in run.table.items()
-                        if c != "epoch" and _finite(v[i])]  # fmt: skip
-        for i, when in enumerate(step_times(run)):
-            step = int(run.step_table["step"][i])
-            metrics += [Metric(f"step_{c}", float(v[i]), int(when * 1000), step) for c, v in run.step_table.items()
-                        if c not in ("step", "epoch") and _finite(v[i])]  # fmt: skip
-        for start in range(0, len(params), 100):  # MLflow's limits per batch: 100 params, 1,000 metrics
-            client.log_batch(run_id, params=params[start : start + 100])
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        files, other = run_artifacts(run.path)
-        if other:
-            warn(f"{run.path}: not uploaded (not a regular file bnbench wrote): {', '.join(other[:5])}")
-        for file in files:
-            client.log_artifact(run_id, str(file))
-        client.set_terminated(run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
-        ids[run.name] = run_id
-    return ids
+        try:
+            _log_run(client, child.info.run_id, run, limit, warned, warn)
+            client.set_tag(child.info.run_id, "bnbench.fingerprint", fingerprint)  # last: the export is whole
+            client.set_terminated(child.info.run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
+        except BaseException:
+            _discard(client, child.info.run_id)
+            raise
+        if old is not None:
+            _discard(client, old.info.run_id)
+        done[run.name] = ("updated" if old is not None else "exported", child.info.run_id)
+    return done
+
+
+def _exported(client, experiment_id: str) -> tuple[dict, dict]:
+    """What bnbench exported to the experiment before: the whole runs by bnbench.key (a key twice: the
+    newest) and the studies' parent runs by study folder."""
+    runs, parents, token = {}, {}, None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, order_by=["attributes.start_time ASC"],
+                                  page_token=token)  # fmt: skip
+        for run in page:
+            tags = run.data.tags
+            if tags.get("bnbench.key") and tags.get("bnbench.fingerprint") is not None:  # written last: whole
+                runs[tags["bnbench.key"]] = run
+            elif tags.get("bnbench.study") and run.info.status == "FINISHED":
+                parents[tags["bnbench.study"]] = run.info.run_id
+        token = page.token
+        if not token:
+            return runs, parents
+
+
+def _study_parent(client, experiment_id: str, study: Path, parents: dict) -> str:
+    """The parent run of a study's runs: the one an earlier export made, else a new one."""
+    if str(study) in parents:
+        return parents[str(study)]
+    parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": str(study)})
+    try:
+        client.log_artifact(parent.info.run_id, str(study / STUDY_FILE))
+        client.set_terminated(parent.info.run_id)
+    except BaseException:
+        _discard(client, parent.info.run_id)
+        raise
+    return parent.info.run_id
+
+
+def _discard(client, run_id: str) -> None:
+    """Ends and deletes an MLflow run an export could not finish (or one a newer export replaces)."""
+    try:
+        client.set_terminated(run_id, status="FAILED")
+        client.delete_run(run_id)
+    except Exception:  # noqa: BLE001 - the store is gone too: nothing more can be done from here
+        pass
+
+
+def _log_run(client, run_id: str, run: Run, limit: int, warned: set, warn: Callable[[str], None]) -> None:
+    """A run's params, metrics per epoch and per step, and artifacts, in MLflow's batch limits."""
+    from mlflow.entities import Metric, Param
+
+    values, cut = mlflow_params(run, limit)
+    params = [Param(k, v) for k, v in values.items()]
+    for key in cut:
+        if key not in warned:
+            warned.add(key)
+            warn(f"{key}: longer than MLflow's {limit:,} characters, cut and marked '…' (tag bnbench.cut_params); "
+                 "the full config is each run's config.yaml artifact")  # fmt: skip
+    if cut:
+        client.set_tag(run_id, "bnbench.cut_params", ",".join(cut))
+    metrics = []
+    for i, when in enumerate(epoch_times(run)):
+        epoch = int(run.table["epoch"][i])
+        metrics += [Metric(c, float(v[i]), int(when * 1000), epoch) for c, v in run.table.items()
+                    if c != "epoch" and _finite(v[i])]  # fmt: skip
+    for i, when in enumerate(step_times(run)):
+        step = int(run.step_table["step"][i])
+        metrics += [Metric(f"step_{c}", float(v[i]), int(when * 1000), step) for c, v in run.step_table.items()
+                    if c not in ("step", "epoch") and _finite(v[i])]  # fmt: skip
+    for start in range(0, len(params), 100):  # MLflow's limits per batch: 100 params, 1,000 metrics
+        client.log_batch(run_id, params=params[start : start + 100])
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    files, other = run_artifacts(run.path)
+    if other:
+        warn(f"{run.path}: not uploaded (not a regular file bnbench wrote): {', '.join(other[:5])}")
+    for file in files:
+        client.log_artifact(run_id, str(file))

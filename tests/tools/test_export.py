@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import shutil
+import socket
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -142,3 +147,109 @@ def test_mlflow_params_are_whole_up_to_mlflows_limit_and_a_cut_is_marked(tmp_pat
         assert runs[name].data.params["norm.kind"] == "none"
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "model.hidden" in warnings[0] and "config.yaml" in warnings[0]
+
+
+def _mlflow_runs(uri: str) -> list:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("bnbench")
+    return client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+
+
+def test_mlflow_export_twice_duplicates_nothing_and_a_changed_run_replaces_its_old_one(study, tmp_path, cli):
+    copy = tmp_path / "st"
+    shutil.copytree(study, copy)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    first = cli("export", copy, "--to", "mlflow", "--tracking-uri", uri)
+    assert first.exit_code == 0 and "4 exported" in first.stdout, first.stderr
+    ids = {r.info.run_id for r in _mlflow_runs(uri)}
+    again = cli("export", copy, "--to", "mlflow", "--tracking-uri", uri)
+    assert again.exit_code == 0 and "4 unchanged" in again.stdout, again.stderr
+    assert {r.info.run_id for r in _mlflow_runs(uri)} == ids and len(ids) == 5  # the study's parent and 4 runs
+
+    meta_path = copy / "kind=none-s0/meta.json"  # the run is found interrupted since: its export is replaced
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "status": "interrupted"}))
+    third = cli("export", copy, "--to", "mlflow", "--tracking-uri", uri)
+    assert third.exit_code == 0 and "1 updated, 3 unchanged" in third.stdout, third.stderr
+    active = [r for r in _mlflow_runs(uri) if r.info.lifecycle_stage == "active"]
+    named = [r for r in active if r.info.run_name == "kind=none-s0"]
+    assert len(active) == 5 and len(named) == 1 and named[0].info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in _mlflow_runs(uri))
+
+
+def test_a_run_still_training_is_skipped_with_a_warning(study, tmp_path, cli):
+    copy = tmp_path / "st"
+    shutil.copytree(study, copy)
+    meta_path = copy / "kind=none-s0/meta.json"
+    meta = json.loads(meta_path.read_text())
+    alive = {"status": "running", "pid": os.getpid(), "hostname": socket.gethostname()}  # this process
+    meta_path.write_text(json.dumps({**meta, **alive}))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = cli("export", copy, "--to", "mlflow", "--tracking-uri", uri)
+    assert result.exit_code == 0 and "3 exported" in result.stdout
+    assert "kind=none-s0: still training; not exported" in result.stderr
+    assert "kind=none-s0" not in {r.info.run_name for r in _mlflow_runs(uri)}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("http://127.0.0.1:{port}", "no MLflow server answers there"),
+        ("sqlite:///", "name the database file"),
+        ("sqlite:///{tmp}/missing/m.db", "no such folder"),
+        ("sqlite:///{tmp}/text.db", "is not a SQLite database"),
+        ("sqlite:///{tmp}", "is a folder"),
+        ("{tmp}/mlruns", "deprecates the file store"),
+        ("file://{tmp}/mlruns", "deprecates the file store"),
+        ("nosuch://host/x", "unknown scheme 'nosuch'"),
+    ],
+)
+def test_an_unusable_tracking_uri_is_one_line_and_creates_nothing(study, tmp_path, cli, uri, says):
+    (tmp_path / "text.db").write_text("not a database\n")
+    before = sorted(tmp_path.rglob("*"))
+    uri = uri.format(tmp=tmp_path, port=_closed_port())
+    start = time.monotonic()
+    result = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
+    assert result.exit_code == 2 and says in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--tracking-uri" in result.stderr
+    assert time.monotonic() - start < 30  # seconds, not a client's minutes of retries (a loose bound)
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "text.db").read_text() == "not a database\n"
+
+
+def test_an_export_that_fails_midway_leaves_no_mlflow_run_running(study, tmp_path, cli, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    real, calls = MlflowClient.log_artifact, []
+
+    def failing(self, run_id, local_path, *args, **kwargs):
+        calls.append(local_path)
+        if len(calls) == 4:  # the study file, then two files of the first run, then the store fails
+            raise OSError("disk full")
+        return real(self, run_id, local_path, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", failing)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
+    assert result.exit_code == 1 and "disk full" in result.stderr and "Traceback" not in result.stderr
+    runs = _mlflow_runs(uri)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    assert all(r.info.lifecycle_stage == "deleted" for r in runs if r.info.run_name != "st")
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    again = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)  # the next export completes it
+    assert again.exit_code == 0 and "4 exported" in again.stdout, again.stderr
+    assert len([r for r in _mlflow_runs(uri) if r.info.lifecycle_stage == "active"]) == 5
+
+
+def test_tensorboard_out_that_is_a_file_is_refused_naming_out(study, tmp_path, cli):
+    (tmp_path / "tb").write_text("mine\n")
+    result = cli("export", study, "--to", "tensorboard", "--out", tmp_path / "tb")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --out ") and "not a folder" in result.stderr
+    assert (tmp_path / "tb").read_text() == "mine\n"
