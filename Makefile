@@ -9,15 +9,18 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,mlflow]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,mlflow,notebook]'
 	touch $@
 
 lint: install
 	$(BIN)/ruff check bnbench tests
 	$(BIN)/ruff format --check bnbench tests
 
+# Two test processes: most tests wait on a bnbench process of one thread, so two keep both cores busy
+# (28 min in one process, about half in two, on the 2-core CI machine).
+TEST_WORKERS ?= 2
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 run: install
 	$(BIN)/bnbench run configs/lenet_bn.yaml

@@ -1,5 +1,5 @@
 """Time `bnbench compare` over many runs: N copies of one small real run (2 seeds x N/2 configs), read and
-compared in this process (find_runs + compare), then the whole command as a person types it.
+compared in this process (find_runs + compare), then the whole `compare` and `ls` commands as a person types them.
 
     python scripts/bench_compare.py --runs 1000
 """
@@ -54,11 +54,16 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "bnbench", "compare", str(runs), "--format", "csv", "--table", "groups"],
                        check=True, capture_output=True)  # fmt: skip
         whole = time.perf_counter() - start_cmd
+        start_ls = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bnbench", "ls", str(runs), "--format", "csv"], check=True,
+                       capture_output=True)  # fmt: skip
+        ls_seconds = time.perf_counter() - start_ls
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "bnbench", "--version"], check=True, capture_output=True)
         startup = time.perf_counter() - t0
     print(json.dumps({"runs": len(found), "read_seconds": round(loaded - start, 3),
                       "compare_seconds": round(done - loaded, 3), "command_seconds": round(whole, 3),
+                      "ls_seconds": round(ls_seconds, 3),
                       "python_startup_seconds": round(startup, 3)}))  # fmt: skip
 
 

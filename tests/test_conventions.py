@@ -162,6 +162,8 @@ def test_the_wheel_ships_configs_and_studies(tmp_path):
         "bnbench/configs/studies/lenet_norms.yaml",
         "bnbench/configs/smoke.yaml",
         "bnbench/api.py",
+        "bnbench/examples/bnbench_tour.py",
+        "bnbench/examples/my_norms.py",
     } <= names
     # Installed into a fresh virtual environment (no editable install, no repository on the path; torch and
     # the other dependencies seen through a .pth file), it trains a shipped config and loads it from Python.

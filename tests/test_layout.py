@@ -23,6 +23,8 @@ LAZY_EXPORTS = {("bnbench", "bnbench.api")}
 def modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "examples":  # shipped example files for users (data), not bnbench's modules
+            continue
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = path

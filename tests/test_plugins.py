@@ -1,5 +1,5 @@
 """Your own norm or model, with no edit to bnbench: an import path in the config (a file in the current
-folder here, docs/examples/my_norms.py), or a name an installed package registers as an entry point."""
+folder here, bnbench/examples/my_norms.py), or a name an installed package registers as an entry point."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "docs/examples/my_norms.py"
+EXAMPLE = ROOT / "bnbench/examples/my_norms.py"
 
 
 def bnbench(cwd: Path, *args: object, env: dict | None = None) -> subprocess.CompletedProcess:

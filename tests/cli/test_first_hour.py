@@ -61,8 +61,13 @@ def test_run_files_follow_the_users_umask(tmp_path):
 
 @pytest.mark.parametrize("columns", (100, 60))
 def test_check_shows_progress_while_it_works(tmp_path, columns):
+    """`bnbench check` in a terminal (the one run of it there: test_terminal's read commands leave it here)."""
     session = in_terminal("bnbench check", tmp_path, columns, timeout=600)
     assert session.code == 0, session.text
     bars = [line for line in session.bar_lines if line.startswith("checking")]
     assert bars and all(BAR_LINE.match(line) and len(line) <= columns for line in bars)
     assert "scratch" in session.text  # then the table
+    assert "Traceback" not in session.text and "error" not in session.text.lower()
+    for line in session.screen:  # tables fit: a table row is whole on its line
+        if line.startswith(("┃", "│")):
+            assert line.endswith(("┃", "│")), f"a table row was wider than {columns} columns: {line!r}"

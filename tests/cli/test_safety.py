@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,16 +305,44 @@ def test_an_unreachable_ray_cluster_is_one_line_and_writes_nothing(tmp_path, cli
         port = s.getsockname()[1]
     study = _study(tmp_path, seeds="0")
     start = time.monotonic()
-    result = cli("sweep", study, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out-dir", tmp_path / "runs")
-    assert result.exit_code == 2 and "no Ray cluster answers there" in result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnbench",
+            "sweep",
+            study,
+            "--backend",
+            "ray",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--out-dir",
+            tmp_path / "runs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # its own process: no Ray client state is left in the test process
+    assert result.returncode == 2 and "no Ray cluster answers there" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
     assert time.monotonic() - start < 60  # bounded, not Ray's minutes of retries (a loose bound)
 
 
-@pytest.mark.parametrize("damage", ["fifo", "dev_zero", "config_string", "steps_header", "naive_time", "bad_json"])
-def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path, cli, damage):
-    study = _study(tmp_path, seeds="0")
-    assert cli("sweep", study, "--out-dir", tmp_path / "runs", "--jobs", "1").exit_code == 0
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """A finished two-run study, swept once (in its own process) for the tests that damage a copy of it."""
+    folder = tmp_path_factory.mktemp("swept")
+    study = _study(folder, seeds="0")
+    done = subprocess.run([sys.executable, "-m", "bnbench", "sweep", study, "--out-dir", folder / "runs", "--jobs",
+                           "1"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return folder / "runs"
+
+
+@pytest.mark.parametrize("damage", ["fifo", "dev_zero", "config_string", "config_yaml", "steps_header", "naive_time",
+                                    "bad_json"])  # fmt: skip
+def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path, cli, swept, damage):
+    shutil.copytree(swept, tmp_path / "runs", symlinks=True)
     bad, good = tmp_path / "runs/st/kind=none-s0", "kind=scratch-s0"
     if damage == "fifo":
         (bad / "metrics.csv").unlink()
@@ -323,6 +352,8 @@ def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path,
         (bad / "metrics.csv").symlink_to("/dev/zero")
     elif damage == "config_string":
         (bad / "config.yaml").write_text("just a string\n")
+    elif damage == "config_yaml":
+        (bad / "config.yaml").write_text("model: {name: mlp\n")  # malformed YAML
     elif damage == "steps_header":
         (bad / "steps.csv").write_text("a,b\n1,2\n")
     elif damage == "naive_time":
@@ -339,8 +370,8 @@ def test_a_damaged_run_is_skipped_with_one_line_and_the_rest_are_shown(tmp_path,
         assert result.returncode == 0, (command, result.stderr)
         assert good in result.stdout or command[0] == "plot"
         assert "Traceback" not in result.stderr
-        # config.yaml is not read by compare: meta.json holds the config the run started with
-        if damage not in ("naive_time", "config_string") and command[0] != "ls":
+        # a damaged config.yaml is a damaged run, though meta.json holds the config the run started with
+        if damage != "naive_time" and command[0] != "ls":
             warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
             assert len(warnings) == 1 and str(bad) in warnings[0], result.stderr
     result = cli("report", tmp_path / "runs/st", "--out", tmp_path / "report")

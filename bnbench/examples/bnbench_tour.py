@@ -18,12 +18,14 @@
 
 # %%
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless; in Jupyter, `%matplotlib inline` shows the figures instead
+if "ipykernel" not in sys.modules:  # run as a script: headless; in Jupyter the figures show inline
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -67,7 +69,7 @@ claims:
 
 # %%
 runs = bnbench.sweep(work / "tour.yaml", out_dir=work / "runs", jobs=1)
-runs
+print(runs)
 
 # %% [markdown]
 # One row per run and epoch, with the config as dotted columns.
