@@ -228,13 +228,19 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
     return list(overrides)
 
 
-def _results(results: list) -> None:
+def _results(results: list, code: int = 0) -> None:
+    """A warning per failed or interrupted run; a stop (Ctrl-C, a notebook's "interrupt kernel", SIGTERM)
+    then raises KeyboardInterrupt, as it would anywhere in Python, so a loop of calls stops too."""
+    from bnbench.runs.execute import EXIT_INTERRUPTED
+
     for result in results:
         if result.status == "failed":
             where = f" (traceback: {result.traceback})" if result.traceback is not None else ""
             _warn(f"{result.name}: {result.error}{where}")
         elif result.status == "interrupted":
             _warn(f"{result.name}: interrupted; call again to resume it")
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt("stopped; the same call again resumes the interrupted runs")
 
 
 def _jobs(jobs: int | str | None, device: str) -> int | None:
@@ -261,11 +267,13 @@ def run(
     threads_per_job: int | None = None,
 ) -> Runs:
     """Train like `bnbench run CONFIG... [--seeds] [--set k=v] [--epochs N]`: one run per config (a file or
-    a shipped config's name) and seed, under `out_dir`. Called again with the same arguments it continues
-    what it started (interrupted runs resume, finished ones are skipped), as the CLI does. Every config is
-    validated first; bad input raises InputError before anything is created. Progress: one line per epoch
-    (several jobs: per run). Returns the runs of this call, loaded; a failed or interrupted run is a
-    warning and is returned with its status."""
+    a shipped config's name) and seed, under `out_dir`. Called again after a stop it continues what it
+    started (interrupted runs resume, finished ones are skipped); called again after it finished, it
+    trains new runs beside them (c-s0-2), as `bnbench run` typed again does: `sweep` trains a set once.
+    Every config is validated first; bad input raises InputError before anything is created. Progress: one
+    line per epoch (several jobs: per run). Returns the runs of this call, loaded; a failed run is a
+    warning and is returned with its status. A stop (Ctrl-C, "interrupt kernel") marks the runs
+    interrupted, then raises KeyboardInterrupt."""
     from bnbench.cli import display
     from bnbench.config import convention_warnings
     from bnbench.runs.study import parse_seeds, run_configs
@@ -292,15 +300,16 @@ def run(
             if step.action == "skip":
                 display.say(f"skip {step.job.run_name}: {step.why} ({step.where})")
         results: list = []
+        code = 0
         if planned and (workers or 1) > 1:
             engine = Engine(device, data, workers, threads_per_job)
             root = prepare(planned, engine)
             with display.SweepDisplay(len(planned), False) as shown:
-                results, _ = execute(planned, engine, out, root, shown.result)
+                results, code = execute(planned, engine, out, root, shown.result)
         elif planned:
             say = lambda m: print(m, flush=True)  # noqa: E731
-            results, _ = run_jobs(planned, device, data, out, display.PlainReporter, say, threads_per_job)
-    _results(results)
+            results, code = run_jobs(planned, device, data, out, display.PlainReporter, say, threads_per_job)
+    _results(results, code)
     done = {r.path.resolve(): r.path for r in results}
     paths = [step.where for step in steps if step.action == "skip"] + list(done.values())
     order = {p.resolve(): i for i, p in enumerate(step.where for step in steps)}
@@ -357,10 +366,10 @@ def sweep(
                     f"{len(plan.jobs)} to run, {len(plan.skipped)} skipped")  # fmt: skip
         if (workers or default_jobs(device)) == 1:  # in this process, as `bnbench run` runs one job at a time
             say = lambda m: print(m, flush=True)  # noqa: E731
-            results, _ = run_jobs(plan.jobs, device, engine.data_dir, plan.folder, display.PlainReporter, say,
-                                  threads_per_job)  # fmt: skip
+            results, code = run_jobs(plan.jobs, device, engine.data_dir, plan.folder, display.PlainReporter, say,
+                                     threads_per_job)  # fmt: skip
         else:  # worker processes, spawned: a script that calls this needs `if __name__ == "__main__":`
             with display.SweepDisplay(len(plan.jobs), False) as shown:
-                results, _ = execute(plan.jobs, engine, plan.folder, root, shown.result)
-    _results(results)
+                results, code = execute(plan.jobs, engine, plan.folder, root, shown.result)
+    _results(results, code)
     return load(plan.folder)

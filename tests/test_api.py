@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,26 @@ def test_the_tour_notebook_runs_headless(tmp_path):
     assert any("image/png" in out.get("data", {}) for cell in notebook.cells for out in cell.get("outputs", []))
     assert (tmp_path / "tour" / "curves.png").stat().st_size > 10_000
     assert len(bnbench.load(tmp_path / "tour" / "runs")) == 6
+
+
+def test_a_stop_in_run_raises_keyboard_interrupt_and_the_loop_stops(tmp_path):
+    """Ctrl-C (SIGINT to the process) during `bnbench.run` in a loop of calls: the run is marked
+    interrupted, KeyboardInterrupt reaches the caller, the next call never starts; the same call resumes."""
+    config = write_config(tmp_path / "slow.yaml", data={"train_subset": 2048}, train={"epochs": 30, "batch_size": 8})
+    script = tmp_path / "loop.py"
+    script.write_text(
+        "import bnbench\n"
+        "for lr in (0.1, 0.05):\n"
+        f"    bnbench.run({str(config)!r}, overrides={{'train.lr': lr}}, out_dir='runs')\n"
+        "    print('CALL DONE', lr, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for line in proc.stdout:  # the first epoch's line: the run is training
+        if "epoch 1/30" in line or line.startswith("slow"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err and "CALL DONE" not in out
+    (meta,) = (tmp_path / "runs").glob("*/meta.json")
+    assert json.loads(meta.read_text())["status"] == "interrupted"

@@ -348,7 +348,10 @@ def run_local(
                         pass
                     if result is None and not worker.process.is_alive():
                         worker.process.join()
-                        result = _died(worker.job, out_dir, worker.process.exitcode)
+                        if forwarded and worker.process.exitcode == -FORWARDED_STOP:  # stopped while it started
+                            result = _stopped_before_training(worker.job, out_dir)  # (before its handlers)
+                        else:
+                            result = _died(worker.job, out_dir, worker.process.exitcode)
                         busy.remove(worker)
                     elif result is not None:
                         busy.remove(worker)
