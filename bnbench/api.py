@@ -10,6 +10,7 @@ the CLI's warning, and the others still load. Above every layer, like the CLI (R
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -110,10 +111,19 @@ class Runs(list):
         )
 
 
+def _path(path: object) -> Path:
+    """A path given to the API; anything else (a number, None) is InputError, not a TypeError."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{path!r}: expected a path (str or pathlib.Path), got {type(path).__name__}")
+    return Path(path)
+
+
 def _paths(paths: Sequence[PathLike] | PathLike) -> list[Path]:
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         return [Path(paths)]
-    return [Path(p) for p in paths]
+    if not isinstance(paths, Sequence):
+        raise InputError(f"{paths!r}: expected a path or a list of paths, got {type(paths).__name__}")
+    return [_path(p) for p in paths]
 
 
 def load(*paths: PathLike) -> Runs:
@@ -122,7 +132,7 @@ def load(*paths: PathLike) -> Runs:
     one-line warning as a Python `UserWarning`. Raises InputError when no run is found at all."""
     from bnbench.evidence import compare as cmp
 
-    given = [Path(p) for p in paths] or [Path("runs")]
+    given = [_path(p) for p in paths] or [Path("runs")]
     with _input():
         runs, found_warnings = cmp.find_runs(given)
         for message in found_warnings:
@@ -161,7 +171,8 @@ def compare(
 
     found = _runs_of(runs)
     with _input():
-        if target is not None and not 0 < target <= 1:
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0 < target <= 1):  # fmt: skip
             raise UsageError(f"--target {target}: a test accuracy as a fraction in (0, 1]")
         if table is not None and table not in cmp.TABLES:
             raise UsageError(f"--table {table}: choose one of {', '.join(cmp.TABLES)}")
@@ -347,6 +358,9 @@ def sweep(
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UsageError(f"--device {device}: choose auto, cpu, cuda or mps")
         workers = _jobs(jobs, device)
+        for key, values in (grid or {}).items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise UsageError(f"--grid {key}: expected a list of values, e.g. {{{key!r}: [0.1, 1]}}")
         grid_args = [f"{key}={','.join(json.dumps(v) for v in values)}" for key, values in (grid or {}).items()]
         seed_text = seeds if seeds is None or isinstance(seeds, str) else ",".join(str(int(s)) for s in seeds)
         fixed = _override_list(overrides) + ([f"train.epochs={json.dumps(epochs)}"] if epochs is not None else [])

@@ -197,3 +197,12 @@ def test_a_stop_in_run_raises_keyboard_interrupt_and_the_loop_stops(tmp_path):
     assert proc.returncode != 0 and "KeyboardInterrupt" in err and "CALL DONE" not in out
     (meta,) = (tmp_path / "runs").glob("*/meta.json")
     assert json.loads(meta.read_text())["status"] == "interrupted"
+
+
+def test_wrong_types_are_input_errors_not_type_errors(tmp_path, study):
+    for call in (lambda: bnbench.load(5), lambda: bnbench.run(None, out_dir=tmp_path / "x"),
+                 lambda: bnbench.compare(study, target="abc"),
+                 lambda: bnbench.sweep(study, grid={"train.lr": 0.1}, out_dir=tmp_path / "x")):  # fmt: skip
+        with pytest.raises(bnbench.InputError):
+            call()
+    assert not (tmp_path / "x").exists()
