@@ -55,7 +55,7 @@ def main() -> None:
                        check=True, capture_output=True)  # fmt: skip
         whole = time.perf_counter() - start_cmd
         start_ls = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bnbench", "ls", str(runs), "--format", "csv"], check=True,
+        subprocess.run([sys.executable, "-m", "bnbench", "ls", str(runs), "--format", "json"], check=True,
                        capture_output=True)  # fmt: skip
         ls_seconds = time.perf_counter() - start_ls
         t0 = time.perf_counter()
