@@ -647,8 +647,11 @@ def export(
             raise UsageError("--to tensorboard needs --out DIR (the folder `tensorboard --logdir` reads)")
         if to is ExportTarget.mlflow and tracking_uri is None:
             raise UsageError("--to mlflow needs --tracking-uri, e.g. sqlite:///mlflow.db")
-        if to is ExportTarget.tensorboard and (out.exists() or out.is_symlink()) and not out.is_dir():
-            raise UsageError(f"--out {out}: not a folder (TensorBoard's log folder; one sub-folder per run)")
+        if to is ExportTarget.tensorboard:
+            above = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
+            if above is not None and not above.is_dir():
+                raise UsageError(f"--out {out}: {'not a folder' if above == out else f'{above} is not a folder'} "
+                                 "(TensorBoard's log folder; one sub-folder per run)")  # fmt: skip
         if to is ExportTarget.mlflow:
             exp.check_tracking_uri(tracking_uri)
         runs = _found_runs(paths)
@@ -656,7 +659,12 @@ def export(
             exp.to_tensorboard(runs, out)
             display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
         else:
-            done = exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
+            try:
+                done = exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)
+            except KeyboardInterrupt:
+                display.error("export stopped; the run it was writing was removed from MLflow, the ones before "
+                              "are whole: the same command again completes it")  # fmt: skip
+                raise typer.Exit(130) from None
             counts = Counter(what for what, _ in done.values())
             said = ", ".join(f"{counts[w]} {w}" for w in ("exported", "updated", "unchanged") if counts[w])
             display.say(f"MLflow at {tracking_uri}, experiment {experiment}: {said or 'nothing exported'}"

@@ -128,6 +128,7 @@ def to_tensorboard(runs: list[Run], out: Path) -> list[Path]:
 
 
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow's other database stores (with a driver: mysql+pymysql)
+SQL_DRIVERS = {"postgresql": ["psycopg2", "psycopg"], "mysql": ["MySQLdb", "pymysql"], "mssql": ["pyodbc"]}
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -148,6 +149,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         database = Path(path)
         if database.is_dir():
             raise UsageError(f"{where}: {database} is a folder, not a database file")
+        if database.exists() and not database.is_file():  # a FIFO would block, /dev/null reads empty
+            raise UsageError(f"{where}: {database} is not a regular file")
         if database.exists():
             try:
                 with open(database, "rb") as f:
@@ -158,20 +161,43 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 raise UsageError(f"{where}: {database} is not a SQLite database")
         elif not database.parent.is_dir():
             raise UsageError(f"{where}: no such folder {database.parent}")
+        else:
+            import tempfile
+
+            try:  # MLflow would retry a database it cannot create for minutes
+                tempfile.TemporaryFile(dir=database.parent).close()
+            except OSError as exc:
+                raise UsageError(f"{where}: cannot create a file in {database.parent} ({exc.strerror})") from None
     elif scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # a server answered (a proxy may refuse /health): MLflow reports what it says next
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            with urllib.request.urlopen(probe, timeout=timeout) as answer:
+                json.loads(answer.read(1 << 20))
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise UsageError(f"{where}: the server refused (HTTP {exc.code}); set MLflow's credentials "
+                                 "(MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)") from None  # fmt: skip
+            raise UsageError(f"{where}: not an MLflow server (HTTP {exc.code} for its REST API)") from None
+        except ValueError:
+            raise UsageError(f"{where}: not an MLflow server (its REST API did not answer JSON)") from None
+        except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise UsageError(f"{where}: no MLflow server answers there ({reason})") from None
+    elif uri == "databricks" or scheme == "databricks":
+        pass
     elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (C: on Windows)
         raise UsageError(f"{where}: MLflow 3 deprecates the file store (a folder); use a database, "
                          "e.g. sqlite:///mlflow.db")  # fmt: skip
-    elif scheme.split("+")[0] not in SQL_SCHEMES and scheme != "databricks":
+    elif scheme.split("+")[0] not in SQL_SCHEMES:
         raise UsageError(f"{where}: unknown scheme {scheme!r}; use sqlite:///FILE, http(s)://HOST:PORT, "
                          "or a database URL (postgresql://, mysql://, mssql://)")  # fmt: skip
+    else:
+        import importlib.util
+
+        base, _, driver = scheme.partition("+")
+        drivers = [driver] if driver else SQL_DRIVERS[base]
+        if not any(importlib.util.find_spec(d) is not None for d in drivers):
+            raise UsageError(f"{where}: no {base} driver is installed (pip install {drivers[0]})")
 
 
 def run_key(run: Run) -> str:
@@ -244,46 +270,67 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         experiment_id = client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
+    elif found.lifecycle_stage != "active":
+        raise UsageError(f"--experiment {experiment}: deleted in MLflow; restore it there or name another")
     else:
         experiment_id = found.experiment_id
-    earlier, studies = _exported(client, experiment_id)
+    earlier, studies, orphans = _exported(client, experiment_id)
+    for run_id in orphans:  # runs an export killed outright (SIGKILL) left half-written: replaced below
+        _discard(client, run_id)
     parents: dict[Path, str] = {}
     done: dict[str, tuple[str, str]] = {}
+    keys: dict[str, str] = {}
     limit, warned = mlflow_param_limit(), set()
-    for run in runs:
-        if run.status == "running":
-            warn(f"{run.path}: still training; not exported (export it again when it has ended)")
-            continue
-        key, fingerprint = run_key(run), run_fingerprint(run)
-        old = earlier.get(key)
-        if old is not None and old.data.tags.get("bnbench.fingerprint") == fingerprint:
-            done[run.name] = ("unchanged", old.info.run_id)
-            continue
-        saved = run.path.parent / STUDY_FILE
-        study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
-        tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status, "bnbench.key": key}
-        if study is not None:
-            if study not in parents:
-                parents[study] = _study_parent(client, experiment_id, study, studies)
-            tags["mlflow.parentRunId"] = parents[study]
-        child = client.create_run(experiment_id, run_name=run.name, tags=tags, start_time=int(_start(run) * 1000))
-        try:
-            _log_run(client, child.info.run_id, run, limit, warned, warn)
-            client.set_tag(child.info.run_id, "bnbench.fingerprint", fingerprint)  # last: the export is whole
-            client.set_terminated(child.info.run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
-        except BaseException:
-            _discard(client, child.info.run_id)
-            raise
-        if old is not None:
-            _discard(client, old.info.run_id)
-        done[run.name] = ("updated" if old is not None else "exported", child.info.run_id)
+    from bnbench.runs.execute import stop_on_signals
+
+    with stop_on_signals() as stop:  # Ctrl-C, SIGTERM, a closed terminal: finish the MLflow call, clean up
+        for run in runs:
+            if stop():
+                raise KeyboardInterrupt
+            _export_one(client, experiment_id, run, earlier, studies, parents, done, keys, limit, warned, warn,
+                        stop)  # fmt: skip
     return done
 
 
-def _exported(client, experiment_id: str) -> tuple[dict, dict]:
+def _export_one(client, experiment_id, run, earlier, studies, parents, done, keys, limit, warned, warn, stop):
+    """One run into MLflow (see to_mlflow): skipped, exported, or replacing its earlier export."""
+    if run.status == "running":
+        warn(f"{run.path}: still training; not exported (export it again when it has ended)")
+        return
+    key, fingerprint = run_key(run), run_fingerprint(run)
+    if key in keys:
+        warn(f"{run.path}: the same run as {keys[key]} (a copy); exported once")
+        return
+    keys[key] = str(run.path)
+    old = earlier.get(key)
+    if old is not None and old.data.tags.get("bnbench.fingerprint") == fingerprint:
+        done[run.name] = ("unchanged", old.info.run_id)
+        return
+    saved = run.path.parent / STUDY_FILE
+    study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
+    tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status, "bnbench.key": key}
+    if study is not None:
+        if study not in parents:
+            parents[study] = _study_parent(client, experiment_id, study, studies)
+        tags["mlflow.parentRunId"] = parents[study]
+    child = client.create_run(experiment_id, run_name=run.name, tags=tags, start_time=int(_start(run) * 1000))
+    try:
+        _log_run(client, child.info.run_id, run, limit, warned, warn, stop)
+        client.set_tag(child.info.run_id, "bnbench.fingerprint", fingerprint)  # last: the export is whole
+        client.set_terminated(child.info.run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
+    except BaseException:
+        _discard(client, child.info.run_id)
+        raise
+    if old is not None:
+        _discard(client, old.info.run_id)
+    done[run.name] = ("updated" if old is not None else "exported", child.info.run_id)
+
+
+def _exported(client, experiment_id: str) -> tuple[dict, dict, list]:
     """What bnbench exported to the experiment before: the whole runs by bnbench.key (a key twice: the
-    newest) and the studies' parent runs by study folder."""
-    runs, parents, token = {}, {}, None
+    newest), the studies' parent runs by study folder, and the ids of half-written runs (a key, no
+    fingerprint: an export killed outright)."""
+    runs, parents, orphans, token = {}, {}, [], None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, order_by=["attributes.start_time ASC"],
                                   page_token=token)  # fmt: skip
@@ -291,18 +338,21 @@ def _exported(client, experiment_id: str) -> tuple[dict, dict]:
             tags = run.data.tags
             if tags.get("bnbench.key") and tags.get("bnbench.fingerprint") is not None:  # written last: whole
                 runs[tags["bnbench.key"]] = run
+            elif tags.get("bnbench.key"):
+                orphans.append(run.info.run_id)
             elif tags.get("bnbench.study") and run.info.status == "FINISHED":
                 parents[tags["bnbench.study"]] = run.info.run_id
         token = page.token
         if not token:
-            return runs, parents
+            return runs, parents, orphans
 
 
 def _study_parent(client, experiment_id: str, study: Path, parents: dict) -> str:
     """The parent run of a study's runs: the one an earlier export made, else a new one."""
-    if str(study) in parents:
-        return parents[str(study)]
-    parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": str(study)})
+    where = str(study.resolve())  # the folder, however it was typed
+    if where in parents:
+        return parents[where]
+    parent = client.create_run(experiment_id, run_name=study.name, tags={"bnbench.study": where})
     try:
         client.log_artifact(parent.info.run_id, str(study / STUDY_FILE))
         client.set_terminated(parent.info.run_id)
@@ -321,7 +371,8 @@ def _discard(client, run_id: str) -> None:
         pass
 
 
-def _log_run(client, run_id: str, run: Run, limit: int, warned: set, warn: Callable[[str], None]) -> None:
+def _log_run(client, run_id: str, run: Run, limit: int, warned: set, warn: Callable[[str], None],
+             stop: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
     """A run's params, metrics per epoch and per step, and artifacts, in MLflow's batch limits."""
     from mlflow.entities import Metric, Param
 
@@ -346,9 +397,13 @@ def _log_run(client, run_id: str, run: Run, limit: int, warned: set, warn: Calla
     for start in range(0, len(params), 100):  # MLflow's limits per batch: 100 params, 1,000 metrics
         client.log_batch(run_id, params=params[start : start + 100])
     for start in range(0, len(metrics), 1000):
+        if stop():  # between MLflow calls: the store is never left mid-write (SQLite would stay locked)
+            raise KeyboardInterrupt
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     files, other = run_artifacts(run.path)
     if other:
         warn(f"{run.path}: not uploaded (not a regular file bnbench wrote): {', '.join(other[:5])}")
     for file in files:
+        if stop():
+            raise KeyboardInterrupt
         client.log_artifact(run_id, str(file))

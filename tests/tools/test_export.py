@@ -210,18 +210,93 @@ def _closed_port() -> int:
         ("{tmp}/mlruns", "deprecates the file store"),
         ("file://{tmp}/mlruns", "deprecates the file store"),
         ("nosuch://host/x", "unknown scheme 'nosuch'"),
+        ("http://127.0.0.1:{http}", "not an MLflow server (HTTP 404"),
+        ("sqlite:///{tmp}/fifo.db", "is not a regular file"),
+        ("sqlite:////dev/null", "is not a regular file"),
+        ("sqlite:////proc/m.db", "cannot create a file in /proc"),
+        ("postgresql+nosuchdriver://u@127.0.0.1:1/db", "no postgresql driver is installed"),
     ],
 )
 def test_an_unusable_tracking_uri_is_one_line_and_creates_nothing(study, tmp_path, cli, uri, says):
+    import http.server
+    import threading
+
     (tmp_path / "text.db").write_text("not a database\n")
+    os.mkfifo(tmp_path / "fifo.db")
     before = sorted(tmp_path.rglob("*"))
-    uri = uri.format(tmp=tmp_path, port=_closed_port())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # a web server, not MLflow; its log is not bnbench's output
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = uri.format(tmp=tmp_path, port=_closed_port(), http=server.server_address[1])
     start = time.monotonic()
-    result = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
+    try:
+        result = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert result.exit_code == 2 and says in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--tracking-uri" in result.stderr
     assert time.monotonic() - start < 30  # seconds, not a client's minutes of retries (a loose bound)
     assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "text.db").read_text() == "not a database\n"
+
+
+def test_a_killed_export_leaves_a_half_written_run_the_next_export_replaces(study, tmp_path, cli):
+    """SIGKILL cannot be caught: the run being written stays RUNNING with a key and no fingerprint. The next
+    export deletes it and exports that run whole, once."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli("export", study, "--to", "mlflow", "--tracking-uri", uri).exit_code == 0
+    client = MlflowClient(uri)
+    (victim,) = [r for r in _mlflow_runs(uri) if r.info.run_name == "kind=none-s0"]
+    client.delete_run(victim.info.run_id)  # as if never exported, then a half-written one as a kill leaves it
+    half = client.create_run(victim.info.experiment_id, run_name="kind=none-s0",
+                             tags={"bnbench.key": victim.data.tags["bnbench.key"]})  # fmt: skip
+    again = cli("export", study, "--to", "mlflow", "--tracking-uri", uri)
+    assert again.exit_code == 0 and "1 exported, 3 unchanged" in again.stdout, again.stderr
+    active = [r for r in _mlflow_runs(uri) if r.info.lifecycle_stage == "active"]
+    assert len(active) == 5 and all(r.info.status != "RUNNING" for r in _mlflow_runs(uri))
+    assert half.info.run_id not in {r.info.run_id for r in active}
+
+
+def test_ctrl_c_during_an_mlflow_export_leaves_no_run_running(tmp_path):
+    """A real export process stopped by SIGINT, SIGTERM or SIGHUP while it writes: exit 130, one line,
+    nothing RUNNING; the same command again completes it with one MLflow run per bnbench run."""
+    import signal
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "c.yaml", data={"train_subset": 64}, train={"epochs": 200, "batch_size": 64})
+    done = subprocess.run([sys.executable, "-m", "bnbench", "run", config, "--seeds", "0-2", "--out-dir",
+                           tmp_path / "runs"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stopped = 0
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        folder = tmp_path / sig.name
+        shutil.copytree(tmp_path / "runs", folder / "runs")
+        uri = f"sqlite:///{folder / 'm.db'}"
+        cmd = [sys.executable, "-m", "bnbench", "export", folder / "runs", "--to", "mlflow", "--tracking-uri", uri]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (folder / "mlartifacts").exists():  # it has begun writing
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:  # it finished first (a fast machine): nothing to clean up here
+            continue
+        stopped += 1
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("error: export stopped"), err
+        assert all(r.info.status != "RUNNING" for r in _mlflow_runs(uri))
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        active = [r for r in _mlflow_runs(uri) if r.info.lifecycle_stage == "active"]
+        assert sorted(r.info.run_name for r in active) == ["c-s0", "c-s1", "c-s2"]
+    assert stopped  # at least one signal came while it wrote (each export writes 3 x 200 epochs of metrics)
 
 
 def test_an_export_that_fails_midway_leaves_no_mlflow_run_running(study, tmp_path, cli, monkeypatch):
