@@ -282,12 +282,15 @@ class _Worker:
             self.process.join(5)
 
 
-def _died(job, out_dir: Path, exitcode: int | None):
+def _died(job, out_dir: Path, exitcode: int | None, stopped: bool = False):
     """The result of a run whose worker process died under it (killed from outside, out of memory): the
-    run is marked failed in its meta.json, so the next sweep or --retry-failed sees it; the rest go on."""
-    from bnbench.runs.execute import EXIT_FAILED, RunResult
+    run is marked failed in its meta.json, so the next sweep or --retry-failed sees it; the rest go on.
+    `stopped`: the sweep forwarded a stop; a worker it ended before its handlers were set is interrupted."""
+    from bnbench.runs.execute import EXIT_FAILED, FORWARDED_STOP, RunResult
     from bnbench.runs.rundir import RunDir, is_run_dir
 
+    if stopped and exitcode == -FORWARDED_STOP:
+        return _stopped_before_training(job, out_dir)
     path = job.path or out_dir / job.run_name
     how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     error = f"the worker process died ({how}) during this run"
@@ -348,10 +351,7 @@ def run_local(
                         pass
                     if result is None and not worker.process.is_alive():
                         worker.process.join()
-                        if forwarded and worker.process.exitcode == -FORWARDED_STOP:  # stopped while it started
-                            result = _stopped_before_training(worker.job, out_dir)  # (before its handlers)
-                        else:
-                            result = _died(worker.job, out_dir, worker.process.exitcode)
+                        result = _died(worker.job, out_dir, worker.process.exitcode, stopped=forwarded)
                         busy.remove(worker)
                     elif result is not None:
                         busy.remove(worker)

@@ -13,7 +13,9 @@ import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bnbench.errors import UsageError
 from bnbench.evidence.compare import Run, flat
@@ -149,9 +151,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         database = Path(path)
         if database.is_dir():
             raise UsageError(f"{where}: {database} is a folder, not a database file")
-        if database.exists() and not database.is_file():  # a FIFO would block, /dev/null reads empty
-            raise UsageError(f"{where}: {database} is not a regular file")
         if database.exists():
+            if not database.is_file():  # a FIFO would block, /dev/null reads empty
+                raise UsageError(f"{where}: {database} is not a regular file")
             try:
                 with open(database, "rb") as f:
                     header = f.read(16)
@@ -277,53 +279,66 @@ def to_mlflow(runs: list[Run], tracking_uri: str, experiment: str,
     earlier, studies, orphans = _exported(client, experiment_id)
     for run_id in orphans:  # runs an export killed outright (SIGKILL) left half-written: replaced below
         _discard(client, run_id)
-    parents: dict[Path, str] = {}
-    done: dict[str, tuple[str, str]] = {}
-    keys: dict[str, str] = {}
-    limit, warned = mlflow_param_limit(), set()
     from bnbench.runs.execute import stop_on_signals
 
     with stop_on_signals() as stop:  # Ctrl-C, SIGTERM, a closed terminal: finish the MLflow call, clean up
+        export = _MlflowExport(client, experiment_id, earlier, studies, mlflow_param_limit(), warn, stop)
         for run in runs:
             if stop():
                 raise KeyboardInterrupt
-            _export_one(client, experiment_id, run, earlier, studies, parents, done, keys, limit, warned, warn,
-                        stop)  # fmt: skip
-    return done
+            export.one(run)
+    return export.done
 
 
-def _export_one(client, experiment_id, run, earlier, studies, parents, done, keys, limit, warned, warn, stop):
-    """One run into MLflow (see to_mlflow): skipped, exported, or replacing its earlier export."""
-    if run.status == "running":
-        warn(f"{run.path}: still training; not exported (export it again when it has ended)")
-        return
-    key, fingerprint = run_key(run), run_fingerprint(run)
-    if key in keys:
-        warn(f"{run.path}: the same run as {keys[key]} (a copy); exported once")
-        return
-    keys[key] = str(run.path)
-    old = earlier.get(key)
-    if old is not None and old.data.tags.get("bnbench.fingerprint") == fingerprint:
-        done[run.name] = ("unchanged", old.info.run_id)
-        return
-    saved = run.path.parent / STUDY_FILE
-    study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
-    tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status, "bnbench.key": key}
-    if study is not None:
-        if study not in parents:
-            parents[study] = _study_parent(client, experiment_id, study, studies)
-        tags["mlflow.parentRunId"] = parents[study]
-    child = client.create_run(experiment_id, run_name=run.name, tags=tags, start_time=int(_start(run) * 1000))
-    try:
-        _log_run(client, child.info.run_id, run, limit, warned, warn, stop)
-        client.set_tag(child.info.run_id, "bnbench.fingerprint", fingerprint)  # last: the export is whole
-        client.set_terminated(child.info.run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
-    except BaseException:
-        _discard(client, child.info.run_id)
-        raise
-    if old is not None:
-        _discard(client, old.info.run_id)
-    done[run.name] = ("updated" if old is not None else "exported", child.info.run_id)
+@dataclass
+class _MlflowExport:
+    """One `to_mlflow` call's state: what the store held before, and what this call has done so far."""
+
+    client: Any
+    experiment_id: str
+    earlier: dict  # bnbench.key -> the MLflow run a previous export made
+    studies: dict  # study folder -> its parent MLflow run id
+    limit: int  # MLflow's longest param value
+    warn: Callable[[str], None]
+    stop: Callable[[], bool]
+    parents: dict[Path, str] = field(default_factory=dict)
+    done: dict[str, tuple[str, str]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # bnbench.key -> the path exported under it
+    warned: set = field(default_factory=set)
+
+    def one(self, run: Run) -> None:
+        """One run into MLflow: skipped, exported, or replacing its earlier export."""
+        if run.status == "running":
+            self.warn(f"{run.path}: still training; not exported (export it again when it has ended)")
+            return
+        key, fingerprint = run_key(run), run_fingerprint(run)
+        if key in self.keys:
+            self.warn(f"{run.path}: the same run as {self.keys[key]} (a copy); exported once")
+            return
+        self.keys[key] = str(run.path)
+        old = self.earlier.get(key)
+        if old is not None and old.data.tags.get("bnbench.fingerprint") == fingerprint:
+            self.done[run.name] = ("unchanged", old.info.run_id)
+            return
+        saved = run.path.parent / STUDY_FILE
+        study = run.path.parent if saved.is_file() and not saved.is_symlink() else None
+        tags = {"bnbench.path": str(run.path.resolve()), "bnbench.status": run.status, "bnbench.key": key}
+        if study is not None:
+            if study not in self.parents:
+                self.parents[study] = _study_parent(self.client, self.experiment_id, study, self.studies)
+            tags["mlflow.parentRunId"] = self.parents[study]
+        child = self.client.create_run(self.experiment_id, run_name=run.name, tags=tags,
+                                       start_time=int(_start(run) * 1000))  # fmt: skip
+        try:
+            _log_run(self.client, child.info.run_id, run, self.limit, self.warned, self.warn, self.stop)
+            self.client.set_tag(child.info.run_id, "bnbench.fingerprint", fingerprint)  # last: the export is whole
+            self.client.set_terminated(child.info.run_id, status=MLFLOW_STATUS.get(run.status, "FAILED"))
+        except BaseException:
+            _discard(self.client, child.info.run_id)
+            raise
+        if old is not None:
+            _discard(self.client, old.info.run_id)
+        self.done[run.name] = ("updated" if old is not None else "exported", child.info.run_id)
 
 
 def _exported(client, experiment_id: str) -> tuple[dict, dict, list]:
