@@ -190,6 +190,8 @@ class Judged:
     arms: dict[str, list[float]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # seeds or runs left out, each with why
     diverged: int = 0  # runs in the two arms that diverged (they count, at their worst value)
+    look: int = 0  # under a sequential rule: the look (1, 2, ...) that decided it, or the last one judged
+    at_budget: bool = False  # under a sequential rule: undecided at the study's max_seeds
 
 
 def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[str], int]:
@@ -213,39 +215,50 @@ def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[st
     return values, dropped, sum(r.status == "diverged" for r in kept.values())
 
 
+def arms(claim: Claim, runs: list) -> tuple[dict[Any, float], dict[Any, float], list[str], int]:
+    """The two arms of a claim, each seed -> measured value (one run per seed); what was left out and why;
+    how many of the kept runs diverged."""
+    seeds_a, dropped_a, div_a = _arm(claim, runs, "compare")
+    seeds_b, dropped_b, div_b = _arm(claim, runs, "against")
+    return seeds_a, seeds_b, dropped_a + dropped_b, div_a + div_b
+
+
+def measured(claim: Claim, seeds_a: dict[Any, float], seeds_b: dict[Any, float], dropped: list[str],
+             diverged: int, family: int, alpha: float = ALPHA, alpha90: float = 2 * ALPHA) -> Judged:  # fmt: skip
+    """A claim's effect over its arms (paired on the seeds they share, unpaired when they share fewer than
+    two), verdict still "inconclusive": `judge` (Holm) or evidence/sequential.py (a look's levels) decides."""
+    a, b = list(seeds_a.values()), list(seeds_b.values())
+    item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b), dropped=list(dropped),
+                  diverged=diverged)  # fmt: skip
+    if len(a) < 2 or len(b) < 2:
+        item.note = f"needs at least 2 measured runs per arm (has {len(a)} and {len(b)})"
+        return item
+    pairs, unshared = pair_by_seed(seeds_a, seeds_b)
+    if len(pairs) >= 2:
+        item.dropped += [f"seed {s}: only in the {'compare' if s in seeds_a else 'against'} arm; unpaired"
+                         for s in unshared]  # fmt: skip
+    else:
+        pairs = None
+    rank_based = claim.metric.discrete or item.diverged > 0
+    values = [x for x in a + b if math.isfinite(x)]
+    if any(not math.isfinite(x) for x in a + b):  # never reached / diverged loss: ranks last, finitely
+        cap = (max(values) if values else 0.0) * 2 + 1
+        a, b = [min(x, cap) for x in a], [min(x, cap) for x in b]
+        pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
+    item.effect = effect(a, b, pairs, rank_based, family if claim.expect in DIFFERENCE_CLAIMS else 1, alpha, alpha90)
+    item.arms = {"compare": a, "against": b}
+    if item.effect.rank_based and item.effect.low == -math.inf:
+        item.note = f"an exact rank test on {item.effect.n} seeds cannot reach p < {alpha:.2g}: more seeds needed"
+    return item
+
+
 def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
     """Every claim of one study over its runs (compare.Run). The seed is the unit: one run per seed and arm
     (the most recent of repeated ones), arms paired on the seeds they share (the others named, with why),
     unpaired only when they share fewer than two. A diverged run counts at its worst value, with a rank test.
     Holm-adjusted over the study's difference claims as one family."""
-    judged: list[Judged] = []
     family = sum(c.expect in DIFFERENCE_CLAIMS for c in claims)
-    for claim in claims:
-        seeds_a, dropped_a, div_a = _arm(claim, runs, "compare")
-        seeds_b, dropped_b, div_b = _arm(claim, runs, "against")
-        a, b = list(seeds_a.values()), list(seeds_b.values())
-        item = Judged(claim, None, "inconclusive", n_compare=len(a), n_against=len(b),
-                      dropped=dropped_a + dropped_b, diverged=div_a + div_b)  # fmt: skip
-        judged.append(item)
-        if len(a) < 2 or len(b) < 2:
-            item.note = f"needs at least 2 measured runs per arm (has {len(a)} and {len(b)})"
-            continue
-        pairs, unshared = pair_by_seed(seeds_a, seeds_b)
-        if len(pairs) >= 2:
-            item.dropped += [f"seed {s}: only in the {'compare' if s in seeds_a else 'against'} arm; unpaired"
-                             for s in unshared]  # fmt: skip
-        else:
-            pairs = None
-        rank_based = claim.metric.discrete or item.diverged > 0
-        values = [x for x in a + b if math.isfinite(x)]
-        if any(not math.isfinite(x) for x in a + b):  # never reached / diverged loss: ranks last, finitely
-            cap = (max(values) if values else 0.0) * 2 + 1
-            a, b = [min(x, cap) for x in a], [min(x, cap) for x in b]
-            pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
-        item.effect = effect(a, b, pairs, rank_based, family if claim.expect in DIFFERENCE_CLAIMS else 1)
-        item.arms = {"compare": a, "against": b}
-        if item.effect.rank_based and item.effect.low == -math.inf:
-            item.note = f"an exact rank test on {item.effect.n} seeds cannot reach p < {ALPHA}: more seeds needed"
+    judged = [measured(claim, *arms(claim, runs), family) for claim in claims]
     if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in DIFFERENCE_CLAIMS]:
         for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
             j.p_adjusted = adjusted

@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +42,14 @@ class Effect:
     p: float  # two-sided, for a difference
     low90: float = math.nan  # 90% CI, for TOST
     high90: float = math.nan
-    detectable: float = math.nan  # the smallest effect this design detects with 80% power (t designs)
     test: str = ""
+    design: tuple[float, float, int] | None = None  # (standard error, degrees of freedom, Holm family): t designs
+
+    @property
+    def detectable(self) -> float:
+        """The smallest effect this design detects with 80% power (t designs at the fixed 95% level; NaN
+        otherwise). Computed when asked: it is a noncentral-t root."""
+        return detectable(*self.design) if self.design is not None else math.nan
 
     @property
     def rank_based(self) -> bool:
@@ -200,15 +205,6 @@ def hodges_lehmann(a: list[float], b: list[float] | None = None, alpha: float = 
 # --- the effect ------------------------------------------------------------------------------------------
 
 
-def _safe(compute) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(compute())
-        except (ValueError, ZeroDivisionError):
-            return math.nan
-
-
 def detectable(se: float, dof: float, family: int = 1) -> float:
     """The smallest true difference a two-sided t test with this standard error and degrees of freedom
     detects with 80% power at level alpha / family (Holm's first step): the noncentrality delta with
@@ -232,11 +228,13 @@ def detectable(se: float, dof: float, family: int = 1) -> float:
 
 
 def effect(a: list[float], b: list[float], pairs: list[tuple[float, float]] | None, rank_based: bool,
-           family: int = 1) -> Effect:  # fmt: skip
+           family: int = 1, alpha: float = ALPHA, alpha90: float = 2 * ALPHA) -> Effect:  # fmt: skip
     """The difference a - b: paired (the (a, b) values of each shared seed) or not; a t test, or the exact
     rank tests with Hodges-Lehmann intervals where `rank_based` or where the differences have no spread.
-    `family`: the number of difference claims Holm corrects over (for the detectable effect)."""
-    from scipy import stats
+    `family`: the number of difference claims Holm corrects over (for the detectable effect). `alpha`,
+    `alpha90`: the two-sided levels of the `low, high` and `low90, high90` intervals (95% and 90% by
+    default; a sequential look's nominal levels, evidence/sequential.py, and then no detectable effect)."""
+    from scipy import special
 
     if pairs is not None:
         diffs = [x - y for x, y in pairs]
@@ -247,11 +245,10 @@ def effect(a: list[float], b: list[float], pairs: list[tuple[float, float]] | No
             return Effect(n, True, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, test="Wilcoxon signed-rank (all differences 0)")
         se = statistics.stdev(diffs) / math.sqrt(n)
         if rank_based or se == 0:
-            est, low, high = hodges_lehmann(diffs)
-            _, low90, high90 = hodges_lehmann(diffs, alpha=2 * ALPHA)
+            est, low, high = hodges_lehmann(diffs, alpha=alpha)
+            _, low90, high90 = hodges_lehmann(diffs, alpha=alpha90)
             return Effect(n, True, est, low, high, signed_rank_p(diffs), low90, high90, test="Wilcoxon signed-rank")
         estimate, dof = statistics.fmean(diffs), n - 1
-        p = _safe(lambda: stats.ttest_1samp(diffs, 0.0).pvalue)
         test = "paired t"
     else:
         n = min(len(a), len(b))
@@ -260,16 +257,20 @@ def effect(a: list[float], b: list[float], pairs: list[tuple[float, float]] | No
         va, vb = statistics.variance(a), statistics.variance(b)
         se = math.sqrt(va / len(a) + vb / len(b))
         if rank_based or se == 0:
-            est, low, high = hodges_lehmann(a, b)
-            _, low90, high90 = hodges_lehmann(a, b, alpha=2 * ALPHA)
+            est, low, high = hodges_lehmann(a, b, alpha=alpha)
+            _, low90, high90 = hodges_lehmann(a, b, alpha=alpha90)
             return Effect(n, False, est, low, high, rank_sum_p(a, b), low90, high90, test="Mann-Whitney")
         estimate = statistics.fmean(a) - statistics.fmean(b)
         dof = (va / len(a) + vb / len(b)) ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
-        p = _safe(lambda: stats.ttest_ind(a, b, equal_var=False).pvalue)
         test = "Welch t"
-    t95, t90 = stats.t.ppf(1 - ALPHA / 2, dof), stats.t.ppf(1 - ALPHA, dof)
+    # Student's t distribution function and its inverse from scipy.special: what scipy.stats.ttest_1samp
+    # and ttest_ind(equal_var=False) compute, without their per-call overhead (the sequential simulation
+    # calls this many thousand times)
+    p = float(min(1.0, 2 * special.stdtr(dof, -abs(estimate / se))))
+    t95, t90 = -float(special.stdtrit(dof, alpha / 2)), -float(special.stdtrit(dof, alpha90 / 2))
+    design = (se, dof, family) if alpha == ALPHA else None
     return Effect(n, pairs is not None, estimate, estimate - t95 * se, estimate + t95 * se, p,
-                  estimate - t90 * se, estimate + t90 * se, detectable(se, dof, family), test)  # fmt: skip
+                  estimate - t90 * se, estimate + t90 * se, test, design)  # fmt: skip
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -1,4 +1,4 @@
-"""The schema of a study file's `claims:`, `published:` and `figures:`: parsed and validated when the
+"""The schema of a study file's `claims:`, `published:`, `figures:` and `sequential:`: parsed and validated when the
 study loads (one UsageError naming the claim or figure and the key), so that a typo is one line before
 any training. What the claims and figures mean lives above: evidence/claims.py judges a `Claim`,
 evidence/figures.py draws a `FigureSpec`. No torch here.
@@ -81,6 +81,50 @@ class Claim:
         if self.kind != "finding":
             out["kind"] = self.kind
         return out
+
+
+SPENDING = ("pocock", "obrien-fleming")  # Lan-DeMets alpha-spending functions (evidence/sequential.py)
+SEQUENTIAL_KEYS = ("max_seeds", "min_seeds", "spending")
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """`sequential:` of a study: the stopping rule `bnbench sweep --until-decided` runs under and `report`
+    judges with (evidence/sequential.py). Seeds per claim: at most `max_seeds`, the first look at
+    max(declared seeds, `min_seeds`)."""
+
+    max_seeds: int
+    min_seeds: int = 3
+    spending: str = "pocock"
+
+    def to_dict(self) -> dict:
+        return {"max_seeds": self.max_seeds, "min_seeds": self.min_seeds, "spending": self.spending}
+
+
+def _count(value: Any, where: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10_000:
+        raise UsageError(f"{where}: expected a whole number between {low} and 10000, got {value!r}")
+    return value
+
+
+def parse_sequential(raw: Any, source: str, declared_seeds: int) -> Sequential | None:
+    """The `sequential:` mapping of a study file, validated (one UsageError naming the key)."""
+    if raw is None:
+        return None
+    where = f"{source}: sequential"
+    check_keys(raw, SEQUENTIAL_KEYS, where)
+    if "max_seeds" not in raw:
+        raise UsageError(f"{where}: max_seeds is missing (the most seeds any claim may use)")
+    max_seeds = _count(raw["max_seeds"], f"{where}: max_seeds", 2)
+    min_seeds = _count(raw.get("min_seeds", 3), f"{where}: min_seeds", 2)
+    rule = Sequential(max_seeds, min_seeds, raw.get("spending", "pocock"))
+    if rule.spending not in SPENDING:
+        raise UsageError(f"{where}: spending: {rule.spending!r} is not one of {', '.join(SPENDING)}")
+    first = max(declared_seeds, rule.min_seeds)
+    if rule.max_seeds < first:
+        raise UsageError(f"{where}: max_seeds {rule.max_seeds} is below the first look's {first} seeds "
+                         f"(the declared seeds and min_seeds)")  # fmt: skip
+    return rule
 
 
 def _mapping(value: Any, where: str) -> dict:

@@ -13,13 +13,15 @@ A study is data, validated at the edge like a config: every cell and seed is res
 What the study asks and tests, for `bnbench report` (optional; none of it changes a run): `question`,
 `claims`, `published` (the setup the claims were published with) and `figures` (the report's
 figures): their schema is specs.py, judged by evidence/claims.py and drawn by evidence/figures.py.
+`sequential: {max_seeds: 20}` is the stopping rule of `bnbench sweep --until-decided` (evidence/sequential.py),
+which adds seeds beyond `seeds` to the cells of claims still undecided.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,10 @@ from bnbench.config import (
 )
 from bnbench.errors import UsageError
 from bnbench.naming import cell_name, format_value, short_keys  # noqa: F401 (re-exported)
-from bnbench.runs.specs import matches, parse_claims, parse_figures, parse_published
+from bnbench.runs.specs import matches, parse_claims, parse_figures, parse_published, parse_sequential
 
 STUDY_FILE = "study.yaml"
-STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims")
+STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims", "sequential")
 MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
 MAX_SEEDS = 10_000
 
@@ -107,6 +109,7 @@ class Study:
     question: str = field(default="", compare=False)
     published: Any = field(default=None, compare=False)  # specs.Published
     figures: tuple = field(default=(), compare=False)  # specs.FigureSpec
+    sequential: Any = field(default=None, compare=False)  # specs.Sequential: --until-decided's stopping rule
 
     def to_dict(self) -> dict:
         return {
@@ -118,7 +121,8 @@ class Study:
         } | ({"question": self.question} if self.question else {}) \
           | ({"published": self.published.to_dict()} if self.published else {}) \
           | ({"figures": [f.to_dict() for f in self.figures]} if self.figures else {}) \
-          | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {})  # fmt: skip
+          | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {}) \
+          | ({"sequential": self.sequential.to_dict()} if self.sequential else {})  # fmt: skip
 
     def run_count(self) -> int:
         """Cells x seeds, by arithmetic: nothing is built."""
@@ -296,6 +300,8 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
                   claims=parse_claims(raw.get("claims"), source), question=question.strip(),
                   published=parse_published(raw.get("published"), source),
                   figures=parse_figures(raw.get("figures"), source))  # fmt: skip
+    if raw.get("sequential") is not None:
+        study = replace(study, sequential=parse_sequential(raw["sequential"], source, len(study.seeds)))
     check_claim_arms(study, source)
     return study
 
@@ -438,7 +444,7 @@ def study_differences(saved: Study, wanted: Study) -> list[str]:
     from bnbench.runs.rundir import differences
 
     # What a study asks and tests is not what it runs: editing it never makes a study "another one".
-    about = ("claims", "question", "published", "figures")
+    about = ("claims", "question", "published", "figures", "sequential")
     return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith(about)]
 
 
