@@ -201,8 +201,8 @@ def judge(*studies: PathLike) -> pd.DataFrame:
     import math
 
     from bnbench.evidence.claims import deviations
-    from bnbench.evidence.claims import judge as judge_claims
     from bnbench.evidence.report import load_study_runs
+    from bnbench.evidence.sequential import judge_study
 
     rows = []
     with _input():
@@ -212,7 +212,7 @@ def judge(*studies: PathLike) -> pd.DataFrame:
             s, found_warnings = load_study_runs(Path(folder))
             for message in found_warnings:
                 _warn(message)
-            for j in judge_claims(s.study.claims, s.runs) if s.study.claims else []:
+            for j in judge_study(s.study, s.runs):
                 e, equivalent = j.effect, j.claim.expect == "equivalent"
                 rows.append({
                     "study": s.name, "claim": j.claim.id, "says": j.claim.says, "verdict": j.verdict,

@@ -350,9 +350,17 @@ def sweep(
     ] = None,
     device: DeviceOption = Device.auto,
     data_dir: DataDirOption = None,
+    until_decided: Annotated[
+        bool,
+        Flag("--until-decided", help="Add seeds, in looks, to the cells of claims still undecided (docs/sweep.md)."),
+    ] = False,
+    max_seeds: Annotated[
+        Optional[int], typer.Option(help="With --until-decided: the most seeds per claim (else the study's).")
+    ] = None,
 ) -> None:
     """Run a grid x seeds in parallel, resumably: completed and diverged runs are skipped, interrupted ones
-    resumed. Ends with a summary and the study's comparison; exit 1 if any run failed.
+    resumed. Ends with a summary and the study's comparison; exit 1 if any run failed. With --until-decided,
+    a study with claims runs in looks until each claim is decided or at its maximum of seeds.
 
     \b
     Examples:
@@ -361,6 +369,7 @@ def sweep(
       bnbench sweep mlp_bn --grid norm.kind=none,torch --grid train.lr=0.1,1 --seeds 0-2
       bnbench sweep runs/mlp_lr          (re-run a saved study: finishes what is not done)
       bnbench sweep mlp_lr --shard 2/4   (a quarter of the study: a SLURM array task, docs/cluster.md)
+      bnbench sweep mlp_norms --until-decided --max-seeds 30
     """
     from bnbench.runs import study as studies
     from bnbench.runs.sweep import plan_study, prepare, save_study
@@ -370,13 +379,17 @@ def sweep(
         part = studies.parse_shard(shard) if shard is not None else None
         fixed = list(set_) + ([f"train.epochs={epochs}"] if epochs is not None else [])
         wanted = studies.study_from_command_line(study, grid, seeds, name, fixed)
-        plan = plan_study(wanted, out_dir, retry_failed, folder=study if study.is_dir() else None, shard=part)
-        total = len(plan.jobs) + len(plan.skipped)
-        for line in convention_warnings(job.cfg for job in plan.jobs):
-            display.warn(line)
+        folder = study if study.is_dir() else None
         engine = Engine(
             device.value, data_dir, workers, threads_per_job, backend.value, address, cpus_per_run, gpus_per_run
         )
+        if until_decided or max_seeds is not None:
+            _until_decided(wanted, until_decided, max_seeds, part, out_dir, folder, retry_failed, engine, dry_run)
+            return
+        plan = plan_study(wanted, out_dir, retry_failed, folder=folder, shard=part)
+        total = len(plan.jobs) + len(plan.skipped)
+        for line in convention_warnings(job.cfg for job in plan.jobs):
+            display.warn(line)
         if part is not None:
             display.say(f"shard {part[0]}/{part[1]}: {total} of the study's {wanted.run_count()} runs")
         if dry_run:
@@ -396,6 +409,75 @@ def sweep(
                           "again)", label="failed")  # fmt: skip
             raise typer.Exit(exit_code or 1)
         raise typer.Exit(exit_code)
+
+
+def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out_dir: Path, folder: Path | None,
+                   retry_failed: bool, engine: Engine, dry_run: bool) -> None:  # fmt: skip
+    """`sweep --until-decided`: the study's declared runs, then looks (evidence/sequential.py) adding seeds to
+    the cells of undecided claims, each look run like a sweep (resumable), until every claim is decided or
+    at its maximum of seeds. A re-run continues the same sequence; a finished one trains nothing."""
+    from dataclasses import replace
+
+    from bnbench.evidence.compare import find_runs
+    from bnbench.evidence.sequential import look_seeds, next_runs, rule_text, worst_case
+    from bnbench.runs.specs import parse_sequential
+    from bnbench.runs.sweep import plan_study, prepare, save_study
+
+    if not until_decided:
+        raise UsageError("--max-seeds goes with --until-decided")
+    if part is not None:
+        raise UsageError("--until-decided decides from all of a study's runs; it cannot run as a --shard")
+    if not wanted.claims:
+        raise UsageError(f"study {wanted.name} declares no claims: --until-decided adds seeds until claims are decided")
+    rule = wanted.sequential
+    if max_seeds is not None:
+        raw = (rule.to_dict() if rule else {}) | {"max_seeds": max_seeds}
+        rule = parse_sequential(raw, "--max-seeds", len(wanted.seeds))
+    if rule is None:
+        raise UsageError(f"study {wanted.name} declares no `sequential: {{max_seeds: N}}`; give --max-seeds N")
+    wanted = replace(wanted, sequential=rule)
+    every = {run.name: run for run in replace(wanted, seeds=look_seeds(wanted.seeds, rule)[-1]).runs()}
+    display.say(f"{wanted.name}: until decided, by {rule_text(rule, len(wanted.seeds))}")
+    if dry_run:
+        worst = set(worst_case(wanted))
+        plan = plan_study(wanted, out_dir, retry_failed, folder, planned=[r for n, r in every.items() if n in worst])
+        display.say(f"at most {len(plan.jobs) + len(plan.skipped)} runs (every claim to its maximum of seeds)")
+        _dry_run(plan, engine, len(plan.jobs) + len(plan.skipped))
+        return
+    exit_code, looks_run = 0, 0
+    while True:
+        target = folder or out_dir / wanted.name
+        runs = find_runs([target])[0] if target.is_dir() else []
+        names, judged = next_runs(wanted, runs)
+        needed = [run for name, run in every.items() if name in names]  # the study's order: cell, then seed
+        plan = plan_study(wanted, out_dir, retry_failed and looks_run == 0, folder, planned=needed)
+        if looks_run == 0:
+            save_study(plan)
+        if not plan.jobs:
+            break
+        undecided = sum(j.verdict == "inconclusive" and not j.at_budget for j in judged)
+        display.say(f"{wanted.name}: {len(plan.jobs)} runs to run ({undecided} claims undecided), in {plan.folder}")
+        results, code = _run_engine(plan.jobs, engine, plan.folder, prepare(plan.jobs, engine))
+        looks_run += 1
+        exit_code = max(exit_code, code)
+        if any(r.status == "interrupted" for r in results):
+            raise typer.Exit(code or 130)
+    _claims_summary(judged)
+    for run_name, why in plan.skipped:
+        if why.startswith("running in"):
+            display.warn(f"{run_name}: {why}; the claims it feeds wait for it (run the command again later)")
+    raise typer.Exit(exit_code or (1 if plan.failed else 0))
+
+
+def _claims_summary(judged: list) -> None:
+    import pandas as pd
+
+    from bnbench.evidence.report import effect_text
+
+    rows = [{"claim": j.claim.id, "verdict": j.verdict + (" at the budget" if j.at_budget else ""),
+             "effect [interval]": effect_text(j), "seeds": j.effect.n if j.effect is not None else 0,
+             "look": j.look or "–"} for j in judged]  # fmt: skip
+    display.show_frame("claims", pd.DataFrame(rows))
 
 
 def _dry_run(plan, engine: Engine, total: int) -> None:

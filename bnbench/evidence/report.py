@@ -15,12 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bnbench.errors import UsageError
-from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, holm, judge, matches, verdict
+from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, holm, matches, verdict
 from bnbench.evidence.compare import Run, find_runs, flat
 from bnbench.evidence.figures import DRAW, FigureSpec, cell_label
+from bnbench.evidence.sequential import judge_study, rule_text
 from bnbench.evidence.tables import is_numeric
 from bnbench.naming import format_value
 from bnbench.records import atomic_write
+from bnbench.runs.specs import Sequential
 from bnbench.runs.study import SHIPPED_CONFIGS, STUDY_FILE, Study, load_study
 
 REPORT_MARKER = ".bnbench-report"  # the files bnbench wrote in a report folder, one per line
@@ -213,23 +215,32 @@ def file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".") or "figure"
 
 
-def claims_lines(judged: list[Judged], published: Published | None, runs: list[Run]) -> list[str]:
+def claims_lines(judged: list[Judged], published: Published | None, runs: list[Run], rule: Sequential | None = None
+                 ) -> list[str]:  # fmt: skip
     """The declared claims of one study: one table of verdicts, then what each rests on."""
     family = sum(j.effect is not None and j.claim.expect in ("greater", "less", "different") for j in judged)
-    lines = [
-        "### Claims",
-        "",
-        f"Effect = the first arm minus the second over seeds, paired by seed on the seeds the arms share (mean "
-        f"difference, t interval; Hodges-Lehmann estimate with its exact interval where a rank test decides: steps "
-        f"to a target, a diverged run, or no spread), with the interval that decides: 95% for greater, less and "
-        f"not_worse, 90% (TOST) for equivalent. p two-sided, Holm-adjusted over this study's {family} difference "
-        f"claims; every difference claim names its smallest effect of interest (margin): supported needs the "
-        f"interval on the claimed side and adjusted p < {ALPHA}, contradicted that the interval lies below the "
-        "margin. An inconclusive difference row gives the smallest effect this design detects with 80% power at "
-        "the Holm level: a test that misses p < 0.05 is not evidence against a claim. Checks are true by "
-        "construction (the same computation two ways) and are counted apart from findings.",
-        "",
-    ]
+    if rule is not None:
+        intro = (
+            f"Judged look by look under the study's sequential rule: repeated confidence intervals (Jennison & "
+            f"Turnbull 1989) with {rule.spending} alpha-spending (Lan & DeMets 1983) over at most {rule.max_seeds} "
+            f"seeds per claim; each difference claim spends {ALPHA}/{family} (Bonferroni over this study's "
+            f"{family} difference claims), an equivalence claim {2 * ALPHA} (TOST). The interval shown is the one "
+            "that decided, at its look's nominal level; a claim keeps the verdict of the first look that decided "
+            "it. Effect = the first arm minus the second over seeds, paired by seed."
+        )
+    else:
+        intro = (
+            f"Effect = the first arm minus the second over seeds, paired by seed on the seeds the arms share (mean "
+            f"difference, t interval; Hodges-Lehmann estimate with its exact interval where a rank test decides: "
+            f"steps to a target, a diverged run, or no spread), with the interval that decides: 95% for greater, "
+            f"less and not_worse, 90% (TOST) for equivalent. p two-sided, Holm-adjusted over this study's {family} "
+            f"difference claims; every difference claim names its smallest effect of interest (margin): supported "
+            f"needs the interval on the claimed side and adjusted p < {ALPHA}, contradicted that the interval lies "
+            "below the margin. An inconclusive difference row gives the smallest effect this design detects with "
+            "80% power at the Holm level: a test that misses p < 0.05 is not evidence against a claim. Checks are "
+            "true by construction (the same computation two ways) and are counted apart from findings."
+        )
+    lines = ["### Claims", "", intro, ""]
     rows = []
     for j in judged:
         e = j.effect
@@ -241,6 +252,9 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
             detail += f"; detectable: ±{figure(e.detectable, digits)}"
         if j.claim.margin is not None:
             detail += f"; margin {j.claim.margin:g}"
+        if j.look:
+            detail += f"; {'decided' if j.verdict != 'inconclusive' else 'undecided'} at look {j.look}"
+            detail += " (at the budget of seeds)" if j.at_budget else ""
         if j.claim.kind == "check":
             detail += "; a check (true by construction)"
         if j.diverged:
@@ -276,8 +290,10 @@ def headline(verdicts: list[Judged]) -> str:
     checks = [j for j in verdicts if j.claim.kind == "check"]
     family = [j for j in findings if j.effect is not None and j.claim.expect in ("greater", "less", "different")]
     wide = dict(zip(map(id, family), holm([j.effect.p for j in family]), strict=True))
-    overall = [verdict(j.claim, j.effect, wide.get(id(j), j.effect.p)) if j.effect is not None else j.verdict
-               for j in findings]  # fmt: skip
+    overall = [
+        verdict(j.claim, j.effect, wide.get(id(j), j.effect.p)) if j.effect is not None and not j.look else j.verdict
+        for j in findings
+    ]  # fmt: skip  (a sequential verdict stands: its own alpha split)
 
     def counts(values: list[str]) -> str:
         return ", ".join(f"{values.count(v)} {v}" for v in VERDICT_MARKS)
@@ -359,12 +375,16 @@ def section(s: StudyRuns, out: Path, written: list[str]) -> tuple[list[str], lis
         lines += ["Recorded in the runs' meta.json: " + "; ".join(f"`{c}`" for c in recorded[:3]), ""]
     fixed = ", ".join(f"{k}={format_value(v)}" for k, v in s.study.fixed) or "none"
     lines += [f"Seeds {', '.join(str(x) for x in s.study.seeds)}; set for every run: {fixed}.", ""]
+    if s.study.sequential is not None:
+        lines += [f"Seeds until decided (`bnbench sweep {s.name} --until-decided`, docs/sweep.md): "
+                  f"{rule_text(s.study.sequential, len(s.study.seeds))}; new seeds continue after "
+                  f"{max(s.study.seeds)} in the cells of undecided claims.", ""]  # fmt: skip
     lines += published_lines(s.study.published, s)
     lines += cells_table(s)
     lines += figure_lines(s, out, written)
-    judged = judge(s.study.claims, s.runs) if s.study.claims else []
+    judged = judge_study(s.study, s.runs)
     if judged:
-        lines += claims_lines(judged, s.study.published, s.runs)
+        lines += claims_lines(judged, s.study.published, s.runs, s.study.sequential)
     return lines, judged
 
 

@@ -189,3 +189,13 @@ def rule_text(rule: Sequential, declared: int) -> str:
         f"repeated confidence intervals with {rule.spending} alpha-spending (Lan & DeMets 1983): at most "
         f"{rule.max_seeds} seeds per claim, looks at {sizes} seeds"
     )
+
+
+def worst_case(study: Any) -> list[str]:
+    """Every run the study could need: its cells at the declared seeds, each claim's cells at its maximum."""
+    every = replace(study, seeds=study.seeds[:1]).runs()
+    names = {f"{run.cell}-s{seed}" for run in every for seed in study.seeds}
+    last = look_seeds(study.seeds, study.sequential)[-1]
+    for claim in study.claims:
+        names |= {f"{cell}-s{seed}" for cell in claim_cells(study, claim) for seed in last}
+    return sorted(names)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bnbench.errors import UsageError
@@ -43,11 +43,17 @@ MAX_RUNS = 100_000
 
 
 def plan_study(
-    study: Study, out_dir: Path, retry_failed: bool, folder: Path | None = None, shard: tuple[int, int] | None = None
+    study: Study,
+    out_dir: Path,
+    retry_failed: bool,
+    folder: Path | None = None,
+    shard: tuple[int, int] | None = None,
+    planned: list | None = None,
 ) -> Plan:
     """Validate every cell, compare with a saved study, and decide per run: start, resume or skip.
     `folder` is a saved study's own folder (re-run where it is); by default OUT_DIR/<study name>. With
-    `shard` (i, N), only the i-th of N disjoint parts of the study is planned (see study.in_shard)."""
+    `shard` (i, N), only the i-th of N disjoint parts of the study is planned (see study.in_shard).
+    `planned`: the study's runs to consider (study.PlannedRun), where not all of them: a sequential look."""
     from bnbench.runs.execute import DamagedCheckpoint, Job, read_checkpoint
     from bnbench.runs.rundir import has_recorded_rows, is_run_dir
 
@@ -59,7 +65,8 @@ def plan_study(
         raise UsageError(
             f"{folder} holds a run, not a study: give the study another name (--name) or another --out-dir"
         )
-    planned = [run for position, run in enumerate(study.runs()) if in_shard(position, shard)]
+    if planned is None:
+        planned = [run for position, run in enumerate(study.runs()) if in_shard(position, shard)]
     saved = saved_study(folder) if folder.is_dir() else None
     if saved is not None:
         changed = study_differences(saved, study)
@@ -68,6 +75,8 @@ def plan_study(
                 f"{folder / STUDY_FILE}: the study differs from the one saved there in {', '.join(changed)}; "
                 f"give it another name or another --out-dir"
             )
+    if saved is not None and study.sequential is None and saved.sequential is not None:
+        study = replace(study, sequential=saved.sequential)  # its extra seeds stay judged by its rule
     plan = Plan([], folder=folder, study=study)
     for run in planned:
         path = folder / run.name
