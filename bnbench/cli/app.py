@@ -331,7 +331,7 @@ def sweep(
     ],
     grid: Annotated[list[str], typer.Option(help="A matrix key: --grid train.lr=0.1,1,3 (with a config).")] = [],
     seeds: Annotated[Optional[str], typer.Option(help="Seeds with a config: 0-4 or 0,1,2 (default 0).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Study name with a config (default: the config's).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Study name, its folder (default: the file's).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="A fixed override for every run: --set train.lr=0.5.")] = [],
     epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.epochs=N.")] = None,
     out_dir: Annotated[Path, typer.Option(help="Studies go to OUT_DIR/<study>/.")] = Path("runs"),
@@ -840,7 +840,7 @@ def check(
     Examples:
       bnbench check
       bnbench check --dtype float32 --all
-      bnbench check --norm mynorms:MyBatchNorm --reference torch
+      bnbench check --norm bnbench.examples.my_norms:MyBatchNorm --reference torch
     """
     import torch
 

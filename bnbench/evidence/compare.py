@@ -526,6 +526,8 @@ def pivot_table(
             "std": float(pd.Series(finals).std(ddof=1)) if len(finals) > 1 else math.nan,
             "diverged": sum(status == "diverged" for _, status in members),
             "delta": math.nan,
+            "delta_ci95_low": math.nan,
+            "delta_ci95_high": math.nan,
             "p_value": math.nan,
         }
         if base_value is not None and bv != repr(base_value):
@@ -536,6 +538,7 @@ def pivot_table(
                 ok = lambda members: [r for r in members if r.status != "diverged"]  # noqa: E731
                 e = versus(ok(kept_runs[(pv, bv)]), ok(kept_runs[(pv, repr(base_value))]), summaries, metric)
                 row["delta"], row["p_value"] = e.estimate, e.p
+                row["delta_ci95_low"], row["delta_ci95_high"] = e.low, e.high
         rows.append(row)
     frame = pd.DataFrame(rows)
     order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
@@ -544,7 +547,9 @@ def pivot_table(
 
 
 def pivot_display(comp: Comparison) -> pd.DataFrame:
-    """The grid: rows are pivot values, columns --by values, cells 'mean ± std (n)'."""
+    """The grid: rows are pivot values, columns --by values, cells 'mean ± std (n)' and, against a baseline,
+    on their own lines 'Δ [95% CI]' and 'p'. The baseline's column is hidden first on a narrow terminal: the
+    others hold the answer."""
     pivot, by = comp.pivot_keys
     frame = comp.pivot
     columns = list(dict.fromkeys(map(format_value, frame["by"])))
@@ -556,10 +561,13 @@ def pivot_display(comp: Comparison) -> pd.DataFrame:
         if row.diverged:
             text += f", {row.diverged} diverged"
         if row.delta == row.delta:
-            text += f"; Δ {row.delta:+.4f}" + (f", p {row.p_value:.3g}" if row.p_value == row.p_value else "")
+            text += f"\nΔ {_delta(row.delta, row.delta_ci95_low, row.delta_ci95_high)}"
+            text += f"\np {row.p_value:.3g}" if row.p_value == row.p_value else ""
         grid.setdefault(format_value(row.pivot), {})[format_value(row.by)] = text
     out = pd.DataFrame([{pivot: p, **{c: cells.get(c, "-") for c in columns}} for p, cells in grid.items()])
-    return out.rename(columns={c: f"{by}={c}" for c in columns})
+    out = out.rename(columns={c: f"{by}={c}" for c in columns})
+    out.attrs["drop_first"] = [comp.baseline] if comp.baseline in out.columns else []
+    return out
 
 
 def _num(value: object, digits: int = 4) -> str:

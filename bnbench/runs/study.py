@@ -335,12 +335,16 @@ def study_from_command_line(given: Path, grid: list[str], seeds: str | None, nam
             )
         return load_study(given)
     if is_study_file(given):
-        if grid or seeds is not None or name:
+        if grid or seeds is not None:
             raise UsageError(
-                f"{given} is a study file: its matrix, seeds and name are in the file; --grid, --seeds and --name "
-                "go with a config (bnbench sweep CONFIG --grid key=v1,v2)"
+                f"{given} is a study file: its matrix and seeds are in the file; --grid and --seeds go with a "
+                "config (bnbench sweep CONFIG --grid key=v1,v2)"
             )
-        return load_study(given, sets)
+        study = load_study(given, sets)
+        if name is not None:  # the study under another name: another folder (a variant beside the original)
+            check_folder_name(name, "--name")
+            study = replace(study, name=name)
+        return study
     if not grid and seeds is None:
         if study_path(given).is_file() or config_path(given).is_file():
             raise UsageError(

@@ -62,9 +62,7 @@ def plan_study(
         raise UsageError(f"study {study.name}: {count:,} runs; a study has at most {MAX_RUNS:,}")
     folder = folder or out_dir / study.name
     if (folder / "meta.json").exists() or is_run_dir(folder):
-        raise UsageError(
-            f"{folder} holds a run, not a study: give the study another name (--name) or another --out-dir"
-        )
+        raise UsageError(f"{folder} holds a run, not a study: give the study another --name or another --out-dir")
     if planned is None:
         planned = [run for position, run in enumerate(study.runs()) if in_shard(position, shard)]
     saved = saved_study(folder) if folder.is_dir() else None
@@ -73,7 +71,7 @@ def plan_study(
         if changed:
             raise UsageError(
                 f"{folder / STUDY_FILE}: the study differs from the one saved there in {', '.join(changed)}; "
-                f"give it another name or another --out-dir"
+                f"give it another --name or another --out-dir"
             )
     if saved is not None and study.sequential is None and saved.sequential is not None:
         study = replace(study, sequential=saved.sequential)  # its extra seeds stay judged by its rule

@@ -413,3 +413,15 @@ def test_ls_of_a_run_directory_lists_that_run_and_pipes_stay_in_their_cell(tmp_p
     row = next(line for line in markdown.splitlines() if "a\\|b" in line)
     header = next(line for line in markdown.splitlines() if line.startswith("| run"))
     assert row.replace("\\|", "").count("|") == header.count("|")  # the name did not add a column
+
+
+def test_a_study_file_under_another_name_is_a_study_beside_the_first(tmp_path, cli):
+    """`--name` gives a study file's variant (here --epochs 1) its own folder: the way the refusal names."""
+    study, out = _study(tmp_path), tmp_path / "runs"
+    first = cli("sweep", study, "--out-dir", out, "--dry-run")
+    assert first.exit_code == 0, first.output
+    variant = cli("sweep", study, "--epochs", "1", "--name", "variant", "--out-dir", out, "--dry-run")
+    assert variant.exit_code == 0, variant.output
+    assert "start   " in variant.stdout and "variant: " in variant.stdout
+    bad = cli("sweep", study, "--name", "a/b", "--out-dir", out)
+    assert bad.exit_code == 2 and "--name: 'a/b' cannot be a folder name" in bad.stderr
