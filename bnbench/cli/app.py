@@ -285,14 +285,14 @@ def run(
                             (f"  ({step.why})" if step.why else ""))  # fmt: skip
             counts = {a: sum(s.action == a for s in steps) for a in ("start", "resume", "skip")}
             tally = ", ".join(f"{n} to {a}" for a, n in counts.items() if n)
-            display.say(f"{len(steps)} runs ({tally}); nothing trained (--dry-run)")
+            display.say(f"{display.plural(len(steps), 'run')} ({tally}); nothing trained (--dry-run)")
             return
         for step in steps:
             if step.action == "skip":
                 display.say(f"skip {step.job.run_name}: {step.why} ({step.where})")
         planned: list[Job] = [step.job for step in steps if step.action != "skip"]
         if not planned:
-            display.say(f"nothing to do: all {len(steps)} runs of this command are done")
+            display.say(f"nothing to do: all {display.plural(len(steps), 'run')} of this command are done")
             raise typer.Exit(0)
         if (workers or 1) > 1 or backend is Backend.ray:
             engine = Engine(
@@ -391,7 +391,9 @@ def sweep(
         for line in convention_warnings(job.cfg for job in plan.jobs):
             display.warn(line)
         if part is not None:
-            display.say(f"shard {part[0]}/{part[1]}: {total} of the study's {wanted.run_count()} runs")
+            display.say(
+                f"shard {part[0]}/{part[1]}: {total} of the study's {display.plural(wanted.run_count(), 'run')}"
+            )
         if dry_run:
             _dry_run(plan, engine, total)
             return
@@ -400,7 +402,7 @@ def sweep(
             if why.endswith("not touched"):
                 display.warn(f"{run_name} skipped: {why}")
         save_study(plan)
-        display.say(f"{wanted.name}: {total} runs in {plan.folder}; {len(plan.jobs)} to run, "
+        display.say(f"{wanted.name}: {display.plural(total, 'run')} in {plan.folder}; {len(plan.jobs)} to run, "
                     f"{len(plan.skipped)} skipped")  # fmt: skip
         results, exit_code = _run_engine(plan.jobs, engine, plan.folder, root)
         _sweep_summary(plan, results)
@@ -441,7 +443,9 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
     if dry_run:
         worst = set(worst_case(wanted))
         plan = plan_study(wanted, out_dir, retry_failed, folder, planned=[r for n, r in every.items() if n in worst])
-        display.say(f"at most {len(plan.jobs) + len(plan.skipped)} runs (every claim to its maximum of seeds)")
+        display.say(
+            f"at most {display.plural(len(plan.jobs) + len(plan.skipped), 'run')} (every claim to its maximum of seeds)"
+        )
         _dry_run(plan, engine, len(plan.jobs) + len(plan.skipped))
         return
     exit_code, looks_run = 0, 0
@@ -456,7 +460,8 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
         if not plan.jobs:
             break
         undecided = sum(j.verdict == "inconclusive" and not j.at_budget for j in judged)
-        display.say(f"{wanted.name}: {len(plan.jobs)} runs to run ({undecided} claims undecided), in {plan.folder}")
+        to_run, open_claims = display.plural(len(plan.jobs), "run"), display.plural(undecided, "claim")
+        display.say(f"{wanted.name}: {to_run} to run ({open_claims} undecided), in {plan.folder}")
         results, code = _run_engine(plan.jobs, engine, plan.folder, prepare(plan.jobs, engine))
         looks_run += 1
         exit_code = max(exit_code, code)
@@ -487,7 +492,9 @@ def _dry_run(plan, engine: Engine, total: int) -> None:
         display.say(f"{'resume' if job.resume else 'start':<7} {job.run_name}")
     for run_name, why in plan.skipped:
         display.say(f"{'skip':<7} {run_name}  ({why})")
-    display.say(f"{plan.study.name}: {total} runs; {len(plan.jobs)} to run, {len(plan.skipped)} to skip")
+    display.say(
+        f"{plan.study.name}: {display.plural(total, 'run')}; {len(plan.jobs)} to run, {len(plan.skipped)} to skip"
+    )
     if plan.jobs:
         seconds, how = estimate_wall_seconds(plan.jobs, engine, plan.folder)
         display.say(f"estimated wall time: {display.duration(seconds)} ({how})")
@@ -598,7 +605,7 @@ def list_runs(
             for row in rows
         ]  # fmt: skip
         header = ["run", "status", "epochs", "final test_acc", "age"]
-        display.show_table(f"{len(rows)} runs in {folder}", header, cells, wide)
+        display.show_table(f"{display.plural(len(rows), 'run')} in {folder}", header, cells, wide)
 
 
 @app.command(cls=_Command, short_help="Compare runs: tables, seed groups, tests, plots.")
@@ -739,7 +746,7 @@ def export(
         runs = _found_runs(paths)
         if to is ExportTarget.tensorboard:
             exp.to_tensorboard(runs, out)
-            display.say(f"{len(runs)} runs written to {out}: tensorboard --logdir {out}")
+            display.say(f"{display.plural(len(runs), 'run')} written to {out}: tensorboard --logdir {out}")
         else:
             try:
                 done = exp.to_mlflow(runs, tracking_uri, experiment, warn=display.warn)

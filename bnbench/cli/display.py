@@ -35,6 +35,11 @@ def terminal_width() -> int | None:
     return console.width if console.is_terminal else None
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 run`, `2 runs`."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def say(message: str, style: str | None = None) -> None:
     console.print(escape(message), style=style, highlight=False, soft_wrap=True)
 

@@ -289,18 +289,21 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         by_key.setdefault(run.group_key(), []).append(run)
     members_of = list(by_key.values())
     keys = [k for k in differing_keys(runs) if k != "train.seed"]
-    names = []
+    names, member_names = [], []
     for members in members_of:
+        everyone = sorted({SEED_SUFFIX.sub("", str(r.config.get("name") or r.path.name)) for r in members})
         shared = _shared_name(members)
         if shared is None:  # runs named differently (a renamed or resumed run): name what they share
-            everyone = sorted({SEED_SUFFIX.sub("", str(r.config.get("name") or r.path.name)) for r in members})
             shared = _keys_name(members, keys) if keys else "+".join(everyone)
         names.append(shared)
+        member_names.append(everyone)
     groups = {}
-    for name, members in zip(names, members_of, strict=True):
-        if names.count(name) > 1:
-            rivals = [r for n, ms in zip(names, members_of, strict=True) if n == name for r in ms]
-            name = f"{name}[{_keys_name(members, [k for k in differing_keys(rivals) if k != 'train.seed'])}]"
+    for i, (name, members) in enumerate(zip(names, members_of, strict=True)):
+        # another group with this name, or holding a run of this name: the name alone would mislead
+        rivals = [r for j, ms in enumerate(members_of) if j != i and (names[j] == name or name in member_names[j])
+                  for r in ms]  # fmt: skip
+        if rivals:
+            name = f"{name}[{_keys_name(members, [k for k in differing_keys(rivals + members) if k != 'train.seed'])}]"
         groups[name] = members
     return groups
 
@@ -600,6 +603,7 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
     frame's attrs["drop_first"] names its incidental columns, hidden first on a narrow terminal; what the
     user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
+    has_target = comp.target is not None or any(t is not None for t in comp.targets.values())
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
     if comp.keys:  # the config keys that differ between the runs
         described = {names[k]: comp.runs[f"config.{k}"].map(format_value) for k in names}
@@ -618,7 +622,8 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
             ],
             "final train loss": comp.runs["final_train_loss"].map(_num),
             f"epochs to {target}": [
-                str(int(e)) if pd.notna(e) else "not reached" for e in comp.runs["epochs_to_target"]
+                str(int(e)) if pd.notna(e) else "not reached" if has_target else "-"
+                for e in comp.runs["epochs_to_target"]
             ],
             f"steps (examples) to {target}": [
                 f"{s:,} ({x:,})" if s else "-"
@@ -684,7 +689,7 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
     lowest = "the lowest final test acc of the completed runs that learned (above 0.2)"
     if about_target and comp.target is not None and comp.target_is_default:
         notes.append(f"target {comp.target:g}: {lowest} (set it with --target)")
-    elif about_target and comp.target is None and comp.targets:
+    elif about_target and comp.target is None and any(t is not None for t in comp.targets.values()):
         per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
         notes.append(f"targets per dataset: {per}" + (f" ({lowest} there)" if comp.target_is_default else ""))
     if comp.baseline is not None and comp.pivot is None and (on_screen("p") or on_screen("Δ vs ")):

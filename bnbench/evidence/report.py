@@ -23,7 +23,7 @@ from bnbench.evidence.tables import is_numeric
 from bnbench.naming import format_value
 from bnbench.records import atomic_write
 from bnbench.runs.specs import Sequential
-from bnbench.runs.study import SHIPPED_CONFIGS, STUDY_FILE, Study, load_study
+from bnbench.runs.study import SHIPPED_CONFIGS, STUDY_FILE, Study, load_study, study_differences
 
 REPORT_MARKER = ".bnbench-report"  # the files bnbench wrote in a report folder, one per line
 VERDICT_MARKS = {"supported": "supported", "contradicted": "**contradicted**", "inconclusive": "inconclusive"}
@@ -490,7 +490,14 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
 
 
 def _shipped(s: StudyRuns) -> bool:
-    return (SHIPPED_CONFIGS / "studies" / f"{s.name}.yaml").is_file()
+    """A shipped study as shipped (not run with --set, --epochs or under another matrix)."""
+    path = SHIPPED_CONFIGS / "studies" / f"{s.name}.yaml"
+    if not path.is_file():
+        return False
+    try:
+        return not study_differences(s.study, load_study(path))
+    except UsageError:
+        return False
 
 
 def _content_hash(path: Path) -> str | None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # only for the hint: `bnbench --help` does not import pandas
 FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?( \[[^\]]*\])?"
 # A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".
 NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]( \([^)]*\))?$")
+ESTIMATE = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)? \[")  # an estimate and its interval: `0.0169 [-0.0327, 0.0666]`
 
 
 def is_numeric(cells: list[str]) -> bool:
@@ -46,50 +47,57 @@ def _wrap(text: str, room: int) -> str:
     return "\n".join(lines)
 
 
-def _layout(header: list[str], rows: list[list[str]], width: int | None, wide: bool) -> tuple[list[str], list[int]]:
-    """The headers as drawn and each column's width with its borders. On a terminal too narrow for the
-    table, a header longer than its cells wraps at its spaces and the first column folds at a quarter of the
-    width: both before any column is hidden."""
-    cells = [_longest([r[i] for r in rows]) for i in range(len(header))]
-    headers = list(header)
-    natural = [max(_longest([h]), c) + 3 for h, c in zip(headers, cells, strict=True)]
-    if wide or width is None or sum(natural) + 1 <= width:
-        return headers, natural
-    headers = [_wrap(h, c) for h, c in zip(headers, cells, strict=True)]
-    natural = [max(_longest([h]), c) + 3 for h, c in zip(headers, cells, strict=True)]
-    cap = _first_cap(width, wide)
-    if natural and cap is not None:
-        natural[0] = min(natural[0], cap + 3)
-    return headers, natural
+Plan = tuple[list[int], list[str], list[list[str]], list[int]]  # columns shown, headers, rows, widths
+
+
+def _plan(header: list[str], rows: list[list[str]], width: int | None, wide: bool,
+          drop_first: list[str] | tuple[str, ...]) -> Plan:  # fmt: skip
+    """Which columns a terminal of `width` shows, with the headers and rows as drawn and each column's width
+    with its borders. Too narrow for the whole table: first the columns named in `drop_first` are hidden
+    (the incidental ones), then the table is made compact (an interval goes on the line below its
+    estimate, a header longer than its cells wraps at its spaces, the first column folds at a quarter of
+    the width), then columns are hidden from the right; the first column always stays."""
+    columns = list(range(len(header)))
+
+    def widths(headers: list[str], rows: list[list[str]]) -> list[int]:
+        return [max(_longest([h]), _longest([r[i] for r in rows])) + 3 for i, h in enumerate(headers)]
+
+    def fits() -> bool:
+        return wide or width is None or sum(natural[i] for i in columns) + 1 <= width
+
+    headers, natural = list(header), widths(header, rows)
+    first = [header.index(h) for h in drop_first if h in header[1:]]
+    while not fits() and first:
+        columns.remove(first.pop(0))
+    if not fits():
+        rows = [[cell.replace(" [", "\n[") if ESTIMATE.match(cell) else cell for cell in row] for row in rows]
+        headers = [_wrap(h, _longest([r[i] for r in rows])) for i, h in enumerate(headers)]
+        natural = widths(headers, rows)
+        natural[0] = min(natural[0], _first_cap(width, wide) + 3)
+    rest = [i for i in reversed(columns[1:])]
+    while not fits() and rest:
+        columns.remove(rest.pop(0))
+    return columns, headers, rows, natural
 
 
 def shown_columns(header: list[str], rows: list[list[str]], width: int | None, wide: bool = False,
                   drop_first: list[str] | tuple[str, ...] = ()) -> list[int]:  # fmt: skip
-    """The indices of the columns that fit `width` characters: the columns named in `drop_first` go first,
-    in that order, then the others from the right; the first column always stays. All of them when `wide`
-    or off a terminal (`width` None)."""
-    columns = list(range(len(header)))
-    natural = _layout(header, rows, width, wide)[1]
-    order = [header.index(h) for h in drop_first if h in header[1:]]
-    order += [i for i in reversed(columns[1:]) if i not in order]
-    while not wide and width is not None and len(columns) > 1 and sum(natural[i] for i in columns) + 1 > width:
-        columns.remove(order.pop(0))
-    return columns
+    """The indices of the columns that fit `width` characters (`_plan`). All of them when `wide` or off a
+    terminal (`width` None)."""
+    return _plan(header, rows, width, wide, drop_first)[0]
 
 
 def fitted(title: str, header: list[str], rows: list[list[str]], width: int | None, wide: bool = False,
            drop_first: list[str] | tuple[str, ...] = ()) -> Table:  # fmt: skip
-    """A Rich table of `rows` (strings) that fits `width` characters unless `wide`; when it does not, long
-    headers wrap and the first column folds (`_layout`), then the columns in `drop_first` are hidden first
-    (the incidental ones), then from the right, and a caption names them."""
-    columns = shown_columns(header, rows, width, wide, drop_first)
+    """A Rich table of `rows` (strings) that fits `width` characters unless `wide` (`_plan`: incidental
+    columns hidden, then compact, then columns hidden from the right), with a caption naming what it hid."""
+    columns, headers, rows, natural = _plan(header, rows, width, wide, drop_first)
     hidden = [header[i] for i in range(len(header)) if i not in columns]
     caption = (f"{len(hidden)} column{'s' if len(hidden) > 1 else ''} hidden to fit the terminal: {', '.join(hidden)} "
                "(--wide shows them)")  # fmt: skip
     # Names and paths are data, never Rich markup: `mlp[bn]` is shown as written.
     table = Table(title=escape(title), title_justify="left", caption=escape(caption) if hidden else None,
                   caption_justify="left")  # fmt: skip
-    headers, natural = _layout(header, rows, width, wide)
     for i in columns:
         numeric = is_numeric([r[i] for r in rows])
         folds = i == 0 and natural[0] - 3 < _longest([r[0] for r in rows])

@@ -296,3 +296,13 @@ def test_the_command_line_choices_are_the_tables_compare_has():
     from bnbench.evidence.compare import TABLES
 
     assert [t.value for t in CompareTable] == list(TABLES)
+
+
+def test_a_group_never_takes_the_name_of_a_run_in_another_group(tmp_path, cli):
+    # ctrlc_test-s0,1 and mlp_bn-s2 (one config), mlp_bn-s0,1 with another lr (--set): the second group is
+    # not "mlp_bn", a name the first group's mlp_bn-s2 also has; it is told apart by its key.
+    for seed in range(2):
+        renamed(fake_run(tmp_path, f"ctrlc_test-s{seed}", [0.9], seed=seed, lr=0.1), f"ctrlc_test-s{seed}")
+        renamed(fake_run(tmp_path, f"mlp_bn-s{seed}", [0.9], seed=seed, lr=1.0), f"mlp_bn-s{seed}")
+    renamed(fake_run(tmp_path, "mlp_bn-s2", [0.9], seed=2, lr=0.1), "mlp_bn-s2")
+    assert group_names(cli, tmp_path) == ["lr=0.1", "mlp_bn[lr=1]"]

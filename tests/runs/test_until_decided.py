@@ -58,7 +58,7 @@ def test_looks_add_seeds_only_to_undecided_claims_and_a_rerun_trains_nothing(tmp
     assert seeds["kind=torch"] == seeds["kind=none"] == list(range([3, 5][bn.look - 1]))
     assert bn.verdict != "inconclusive" or bn.at_budget
     again = cli("sweep", study, "--until-decided", "--out-dir", out, "--jobs", "2")
-    assert again.exit_code == 0 and "runs to run" not in again.stdout
+    assert again.exit_code == 0 and " to run (" not in again.stdout
     assert _seeds(out / "st") == seeds
     report = cli("report", out / "st", "--out", tmp_path / "report")
     assert report.exit_code == 0, report.output
