@@ -33,6 +33,7 @@ clean:
 
 # The evidence (docs/results): every study in configs/studies/ that declares claims (the why-studies last),
 # then the report generated from the runs.
+# Each study runs until its claims are decided or at its seed budget (`sequential:` in the study, docs/sweep.md).
 # Resumable: a second `make results` skips every run already done. Needs the real datasets.
 STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size \
 	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only
@@ -45,7 +46,7 @@ results: studies report
 
 studies: install
 	@for s in $(STUDIES); do \
-		$(BIN)/bnbench sweep configs/studies/$$s.yaml --jobs auto --out-dir $(RESULTS_RUNS) \
+		$(BIN)/bnbench sweep configs/studies/$$s.yaml --until-decided --jobs auto --out-dir $(RESULTS_RUNS) \
 			--data-dir $(RESULTS_DATA_DIR); code=$$?; \
 		if [ $$code -ge 2 ]; then exit $$code; fi; \
 	done
