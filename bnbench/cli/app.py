@@ -661,7 +661,7 @@ def compare(
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
             shown: set[str] = set()
-            for title, frame in cmp.display_tables(comparison, which):
+            for title, frame in cmp.display_tables(comparison, which, brief=True):
                 display.show_frame(title, frame, wide)
                 shown.update(display.shown_headers(frame, wide))
             for note in cmp.footnotes(comparison, shown):  # wrapped at words, not mid-number

@@ -597,11 +597,15 @@ def _delta(delta: float, low: float, high: float) -> str:
     return f"{delta:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low == low and high == high else "")
 
 
-def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str, pd.DataFrame]]:
+MANY_RUNS = 40  # above this, the terminal shows the seed groups, not a row per run and a column per run
+
+
+def display_tables(comp: Comparison, which: str | None = None, brief: bool = False) -> list[tuple[str, pd.DataFrame]]:
     """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one).
     The answer comes last, where a terminal keeps it on screen: runs, per epoch, seed groups, the grid. Each
     frame's attrs["drop_first"] names its incidental columns, hidden first on a narrow terminal; what the
-    user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last."""
+    user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last. `brief` (the
+    terminal): over MANY_RUNS runs with seed groups, the per-run and per-epoch tables are left to --table."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
     has_target = comp.target is not None or any(t is not None for t in comp.targets.values())
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
@@ -674,6 +678,8 @@ def display_tables(comp: Comparison, which: str | None = None) -> list[tuple[str
         tables.append(("pivot", title, pivot_display(comp)))
     if which == "pivot" and comp.pivot is None:
         raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
+    if brief and which is None and len(comp.runs) > MANY_RUNS and any(kind == "groups" for kind, _, _ in tables):
+        tables = [t for t in tables if t[0] not in ("runs", "epochs")]
     return [(title, frame) for kind, title, frame in tables if which in (None, kind)]
 
 
@@ -701,6 +707,9 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
         if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
             notes.append(f"warning: the baseline {comp.baseline} never left chance (final test acc "
                          f"{base['final_test_acc_mean'].iloc[0]:.4f}); a difference from it says little")  # fmt: skip
+    if shown is not None and len(comp.runs) > MANY_RUNS and not on_screen("run"):
+        notes.append(f"{len(comp.runs):,} runs: their seed groups above; a row per run with --table runs, "
+                     "every epoch with --table epochs (or --format csv)")  # fmt: skip
     left_out = comp.groups.attrs.get("left_out", [])
     if left_out:
         notes.append(f"not in the seed groups (not completed): {', '.join(left_out)}")

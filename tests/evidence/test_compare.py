@@ -306,3 +306,15 @@ def test_a_group_never_takes_the_name_of_a_run_in_another_group(tmp_path, cli):
         renamed(fake_run(tmp_path, f"mlp_bn-s{seed}", [0.9], seed=seed, lr=1.0), f"mlp_bn-s{seed}")
     renamed(fake_run(tmp_path, "mlp_bn-s2", [0.9], seed=2, lr=0.1), "mlp_bn-s2")
     assert group_names(cli, tmp_path) == ["lr=0.1", "mlp_bn[lr=1]"]
+
+
+def test_many_runs_show_their_seed_groups_and_say_where_each_run_is(tmp_path, cli):
+    # 42 runs: a row per run and a column per run (the per-epoch table) would bury the answer on a terminal
+    for i in range(42):
+        fake_run(tmp_path, f"x{i // 2}-s{i % 2}", [0.9], seed=i % 2, lr=0.01 * (i // 2 + 1))
+    result = cli("compare", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "seed groups" in result.stdout and "42 runs: their seed groups above" in result.stdout
+    assert "x0-s1" not in result.stdout  # no row per run
+    every = cli("compare", tmp_path, "--table", "runs")
+    assert every.exit_code == 0 and "x0-s1" in every.stdout
