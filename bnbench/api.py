@@ -195,7 +195,7 @@ def judge(*studies: PathLike) -> pd.DataFrame:
     """Every claim of the study folders (`bnbench sweep` output) judged as `bnbench report` judges it: one
     row per claim with its study, id, what it says, verdict (supported / contradicted / inconclusive), the
     effect (first arm minus second, in the metric's units), the interval that decides the verdict (95%,
-    90% for an equivalence claim: ci_level), p (two-sided), Holm p (within the study), the test, n (pairs,
+    90% where TOST decides: ci_level), p (two-sided), Holm p (within the study), the test, n (pairs,
     or the smaller arm), the seeds or runs left out and why, and the deviations from the published setup.
     A claim with too few runs has NaN effect. Raises InputError for a folder that is not a study."""
     import math
@@ -213,13 +213,11 @@ def judge(*studies: PathLike) -> pd.DataFrame:
             for message in found_warnings:
                 _warn(message)
             for j in judge_study(s.study, s.runs):
-                e, equivalent = j.effect, j.claim.expect == "equivalent"
+                e, (low, high, level) = j.effect, j.interval()
                 rows.append({
                     "study": s.name, "claim": j.claim.id, "says": j.claim.says, "verdict": j.verdict,
                     "effect": math.nan if e is None else e.estimate,
-                    "ci_low": math.nan if e is None else (e.low90 if equivalent else e.low),
-                    "ci_high": math.nan if e is None else (e.high90 if equivalent else e.high),
-                    "ci_level": 0.90 if equivalent else 0.95,
+                    "ci_low": low, "ci_high": high, "ci_level": level,
                     "p": math.nan if e is None else e.p, "holm_p": j.p_adjusted,
                     "test": "" if e is None else e.test, "n": 0 if e is None else e.n,
                     "paired": bool(e is not None and e.paired), "dropped": "; ".join(j.dropped),

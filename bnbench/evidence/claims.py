@@ -193,6 +193,17 @@ class Judged:
     look: int = 0  # under a sequential rule: the look (1, 2, ...) that decided it, or the last one judged
     at_budget: bool = False  # under a sequential rule: undecided at the study's max_seeds
 
+    def interval(self) -> tuple[float, float, float]:
+        """The interval that decides the verdict, (low, high, level): TOST's 90% one where equivalence is
+        supported or not ruled out and where a difference is contradicted, else the 95% one (under a
+        sequential rule: the look's repeated interval of that overall level)."""
+        e = self.effect
+        if e is None:
+            return math.nan, math.nan, math.nan
+        if (self.claim.expect, self.verdict == "contradicted") in (("equivalent", False), ("different", True)):
+            return e.low90, e.high90, 0.90
+        return e.low, e.high, 0.95
+
 
 def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[str], int]:
     """One arm: seed -> measured value, one run per seed; what was left out and why; diverged runs."""

@@ -273,14 +273,16 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
 
 
 def effect_text(j: Judged) -> str:
-    """`0.0356 [0.0302, 0.0411]`: the effect and the interval that decides its verdict, 95% (90% for an
-    equivalence claim, marked); steps to a target in whole steps."""
+    """`0.0356 [0.0302, 0.0411]`: the effect and the interval that decides its verdict, 95% (90%, marked,
+    for an equivalence claim not contradicted and a difference claim contradicted: TOST); steps to a target
+    in whole steps."""
     e, digits = j.effect, 0 if j.claim.metric.discrete else 4
     if e is None:
         return "–"
-    if j.claim.expect == "equivalent":
-        return f"{figure(e.estimate, digits)} [{figure(e.low90, digits)}, {figure(e.high90, digits)}] (90%)"
-    return f"{figure(e.estimate, digits)} [{figure(e.low, digits)}, {figure(e.high, digits)}]"
+    low, high, level = j.interval()
+    return f"{figure(e.estimate, digits)} [{figure(low, digits)}, {figure(high, digits)}]" + (
+        " (90%)" if level == 0.90 else ""
+    )
 
 
 def headline(verdicts: list[Judged]) -> str:

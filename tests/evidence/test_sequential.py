@@ -101,3 +101,16 @@ def test_a_real_effect_is_decided_with_fewer_seeds_than_the_fixed_design_of_equa
     power, _, mean_seeds = rates(claim("greater"), EFFECT, seed=2)
     assert power > 0.5  # it finds the effect
     assert mean_seeds < fixed_seeds(power)  # and on average stops earlier than a fixed design as powerful
+
+
+def test_the_interval_shown_is_the_one_that_decided():
+    """An equivalence claim is supported by its 90% (TOST) interval but contradicted by its 95% one: the
+    report and bnbench.judge show the one that decided (the 95% one for a contradicted equivalence)."""
+    from bnbench.evidence.stats import Effect
+
+    far = Effect(10, True, 0.007, 0.0056, 0.0083, 1e-6, 0.0059, 0.0081, test="paired t")
+    item = measured(claim("equivalent", margin=0.005), {}, {}, [], 0, 1)
+    item.effect, item.verdict = far, verdict(item.claim, far, far.p)
+    assert item.verdict == "contradicted" and item.interval() == (0.0056, 0.0083, 0.95)
+    item.verdict = "supported"
+    assert item.interval() == (0.0059, 0.0081, 0.90)
