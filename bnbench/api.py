@@ -188,15 +188,17 @@ def compare(
 
 
 JUDGE_COLUMNS = ["study", "claim", "says", "verdict", "effect", "ci_low", "ci_high", "ci_level", "p", "holm_p",
-                 "test", "n", "paired", "dropped", "deviations"]  # fmt: skip
+                 "test", "n", "paired", "dropped", "deviations", "look", "at_budget"]  # fmt: skip
 
 
 def judge(*studies: PathLike) -> pd.DataFrame:
     """Every claim of the study folders (`bnbench sweep` output) judged as `bnbench report` judges it: one
     row per claim with its study, id, what it says, verdict (supported / contradicted / inconclusive), the
     effect (first arm minus second, in the metric's units), the interval that decides the verdict (95%,
-    90% where TOST decides: ci_level), p (two-sided), Holm p (within the study), the test, n (pairs,
-    or the smaller arm), the seeds or runs left out and why, and the deviations from the published setup.
+    90% where TOST decides, a look's nominal level under a sequential rule: ci_level), p (two-sided), Holm
+    p (within the study), the test, n (pairs, or the smaller arm), the seeds or runs left out and why, the
+    deviations from the published setup, and under a sequential rule (docs/sweep.md) the look that decided
+    (or the last judged) and whether it ended undecided at its budget of seeds.
     A claim with too few runs has NaN effect. Raises InputError for a folder that is not a study."""
     import math
 
@@ -222,6 +224,7 @@ def judge(*studies: PathLike) -> pd.DataFrame:
                     "test": "" if e is None else e.test, "n": 0 if e is None else e.n,
                     "paired": bool(e is not None and e.paired), "dropped": "; ".join(j.dropped),
                     "deviations": "; ".join(deviations(s.study.published, j.claim, s.runs)),
+                    "look": j.look or None, "at_budget": j.at_budget,
                 })  # fmt: skip
     return pd.DataFrame(rows, columns=JUDGE_COLUMNS)
 

@@ -434,7 +434,7 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
     rule = wanted.sequential
     if max_seeds is not None:
         raw = (rule.to_dict() if rule else {}) | {"max_seeds": max_seeds}
-        rule = parse_sequential(raw, "--max-seeds", len(wanted.seeds))
+        rule = parse_sequential(raw, "--max-seeds", wanted.seeds)
     if rule is None:
         raise UsageError(f"study {wanted.name} declares no `sequential: {{max_seeds: N}}`; give --max-seeds N")
     wanted = replace(wanted, sequential=rule)
@@ -448,10 +448,14 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
         )
         _dry_run(plan, engine, len(plan.jobs) + len(plan.skipped))
         return
-    exit_code, looks_run = 0, 0
+    exit_code, looks_run, attempted, warned = 0, 0, set(), set()
     while True:
         target = folder or out_dir / wanted.name
-        runs = find_runs([target])[0] if target.is_dir() else []
+        runs, found_warnings = find_runs([target]) if target.is_dir() else ([], [])
+        for message in found_warnings:  # a damaged run is named, once
+            if message not in warned:
+                display.warn(message)
+                warned.add(message)
         names, judged = next_runs(wanted, runs)
         needed = [run for name, run in every.items() if name in names]  # the study's order: cell, then seed
         plan = plan_study(wanted, out_dir, retry_failed and looks_run == 0, folder, planned=needed)
@@ -459,18 +463,29 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
             save_study(plan)
         if not plan.jobs:
             break
+        again = [job.run_name for job in plan.jobs if job.run_name in attempted]
+        if again:  # ran in this command and still not finished: it failed before writing any record
+            display.error(f"{', '.join(again[:3])}: ran and left no finished run; the look cannot complete")
+            raise typer.Exit(1)
+        attempted.update(job.run_name for job in plan.jobs)
         undecided = sum(j.verdict == "inconclusive" and not j.at_budget for j in judged)
         to_run, open_claims = display.plural(len(plan.jobs), "run"), display.plural(undecided, "claim")
         display.say(f"{wanted.name}: {to_run} to run ({open_claims} undecided), in {plan.folder}")
         results, code = _run_engine(plan.jobs, engine, plan.folder, prepare(plan.jobs, engine))
         looks_run += 1
+        for result in results:
+            if result.status == "failed":
+                _say_failure(result)
+        if code == EXIT_INTERRUPTED or any(r.status == "interrupted" for r in results):
+            raise typer.Exit(EXIT_INTERRUPTED)  # a stop between runs starts no new look either
         exit_code = max(exit_code, code)
-        if any(r.status == "interrupted" for r in results):
-            raise typer.Exit(code or 130)
     _claims_summary(judged)
     for run_name, why in plan.skipped:
         if why.startswith("running in"):
             display.warn(f"{run_name}: {why}; the claims it feeds wait for it (run the command again later)")
+    if plan.failed:  # as a plain sweep: failed runs stay visible until they are retried
+        display.error(f"{display.plural(len(plan.failed), 'run')}: {', '.join(plan.failed)} (left out of their "
+                      "claims; --retry-failed runs them again)", label="failed")  # fmt: skip
     raise typer.Exit(exit_code or (1 if plan.failed else 0))
 
 

@@ -192,17 +192,18 @@ class Judged:
     diverged: int = 0  # runs in the two arms that diverged (they count, at their worst value)
     look: int = 0  # under a sequential rule: the look (1, 2, ...) that decided it, or the last one judged
     at_budget: bool = False  # under a sequential rule: undecided at the study's max_seeds
+    levels: tuple[float, float] = (ALPHA, 2 * ALPHA)  # the two-sided alphas of its 95% and 90% intervals
 
     def interval(self) -> tuple[float, float, float]:
         """The interval that decides the verdict, (low, high, level): TOST's 90% one where equivalence is
-        supported or not ruled out and where a difference is contradicted, else the 95% one (under a
-        sequential rule: the look's repeated interval of that overall level)."""
+        supported or not ruled out and where a difference is contradicted, else the 95% one; under a
+        sequential rule, the look's repeated interval at its nominal level (wider)."""
         e = self.effect
         if e is None:
             return math.nan, math.nan, math.nan
         if (self.claim.expect, self.verdict == "contradicted") in (("equivalent", False), ("different", True)):
-            return e.low90, e.high90, 0.90
-        return e.low, e.high, 0.95
+            return e.low90, e.high90, 1 - self.levels[1]
+        return e.low, e.high, 1 - self.levels[0]
 
 
 def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[str], int]:

@@ -273,16 +273,19 @@ def claims_lines(judged: list[Judged], published: Published | None, runs: list[R
 
 
 def effect_text(j: Judged) -> str:
-    """`0.0356 [0.0302, 0.0411]`: the effect and the interval that decides its verdict, 95% (90%, marked,
-    for an equivalence claim not contradicted and a difference claim contradicted: TOST); steps to a target
-    in whole steps."""
+    """`0.0356 [0.0302, 0.0411]`: the effect and the interval that decides its verdict (Judged.interval), its
+    level marked where it is not 95% (`(90%)`: TOST; under a sequential rule the look's nominal level, e.g.
+    `(98.4%)`); steps to a target in whole steps."""
     e, digits = j.effect, 0 if j.claim.metric.discrete else 4
     if e is None:
         return "–"
     low, high, level = j.interval()
-    return f"{figure(e.estimate, digits)} [{figure(low, digits)}, {figure(high, digits)}]" + (
-        " (90%)" if level == 0.90 else ""
-    )
+
+    def bound(value: float) -> str:  # an infinite bound is no bound (an exact rank test on too few seeds)
+        return ("-∞" if value < 0 else "∞") if math.isinf(value) else figure(value, digits)
+
+    shown_level = "" if abs(level - 0.95) < 1e-12 else f" ({100 * level:.3g}%)"  # 90%: TOST; a look's own level
+    return f"{figure(e.estimate, digits)} [{bound(low)}, {bound(high)}]{shown_level}"
 
 
 def headline(verdicts: list[Judged]) -> str:
@@ -290,18 +293,25 @@ def headline(verdicts: list[Judged]) -> str:
     difference finding of the report (not only its study), checks apart."""
     findings = [j for j in verdicts if j.claim.kind != "check"]
     checks = [j for j in verdicts if j.claim.kind == "check"]
-    family = [j for j in findings if j.effect is not None and j.claim.expect in ("greater", "less", "different")]
-    wide = dict(zip(map(id, family), holm([j.effect.p for j in family]), strict=True))
-    overall = [
-        verdict(j.claim, j.effect, wide.get(id(j), j.effect.p)) if j.effect is not None and not j.look else j.verdict
+    family = [
+        j
         for j in findings
-    ]  # fmt: skip  (a sequential verdict stands: its own alpha split)
+        if j.effect is not None and j.claim.expect in ("greater", "less", "different") and not j.look
+    ]  # fmt: skip  (a sequential verdict stands: its study split its own alpha)
+    wide = dict(zip(map(id, family), holm([j.effect.p for j in family]), strict=True))
+    overall = [verdict(j.claim, j.effect, wide.get(id(j), j.effect.p)) if j.effect is not None and not j.look
+               else j.verdict for j in findings]  # fmt: skip
+    sequential = sum(bool(j.look) for j in findings)
 
     def counts(values: list[str]) -> str:
         return ", ".join(f"{values.count(v)} {v}" for v in VERDICT_MARKS)
 
-    return (f"{len(findings)} findings ({counts(overall)}; Holm-corrected over the report's {len(family)} "
-            f"difference findings), {len(checks)} checks ({counts([j.verdict for j in checks])})")  # fmt: skip
+    how = [f"Holm-corrected over the report's {len(family)} fixed-design difference findings"] * bool(family)
+    how += [f"{sequential} under their study's sequential rule"] * bool(sequential)
+    return (
+        f"{len(findings)} findings ({counts(overall)}{'; ' if how else ''}{'; '.join(how)}), "
+        f"{len(checks)} checks ({counts([j.verdict for j in checks])})"
+    )
 
 
 def _mean(values: list[float], digits: int) -> str:
@@ -395,7 +405,7 @@ def report(folders: list[Path], out: Path) -> Path:
     return write_report(folders, out)[0]
 
 
-VERDICT_HEADER = ["claim", "verdict", "effect [95% CI]", "study", "says"]
+VERDICT_HEADER = ["claim", "verdict", "effect [CI]", "study", "says"]
 
 
 def regenerate_command(folders: list[Path], out: Path) -> str:
@@ -405,7 +415,7 @@ def regenerate_command(folders: list[Path], out: Path) -> str:
 
 def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]:
     """Write `out/README.md` and its figures from the study folders; returns the README's path and one row
-    per judged claim (VERDICT_HEADER: claim id, verdict, effect [95% CI], study, what it says), for the
+    per judged claim (VERDICT_HEADER: claim id, verdict, effect [CI], study, what it says), for the
     terminal."""
     loaded, warnings = [], []
     for folder in folders:
@@ -442,7 +452,9 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
         f"that decides (95%; 90% for equivalence) and Holm-adjusted p within the study. **supported**: the "
         f"interval lies on the claimed side and adjusted p < {ALPHA}; **contradicted**: the interval rules out "
         "the smallest effect of interest (margin) every claim declares; **inconclusive**: neither (with the "
-        "smallest effect the design could detect). The counts below are corrected over the whole report.",
+        "smallest effect the design could detect). The counts below are corrected over the whole report. A "
+        "study run until decided (`bnbench sweep --until-decided`, docs/sweep.md) is judged look by look with "
+        "repeated intervals instead, Bonferroni within the study; its section says so.",
         "",
         f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
         f"Studies' wall time (first start to last end, summed): {total:.0f} min.",

@@ -116,7 +116,7 @@ def decide(claim: Claim, seeds_a: dict[Any, float], seeds_b: dict[Any, float], l
         alpha = nominal_levels(tuple(sizes), rule.max_seeds, level, rule.spending)[-1]
         alpha90 = nominal_levels(tuple(sizes), rule.max_seeds, 2 * ALPHA, rule.spending)[-1]
         last = measured(claim, a, b, list(dropped), diverged, family, alpha, alpha90)
-        last.look = number
+        last.look, last.levels = number, (alpha, alpha90)
         if last.effect is not None:
             last.verdict = verdict(claim, last.effect, 0.0)  # the look's interval decides
         if last.verdict != "inconclusive":

@@ -107,8 +107,12 @@ def _count(value: Any, where: str, low: int) -> int:
     return value
 
 
-def parse_sequential(raw: Any, source: str, declared_seeds: int) -> Sequential | None:
-    """The `sequential:` mapping of a study file, validated (one UsageError naming the key)."""
+MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
+
+
+def parse_sequential(raw: Any, source: str, seeds: tuple[int, ...]) -> Sequential | None:
+    """The `sequential:` mapping of a study file with these declared seeds, validated (one UsageError naming
+    the key): the seeds it adds (after the declared ones) stay valid seeds."""
     if raw is None:
         return None
     where = f"{source}: sequential"
@@ -120,10 +124,13 @@ def parse_sequential(raw: Any, source: str, declared_seeds: int) -> Sequential |
     rule = Sequential(max_seeds, min_seeds, raw.get("spending", "pocock"))
     if rule.spending not in SPENDING:
         raise UsageError(f"{where}: spending: {rule.spending!r} is not one of {', '.join(SPENDING)}")
-    first = max(declared_seeds, rule.min_seeds)
+    first = max(len(seeds), rule.min_seeds)
     if rule.max_seeds < first:
         raise UsageError(f"{where}: max_seeds {rule.max_seeds} is below the first look's {first} seeds "
                          f"(the declared seeds and min_seeds)")  # fmt: skip
+    if max(seeds) + rule.max_seeds - len(seeds) > MAX_SEED:
+        raise UsageError(f"{where}: the seeds added after {max(seeds)} would pass {MAX_SEED}, the largest seed; "
+                         "declare smaller seeds")  # fmt: skip
     return rule
 
 

@@ -44,11 +44,10 @@ from bnbench.config import (
 )
 from bnbench.errors import UsageError
 from bnbench.naming import cell_name, format_value, short_keys  # noqa: F401 (re-exported)
-from bnbench.runs.specs import matches, parse_claims, parse_figures, parse_published, parse_sequential
+from bnbench.runs.specs import MAX_SEED, matches, parse_claims, parse_figures, parse_published, parse_sequential
 
 STUDY_FILE = "study.yaml"
 STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims", "sequential")
-MAX_SEED = 2**32 - 1  # numpy's seeding accepts no more
 MAX_SEEDS = 10_000
 
 
@@ -301,7 +300,7 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
                   published=parse_published(raw.get("published"), source),
                   figures=parse_figures(raw.get("figures"), source))  # fmt: skip
     if raw.get("sequential") is not None:
-        study = replace(study, sequential=parse_sequential(raw["sequential"], source, len(study.seeds)))
+        study = replace(study, sequential=parse_sequential(raw["sequential"], source, study.seeds))
     check_claim_arms(study, source)
     return study
 
@@ -450,6 +449,21 @@ def study_differences(saved: Study, wanted: Study) -> list[str]:
     # What a study asks and tests is not what it runs: editing it never makes a study "another one".
     about = ("claims", "question", "published", "figures", "sequential")
     return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith(about)]
+
+
+def sequential_changes(saved: Study, wanted: Study) -> list[str]:
+    """What `wanted` changes of a saved study that runs under a sequential rule and that its decisions rest
+    on: the rule, or a claim's arms, metric, expectation or margin (its words may change). Empty when the
+    saved study has no rule."""
+    if saved.sequential is None:
+        return []
+    changed = ["sequential"] if wanted.sequential is not None and wanted.sequential != saved.sequential else []
+
+    def decisive(study: Study) -> dict:
+        return {c.id: (c.compare, c.against, c.metric, c.expect, c.margin) for c in study.claims}
+
+    before, after = decisive(saved), decisive(wanted)
+    return changed + [f"claim {cid}" for cid in sorted(set(before) | set(after)) if before.get(cid) != after.get(cid)]
 
 
 def dump_study(study: Study) -> str:

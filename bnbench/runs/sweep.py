@@ -23,7 +23,15 @@ from pathlib import Path
 from bnbench.errors import UsageError
 from bnbench.records import atomic_write
 from bnbench.runs.rundir import LockHeld, check_writable, config_changes, read_meta, status_of
-from bnbench.runs.study import STUDY_FILE, Study, dump_study, in_shard, saved_study, study_differences
+from bnbench.runs.study import (
+    STUDY_FILE,
+    Study,
+    dump_study,
+    in_shard,
+    saved_study,
+    sequential_changes,
+    study_differences,
+)
 
 # A progress update from a worker: (worker pid, run name, epoch, epochs, steps done, steps, loss).
 Progress = tuple[int, str, int, int, int, int, float]
@@ -73,6 +81,11 @@ def plan_study(
                 f"{folder / STUDY_FILE}: the study differs from the one saved there in {', '.join(changed)}; "
                 f"give it another --name or another --out-dir"
             )
+    if saved is not None and (decided := sequential_changes(saved, study)):
+        raise UsageError(
+            f"{folder / STUDY_FILE}: the study runs under a sequential rule, and {', '.join(decided)} would change "
+            f"what its looks decided (the error rates hold only for a rule fixed in advance); give it another --name"
+        )
     if saved is not None and study.sequential is None and saved.sequential is not None:
         study = replace(study, sequential=saved.sequential)  # its extra seeds stay judged by its rule
     plan = Plan([], folder=folder, study=study)

@@ -68,12 +68,12 @@ def test_boundaries_match_the_published_pocock_type_values():
 
 
 def test_a_true_null_is_rarely_supported_however_often_the_study_looks():
-    """No effect: "supported" (a greater claim) at most 5% + 3 Monte-Carlo standard errors under the
-    sequential rule; the naive re-test after each look measurably exceeds the nominal rate."""
+    """No effect: "supported" (a greater claim, decided on one side: 2.5% in the fixed design) at most 2.5% +
+    3 Monte-Carlo standard errors under the sequential rule (the t interval at a look's nominal level is
+    approximate at 3 seeds: 3.1% measured); the naive re-test after each look exceeds even 5%."""
     sequential, naive_rate, _ = rates(claim("greater"), 0.0, seed=1)
-    tolerance = 3 * (0.05 * 0.95 / STUDIES) ** 0.5
-    assert sequential <= 0.05 + tolerance
-    assert naive_rate > 0.05 + tolerance
+    assert sequential <= 0.025 + 3 * (0.025 * 0.975 / STUDIES) ** 0.5
+    assert naive_rate > 0.05 + 3 * (0.05 * 0.95 / STUDIES) ** 0.5
 
 
 def test_equivalence_at_the_margin_is_rarely_supported_however_often_the_study_looks():

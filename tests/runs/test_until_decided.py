@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import bnbench
+from bnbench.cli import app as cli_app
 from bnbench.evidence.report import load_study_runs
 from bnbench.evidence.sequential import judge_study
 
@@ -25,9 +27,9 @@ BN = {"id": "bn", "says": "BN is higher", "compare": {"norm.kind": "torch"}, "ag
 
 
 def _study(tmp_path: Path, claims: list | None = None, sequential: dict | None = None,
-           kinds: tuple = ("none", "torch", "scratch")) -> Path:  # fmt: skip
+           kinds: tuple = ("none", "torch", "scratch"), seeds: str = "0-1") -> Path:  # fmt: skip
     write_config(tmp_path / "base.yaml", model={"hidden": [8]}, data={"train_subset": 128}, train={"epochs": 1})
-    study = {"name": "st", "base": "base.yaml", "matrix": {"norm.kind": list(kinds)}, "seeds": "0-1",
+    study = {"name": "st", "base": "base.yaml", "matrix": {"norm.kind": list(kinds)}, "seeds": seeds,
              "claims": [SAME, BN] if claims is None else claims}  # fmt: skip
     if sequential is not None:
         study["sequential"] = sequential
@@ -78,6 +80,15 @@ def test_max_seeds_on_the_command_line_is_recorded_with_the_study(tmp_path, cli)
     assert _seeds(out / "st") == {"kind=scratch": [0, 1, 2]}  # decided at the first look
     saved = yaml.safe_load((out / "st/study.yaml").read_text())
     assert saved["sequential"] == {"max_seeds": 4, "min_seeds": 3, "spending": "pocock"}
+    # the rule and what the claims decide are fixed once looks were taken: a new budget or margin is refused
+    bigger = cli("sweep", study, "--until-decided", "--max-seeds", "6", "--out-dir", out)
+    assert bigger.exit_code == 2 and "sequential would change what its looks decided" in bigger.stderr
+    _study(tmp_path, claims=[SAME | {"margin": 0.5}], kinds=("scratch",))
+    moved = cli("sweep", study, "--out-dir", out)
+    assert moved.exit_code == 2 and "claim same would change" in moved.stderr
+    verdicts = bnbench.judge(out / "st")
+    assert verdicts["look"].tolist() == [1] and verdicts["at_budget"].tolist() == [False]
+    assert 0.90 < verdicts["ci_level"][0] < 1  # TOST at the first look's nominal level: wider than 90%
 
 
 @pytest.mark.parametrize(
@@ -93,11 +104,13 @@ def test_max_seeds_on_the_command_line_is_recorded_with_the_study(tmp_path, cli)
         ([], {"max_seed": 5}, None, "sequential: max_seed"),
         ([], {"min_seeds": 5}, None, "max_seeds is missing"),
         ([], {"max_seeds": True}, None, "max_seeds: expected a whole number"),
+        (["--seeds-high"], {"max_seeds": 4}, None, "would pass 4294967295, the largest seed"),
     ],
 )
 def test_bad_inputs_are_one_line_before_any_work(tmp_path, cli, args, sequential, claims, message):
-    study = _study(tmp_path, claims=claims, sequential=sequential)
-    result = cli("sweep", study, "--out-dir", tmp_path / "runs", *args)
+    high = args == ["--seeds-high"]  # the seeds a look adds would pass numpy's largest seed
+    study = _study(tmp_path, claims=claims, sequential=sequential, seeds="4294967294-4294967295" if high else "0-1")
+    result = cli("sweep", study, "--out-dir", tmp_path / "runs", *([] if high else args))
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
@@ -128,3 +141,15 @@ def test_an_interrupted_sweep_continues_the_same_sequence(tmp_path, cli):
     expected = [0, 1, 2]  # one look: the declared seeds and the first look's own
     assert _seeds(out / "st") == {"kind=none": expected, "kind=torch": expected}
     assert all(r.status == "completed" for r in s.runs)
+
+
+@pytest.mark.parametrize(("code", "said"), [(130, ""), (0, "ran and left no finished run")])
+def test_a_stop_between_looks_or_a_run_that_leaves_nothing_ends_the_sequence(tmp_path, cli, monkeypatch, code, said):
+    """A stop that lands between runs (the engine says 130, no run interrupted) starts no further look; a
+    run that ends without any record cannot loop forever: the look is named and the command ends, exit 1."""
+    calls = []
+    monkeypatch.setattr(cli_app, "_run_engine", lambda jobs, *a: calls.append(jobs) or ([], code))
+    study = _study(tmp_path, claims=[SAME], sequential={"max_seeds": 4}, kinds=("scratch",))
+    result = cli("sweep", study, "--until-decided", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == (130 if code else 1), result.output
+    assert len(calls) == 1 and said in result.stderr
