@@ -441,7 +441,7 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
     every = {run.name: run for run in replace(wanted, seeds=look_seeds(wanted.seeds, rule)[-1]).runs()}
     display.say(f"{wanted.name}: until decided, by {rule_text(rule, len(wanted.seeds))}")
     if dry_run:
-        worst = set(worst_case(wanted))
+        worst = worst_case(wanted)
         plan = plan_study(wanted, out_dir, retry_failed, folder, planned=[r for n, r in every.items() if n in worst])
         display.say(
             f"at most {display.plural(len(plan.jobs) + len(plan.skipped), 'run')} (every claim to its maximum of seeds)"

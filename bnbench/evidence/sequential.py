@@ -131,13 +131,17 @@ def decide(claim: Claim, seeds_a: dict[Any, float], seeds_b: dict[Any, float], l
 # --- a study -----------------------------------------------------------------------------------------------
 
 
-def claim_cells(study: Any, claim: Claim) -> list[str]:
-    """The cells of a study (runs.study.Study) that either arm of the claim selects."""
-    cells = [(run.cell, flat(run.config.to_dict())) for run in replace(study, seeds=study.seeds[:1]).runs()]
+def _cells(study: Any) -> list[tuple[str, dict]]:
+    """Each cell of a study (runs.study.Study) with its resolved config, flat."""
+    return [(run.cell, flat(run.config.to_dict())) for run in replace(study, seeds=study.seeds[:1]).runs()]
+
+
+def _claim_cells(cells: list[tuple[str, dict]], claim: Claim) -> list[str]:
+    """The cells that either arm of the claim selects."""
     return [cell for cell, config in cells if matches(config, claim.compare) or matches(config, claim.against)]
 
 
-def _replay(study: Any, runs: list) -> list[tuple[Judged, int]]:
+def _replay(study: Any, runs: list, cells: list[tuple[str, dict]]) -> list[tuple[Judged, int]]:
     """Every claim judged over the complete looks, and the number of looks it had (complete ones)."""
     rule = study.sequential
     looks = look_seeds(study.seeds, rule)
@@ -145,10 +149,10 @@ def _replay(study: Any, runs: list) -> list[tuple[Judged, int]]:
     family = sum(c.expect in DIFFERENCE_CLAIMS for c in study.claims)
     out = []
     for claim in study.claims:
-        cells = claim_cells(study, claim)
+        mine = _claim_cells(cells, claim)
         complete = 0
         for seeds in looks:
-            if any(status.get(f"{cell}-s{seed}") not in FINAL for cell in cells for seed in seeds):
+            if any(status.get(f"{cell}-s{seed}") not in FINAL for cell in mine for seed in seeds):
                 break
             complete += 1
         seeds_a, seeds_b, dropped, diverged = arms(claim, runs)
@@ -165,20 +169,19 @@ def judge_study(study: Any, runs: list) -> list[Judged]:
         return []
     if study.sequential is None:
         return judge(study.claims, runs)
-    return [judged for judged, _ in _replay(study, runs)]
+    return [judged for judged, _ in _replay(study, runs, _cells(study))]
 
 
 def next_runs(study: Any, runs: list) -> tuple[set[str], list[Judged]]:
     """The run names the study needs now: every cell at the declared seeds, and for each claim no look has
     decided yet (and not at the budget) its cells at the seeds of its next look. With the claims as judged."""
-    looks = look_seeds(study.seeds, study.sequential)
-    every = replace(study, seeds=study.seeds[:1]).runs()
-    wanted = {f"{run.cell}-s{seed}" for run in every for seed in study.seeds}
+    looks, cells = look_seeds(study.seeds, study.sequential), _cells(study)
+    wanted = {f"{cell}-s{seed}" for cell, _ in cells for seed in study.seeds}
     judged = []
-    for item, complete in _replay(study, runs):
+    for item, complete in _replay(study, runs, cells):
         judged.append(item)
         if item.verdict == "inconclusive" and complete < len(looks):
-            wanted |= {f"{cell}-s{seed}" for cell in claim_cells(study, item.claim) for seed in looks[complete]}
+            wanted |= {f"{cell}-s{seed}" for cell in _claim_cells(cells, item.claim) for seed in looks[complete]}
     return wanted, judged
 
 
@@ -191,11 +194,10 @@ def rule_text(rule: Sequential, declared: int) -> str:
     )
 
 
-def worst_case(study: Any) -> list[str]:
+def worst_case(study: Any) -> set[str]:
     """Every run the study could need: its cells at the declared seeds, each claim's cells at its maximum."""
-    every = replace(study, seeds=study.seeds[:1]).runs()
-    names = {f"{run.cell}-s{seed}" for run in every for seed in study.seeds}
-    last = look_seeds(study.seeds, study.sequential)[-1]
+    cells, last = _cells(study), look_seeds(study.seeds, study.sequential)[-1]
+    names = {f"{cell}-s{seed}" for cell, _ in cells for seed in study.seeds}
     for claim in study.claims:
-        names |= {f"{cell}-s{seed}" for cell in claim_cells(study, claim) for seed in last}
-    return sorted(names)
+        names |= {f"{cell}-s{seed}" for cell in _claim_cells(cells, claim) for seed in last}
+    return names
