@@ -56,13 +56,16 @@ MAX_CSV_FILE = 1 << 30
 
 
 def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
-    """A run file's text, read only if it is a regular file of a sane size: a FIFO, a device (a link to
-    /dev/zero) or a huge file is a DamagedFile, never a hang or an out-of-memory."""
+    """A run file's text, read only if it is a regular file of a sane size, not a link: a link (to another
+    run's file, to /dev/zero), a FIFO, a device or a huge file is a DamagedFile, never a hang, an
+    out-of-memory or another run's numbers."""
     import stat
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    try:  # opening a FIFO must not wait for a writer; a link is not followed (a received folder is data)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
+        if path.is_symlink():
+            raise DamagedFile(path, None, "a link; links in run folders are not followed") from None
         raise DamagedFile(path, None, f"cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())

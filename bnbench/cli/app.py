@@ -421,7 +421,7 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
     from dataclasses import replace
 
     from bnbench.evidence.compare import find_runs
-    from bnbench.evidence.sequential import look_seeds, next_runs, rule_text, worst_case
+    from bnbench.evidence.sequential import look_seeds, next_runs, own_runs, rule_text, worst_case
     from bnbench.runs.specs import parse_sequential
     from bnbench.runs.sweep import plan_study, prepare, save_study
 
@@ -452,7 +452,8 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
     while True:
         target = folder or out_dir / wanted.name
         runs, found_warnings = find_runs([target]) if target.is_dir() else ([], [])
-        for message in found_warnings:  # a damaged run is named, once
+        runs, strays = own_runs(wanted, runs)
+        for message in found_warnings + strays:  # a damaged or a stray run is named, once
             if message not in warned:
                 display.warn(message)
                 warned.add(message)
@@ -708,7 +709,9 @@ def report(
     with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         target = out or rep.default_output(studies)
         rep.claim_output(target)  # refused before any work: a folder bnbench did not write
-        path, verdicts = rep.write_report(studies, target)
+        path, verdicts, left_out = rep.write_report(studies, target)
+        for message in left_out:
+            display.warn(message)
         if verdicts:  # the answer on the terminal, then where the whole report is
             counts = {v: sum(row[1] == v for row in verdicts) for v in ("supported", "contradicted", "inconclusive")}
             title = f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())

@@ -252,15 +252,23 @@ def measured(claim: Claim, seeds_a: dict[Any, float], seeds_b: dict[Any, float],
     else:
         pairs = None
     rank_based = claim.metric.discrete or item.diverged > 0
+    # the means shown are over the values the test used: the paired seeds' where it pairs
+    item.arms = {"compare": [x for x, _ in pairs], "against": [y for _, y in pairs]} if pairs else {
+        "compare": a, "against": b}  # fmt: skip
     values = [x for x in a + b if math.isfinite(x)]
-    if any(not math.isfinite(x) for x in a + b):  # never reached / diverged loss: ranks last, finitely
-        cap = (max(values) if values else 0.0) * 2 + 1
+    if not values:  # no run of either arm reached the target (or every loss diverged): nothing to compare
+        item.note = f"{claim.metric.describe()}: reached by no run of either arm"
+        return item
+    if len(values) < len(a) + len(b):  # never reached / diverged loss: ranks last, finitely
+        cap = max(values) * 2 + 1
         a, b = [min(x, cap) for x in a], [min(x, cap) for x in b]
         pairs = [(min(x, cap), min(y, cap)) for x, y in pairs] if pairs is not None else None
+        item.note = (f"{len(a) + len(b) - len(values)} of {len(a) + len(b)} values never reached (a diverged loss: "
+                     f"infinite): ranked last by the rank test, counted as {cap:g} in its estimate")  # fmt: skip
     item.effect = effect(a, b, pairs, rank_based, family if claim.expect in DIFFERENCE_CLAIMS else 1, alpha, alpha90)
-    item.arms = {"compare": a, "against": b}
     if item.effect.rank_based and item.effect.low == -math.inf:
-        item.note = f"an exact rank test on {item.effect.n} seeds cannot reach p < {alpha:.2g}: more seeds needed"
+        item.note = "; ".join(filter(None, [item.note, f"an exact rank test on {item.effect.n} seeds cannot reach "
+                                            f"p < {alpha:.2g}: more seeds needed"]))  # fmt: skip
     return item
 
 

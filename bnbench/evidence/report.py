@@ -18,7 +18,8 @@ from bnbench.errors import UsageError
 from bnbench.evidence.claims import ALPHA, Judged, Published, deviations, holm, matches, verdict
 from bnbench.evidence.compare import Run, find_runs, flat
 from bnbench.evidence.figures import DRAW, FigureSpec, cell_label
-from bnbench.evidence.sequential import judge_study, rule_text
+from bnbench.evidence.sequential import judge_study, own_runs, rule_text
+from bnbench.evidence.stats import one_per_seed
 from bnbench.evidence.tables import is_numeric
 from bnbench.naming import format_value
 from bnbench.records import atomic_write
@@ -124,20 +125,23 @@ def cells_table(s: StudyRuns) -> list[str]:
     batch = any("test_acc_batch_stats" in r.table for r in s.runs)
     rows = []
     for cell, members in cells.items():
-        acc = [final(r) for r in members]
+        kept = list(one_per_seed([r for r in members if r.status in ("completed", "diverged")])[0].values())
+        done = [r for r in kept if r.status == "completed"]  # a seed once; a diverged run has no final figures
+        acc = [final(r) for r in done]
         finite = [a for a in acc if a == a]
-        row = [cell_label(s.keys, cell) if s.keys else s.name, len(members), statuses(members),
-               mean_std([final(r, "train_loss") for r in members]), mean_std([final(r, "train_acc") for r in members]),
+        row = [cell_label(s.keys, cell) if s.keys else s.name, len(kept), statuses(members),
+               mean_std([final(r, "train_loss") for r in done]), mean_std([final(r, "train_acc") for r in done]),
                mean_std(acc), f"{min(finite):.3f}–{max(finite):.3f}" if finite else "–",
-               mean_std([last_change(r) for r in members], 4)]  # fmt: skip
+               mean_std([last_change(r) for r in done], 4)]  # fmt: skip
         if batch:
-            row.append(mean_std([final(r, "test_acc_batch_stats") for r in members]))
+            row.append(mean_std([final(r, "test_acc_batch_stats") for r in done]))
         rows.append(row)
     header = ["cell", "seeds", "status", "final train loss", "final train acc", "final test acc", "test acc range",
               "test acc change, last epoch"] + (["final test acc, batch statistics"] if batch else [])  # fmt: skip
     return [
-        "Every cell over its seeds (mean ± std). The last epoch's change in test accuracy says whether training "
-        "had converged; a diverged run counts with its last recorded epoch.",
+        "Every cell over its seeds (each seed once: the most recent of repeated runs), mean ± std over the "
+        "completed runs; failed and diverged runs are counted in the status, not in the figures. The last "
+        "epoch's change in test accuracy says whether training had converged.",
         "",
         table(header, rows),
         "",
@@ -315,8 +319,10 @@ def headline(verdicts: list[Judged]) -> str:
 
 
 def _mean(values: list[float], digits: int) -> str:
+    """The mean of the finite values, and how many were not (never reached, or a diverged loss)."""
     finite = [v for v in values if math.isfinite(v)]
-    return figure(statistics.fmean(finite), digits) if finite else "–"
+    mean = figure(statistics.fmean(finite), digits) if finite else "–"
+    return mean + (f" (+{len(values) - len(finite)} ∞)" if len(finite) < len(values) else "")
 
 
 def _arm(values: tuple) -> str:
@@ -331,6 +337,8 @@ def load_study_runs(folder: Path) -> tuple[StudyRuns, list[str]]:
         raise UsageError(f"{folder}: not a study folder (no {STUDY_FILE}; run `bnbench sweep` first)")
     study = load_study(folder)
     runs, warnings = find_runs([folder])  # all of them: a run that diverged before its first epoch still counts
+    runs, strays = own_runs(study, runs)
+    warnings += strays
     if not any(r.table.get("epoch") for r in runs):
         raise UsageError(f"{folder}: no run in this study has recorded an epoch yet")
     return StudyRuns(study.name, folder, study, runs), warnings
@@ -413,10 +421,10 @@ def regenerate_command(folders: list[Path], out: Path) -> str:
     return f"bnbench report {' '.join(shown(f) for f in folders)} --out {shown(out)}"
 
 
-def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]:
+def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]], list[str]]:
     """Write `out/README.md` and its figures from the study folders; returns the README's path and one row
     per judged claim (VERDICT_HEADER: claim id, verdict, effect [CI], study, what it says), for the
-    terminal."""
+    terminal, and the runs left out (damaged, or not the study's), each one line."""
     loaded, warnings = [], []
     for folder in folders:
         s, w = load_study_runs(folder)
@@ -500,7 +508,7 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]]]
     atomic_write(path, "\n".join(lines).rstrip() + "\n")
     atomic_write(out / REPORT_MARKER, "".join(f"{_content_hash(out / name)}  {name}\n" for name in written))
     rows = [[j.claim.id, j.verdict, effect_text(j), s.name, j.claim.says] for s, j in verdicts]
-    return path, rows
+    return path, rows, warnings
 
 
 def _shipped(s: StudyRuns) -> bool:

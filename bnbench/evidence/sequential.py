@@ -141,6 +141,31 @@ def _claim_cells(cells: list[tuple[str, dict]], claim: Claim) -> list[str]:
     return [cell for cell, config in cells if matches(config, claim.compare) or matches(config, claim.against)]
 
 
+def own_runs(study: Any, runs: list) -> tuple[list, list[str]]:
+    """The runs that are cells of the study (their config is a cell's, but for name and seed; keys a run
+    lacks, added to bnbench since, do not count), and one warning per run that is not: a run copied in from
+    another config would otherwise stand in for a cell's seed."""
+    keys = [k for keys, _ in study.matrix for k in keys.split(",")]
+    cells = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for _, c in _cells(study)]  # as matches
+    own, strays = [], []
+    for run in runs:
+        f = flat(run.config)
+        cell = next((c for c in cells if matches(f, tuple((k, c[k]) for k in keys if k in c))), None)
+        differs = (
+            ["its matrix values"]
+            if cell is None
+            else [
+                k for k, v in cell.items() if k not in ("name", "train.seed") and k in f and not matches(f, ((k, v),))
+            ]
+        )
+        if differs:
+            strays.append(f"{run.name}: not a run of study {study.name} (its config differs in "
+                          f"{', '.join(differs[:3])}); left out")  # fmt: skip
+        else:
+            own.append(run)
+    return own, strays
+
+
 def _replay(study: Any, runs: list, cells: list[tuple[str, dict]]) -> list[tuple[Judged, int]]:
     """Every claim judged over the complete looks, and the number of looks it had (complete ones)."""
     rule = study.sequential

@@ -186,6 +186,8 @@ def _override(key: str, value: Any) -> str:
 def _read(path: Path) -> dict:
     if path.is_dir():
         path = path / STUDY_FILE
+        if path.is_symlink():  # a saved study is data someone may have sent: its links are not followed
+            raise UsageError(f"{path}: a link; a study folder's study.yaml is read only as a file of its own")
     if not path.is_file():
         raise UsageError(f"{path}: no such study file")
     try:

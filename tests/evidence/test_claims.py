@@ -183,3 +183,16 @@ def test_a_claim_whose_arm_matches_no_cell_is_refused_when_the_study_loads(tmp_p
     (tmp_path / "st.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(UsageError, match=r"claim typo: compare \{norm.kind: torhc\} matches no cell"):
         load_study(tmp_path / "st.yaml")
+
+
+def test_a_target_no_run_reached_is_nothing_to_compare_and_one_arm_never_reaching_is_said():
+    """steps_to a target: no run of either arm reached it: no effect, never "contradicted" by a [0, 0]
+    interval; one arm never reaching it: the rank test decides and the row says how many never did."""
+    metric = Metric(column="train_acc", steps_to=0.99)
+    low = {kind: [[0.2, 0.3, 0.4]] * 6 for kind in ("torch", "none")}
+    (nobody,) = judge((_claim("less", 1.0, metric),), _runs({"torch": [0.9] * 6, "none": [0.9] * 6}, low))
+    assert nobody.verdict == "inconclusive" and nobody.effect is None and "reached by no run" in nobody.note
+    reach = {"torch": [[0.2, 0.995, 0.999]] * 6, "none": [[0.2, 0.3, 0.4]] * 6}
+    (one,) = judge((_claim("less", 1.0, metric),), _runs({"torch": [0.9] * 6, "none": [0.9] * 6}, reach))
+    assert one.effect is not None and one.effect.rank_based
+    assert "6 of 12 values never reached" in one.note and one.arms["against"] == [float("inf")] * 6

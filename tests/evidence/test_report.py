@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -325,3 +326,30 @@ def test_one_colour_per_norm_and_the_band_is_named_only_with_several_seeds():
     assert len(set(NORM_COLOURS.values())) == len(NORM_COLOURS)
     assert band_note([3, 3]) == "line: mean over seeds, band: ± 1 std over seeds (n=3)"
     assert band_note([1, 1]) == ""  # one run per series: no band, no "mean over seeds"
+
+
+def test_a_run_from_another_config_and_a_linked_file_are_left_out_and_said(tmp_path, cli):
+    """A received study folder: a run copied in from another config (lr 0.3) would stand in for a cell's seed
+    as its most recent run; a metrics.csv that is a link would bring another run's numbers. Both are left
+    out, each named on the terminal and under Skipped; the cell's own runs count."""
+    folder = fake_study(tmp_path, "mlp_norms")
+    stray = folder / "kind=none-s0-x"
+    shutil.copytree(folder / "kind=none-s0", stray)
+    config = yaml.safe_load((stray / "config.yaml").read_text())
+    (stray / "config.yaml").write_text(yaml.safe_dump({**config, "train": {**config["train"], "lr": 0.3}}))
+    meta = json.loads((stray / "meta.json").read_text())
+    (stray / "meta.json").write_text(json.dumps({**meta, "ended_at": "2027-01-01T00:00:00+00:00"}))
+    linked = folder / "kind=torch-s1" / "metrics.csv"
+    linked.unlink()
+    linked.symlink_to(folder / "kind=torch-s2" / "metrics.csv")
+    result = cli("report", folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "kind=none-s0-x: not a run of study mlp_norms (its config differs in train.lr); left out" in result.stderr
+    assert "metrics.csv: a link; links in run folders are not followed" in result.stderr
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "## Skipped" in text and "ran 2 times" not in text
+    saved = folder / "study.yaml"
+    saved.rename(tmp_path / "elsewhere.yaml")
+    saved.symlink_to(tmp_path / "elsewhere.yaml")  # another study's file, linked in
+    linked_study = cli("report", folder, "--out", tmp_path / "report")
+    assert linked_study.exit_code == 2 and "study.yaml: a link" in linked_study.stderr
