@@ -204,7 +204,7 @@ def test_compare_shows_differing_keys_and_a_pivot_grid(tmp_path, cli):
     assert table.exit_code == 0 and "final test_acc by train.lr and norm.kind" in table.stdout
     assert re.search(r"┃ kind +┃", table.stdout) and re.search(r"┃ +lr ┃", table.stdout)  # differing keys are columns
     csv = cli("compare", tmp_path / "runs/st", "--pivot", "train.lr", "--by", "norm.kind", "--format", "csv").stdout
-    assert csv.splitlines()[0] == "train.lr,norm.kind,n,mean,std,diverged,delta,p_value"
+    assert csv.splitlines()[0] == "train.lr,norm.kind,n,mean,std,diverged,delta,delta_ci95_low,delta_ci95_high,p_value"
     bad = cli("compare", tmp_path / "runs/st", "--pivot", "train.lrr", "--by", "norm.kind")
     assert bad.exit_code == 2 and "--pivot train.lrr: not a config key" in bad.stderr
 
