@@ -424,6 +424,11 @@ class Comparison:
     pivot: pd.DataFrame | None = None  # long form: one row per (pivot value, by value)
     pivot_keys: tuple[str, str] | None = None
 
+    @property
+    def has_target(self) -> bool:
+        """A target to count epochs to: given, or the default of at least one dataset."""
+        return self.target is not None or any(t is not None for t in self.targets.values())
+
 
 def compare(
     runs: list[Run],
@@ -607,7 +612,6 @@ def display_tables(comp: Comparison, which: str | None = None, brief: bool = Fal
     user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last. `brief` (the
     terminal): over MANY_RUNS runs with seed groups, the per-run and per-epoch tables are left to --table."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
-    has_target = comp.target is not None or any(t is not None for t in comp.targets.values())
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
     if comp.keys:  # the config keys that differ between the runs
         described = {names[k]: comp.runs[f"config.{k}"].map(format_value) for k in names}
@@ -626,7 +630,7 @@ def display_tables(comp: Comparison, which: str | None = None, brief: bool = Fal
             ],
             "final train loss": comp.runs["final_train_loss"].map(_num),
             f"epochs to {target}": [
-                str(int(e)) if pd.notna(e) else "not reached" if has_target else "-"
+                str(int(e)) if pd.notna(e) else "not reached" if comp.has_target else "-"
                 for e in comp.runs["epochs_to_target"]
             ],
             f"steps (examples) to {target}": [
@@ -695,7 +699,7 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
     lowest = "the lowest final test acc of the completed runs that learned (above 0.2)"
     if about_target and comp.target is not None and comp.target_is_default:
         notes.append(f"target {comp.target:g}: {lowest} (set it with --target)")
-    elif about_target and comp.target is None and any(t is not None for t in comp.targets.values()):
+    elif about_target and comp.target is None and comp.has_target:
         per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
         notes.append(f"targets per dataset: {per}" + (f" ({lowest} there)" if comp.target_is_default else ""))
     if comp.baseline is not None and comp.pivot is None and (on_screen("p") or on_screen("Δ vs ")):

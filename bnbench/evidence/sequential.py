@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import replace
 from typing import Any
 
 from bnbench.config import flat
@@ -131,11 +130,6 @@ def decide(claim: Claim, seeds_a: dict[Any, float], seeds_b: dict[Any, float], l
 # --- a study -----------------------------------------------------------------------------------------------
 
 
-def _cells(study: Any) -> list[tuple[str, dict]]:
-    """Each cell of a study (runs.study.Study) with its resolved config, flat."""
-    return [(run.cell, flat(run.config.to_dict())) for run in replace(study, seeds=study.seeds[:1]).runs()]
-
-
 def _claim_cells(cells: list[tuple[str, dict]], claim: Claim) -> list[str]:
     """The cells that either arm of the claim selects."""
     return [cell for cell, config in cells if matches(config, claim.compare) or matches(config, claim.against)]
@@ -146,7 +140,7 @@ def own_runs(study: Any, runs: list) -> tuple[list, list[str]]:
     lacks, added to bnbench since, do not count), and one warning per run that is not: a run copied in from
     another config would otherwise stand in for a cell's seed."""
     keys = [k for keys, _ in study.matrix for k in keys.split(",")]
-    cells = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for _, c in _cells(study)]  # as matches
+    cells = [c for _, c in study.cells()]
     own, strays = [], []
     for run in runs:
         f = flat(run.config)
@@ -194,13 +188,13 @@ def judge_study(study: Any, runs: list) -> list[Judged]:
         return []
     if study.sequential is None:
         return judge(study.claims, runs)
-    return [judged for judged, _ in _replay(study, runs, _cells(study))]
+    return [judged for judged, _ in _replay(study, runs, study.cells())]
 
 
 def next_runs(study: Any, runs: list) -> tuple[set[str], list[Judged]]:
     """The run names the study needs now: every cell at the declared seeds, and for each claim no look has
     decided yet (and not at the budget) its cells at the seeds of its next look. With the claims as judged."""
-    looks, cells = look_seeds(study.seeds, study.sequential), _cells(study)
+    looks, cells = look_seeds(study.seeds, study.sequential), study.cells()
     wanted = {f"{cell}-s{seed}" for cell, _ in cells for seed in study.seeds}
     judged = []
     for item, complete in _replay(study, runs, cells):
@@ -221,7 +215,7 @@ def rule_text(rule: Sequential, declared: int) -> str:
 
 def worst_case(study: Any) -> set[str]:
     """Every run the study could need: its cells at the declared seeds, each claim's cells at its maximum."""
-    cells, last = _cells(study), look_seeds(study.seeds, study.sequential)[-1]
+    cells, last = study.cells(), look_seeds(study.seeds, study.sequential)[-1]
     names = {f"{cell}-s{seed}" for cell, _ in cells for seed in study.seeds}
     for claim in study.claims:
         names |= {f"{cell}-s{seed}" for cell in _claim_cells(cells, claim) for seed in last}

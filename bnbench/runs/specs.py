@@ -223,7 +223,7 @@ def matches(flat_config: dict[str, Any], wanted: tuple[tuple[str, Any], ...]) ->
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0)
-        return str(list(a) if isinstance(a, tuple) else a) == str(b)
+        return str(list(a) if isinstance(a, tuple) else a) == str(list(b) if isinstance(b, tuple) else b)
 
     return all(key in flat_config and same(flat_config[key], value) for key, value in wanted)
 

@@ -130,6 +130,10 @@ class Study:
             count *= len(values)
         return count
 
+    def cells(self) -> list[tuple[str, dict]]:
+        """Each cell's name with its resolved config, flat (the first seed's run)."""
+        return [(run.cell, flat(run.config.to_dict())) for run in replace(self, seeds=self.seeds[:1]).runs()]
+
     def runs(self) -> list[PlannedRun]:
         """Every cell x seed as a validated config; a bad value anywhere is one UsageError."""
         base = config_from_dict(self.base, f"{self.name}: base")
@@ -312,7 +316,7 @@ def check_claim_arms(study: Study, source: str) -> None:
     inconclusive verdict with no runs after hours of training."""
     if not study.claims:
         return
-    cells = [(run.cell, flat(run.config.to_dict())) for run in study.runs() if run.config.train.seed == study.seeds[0]]
+    cells = study.cells()
     for claim in study.claims:
         for side, wanted in (("compare", claim.compare), ("against", claim.against)):
             shown = ", ".join(f"{k}: {v}" for k, v in wanted)
