@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint run bench clean results studies report
+.PHONY: install test lint run bench clean results results-full studies report
 
 install: $(VENV)/.installed
 
@@ -36,13 +36,20 @@ clean:
 # Each study runs until its claims are decided or at its seed budget (`sequential:` in the study, docs/sweep.md).
 # Resumable: a second `make results` skips every run already done. Needs the real datasets.
 STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size \
-	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only
+	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only \
+	bn_regularization landscape skip_connections init_scale best_lr mlp_norms_momentum
+# `make results-full` adds these: the momentum replicates of the two expensive studies (LeNet, 34 s a run; the
+# learning-rate grid, 140 runs) would take `make results` past 2 hours on 2 cores.
+STUDIES_FULL := $(STUDIES) lenet_norms_momentum lr_sensitivity_momentum
 RESULTS_RUNS ?= runs
 # The real datasets for the evidence, passed explicitly; every other target (`make run`) uses the CLI's
 # default: $BNBENCH_DATA_DIR if set, else ./data (git-ignored; downloaded on first use).
 RESULTS_DATA_DIR ?= ../shared/data
 
 results: studies report
+
+results-full:
+	$(MAKE) results STUDIES="$(STUDIES_FULL)"
 
 studies: install
 	@for s in $(STUDIES); do \

@@ -48,6 +48,9 @@ class ModelConfig:
     name: ModelName = "lenet"
     activation: Activation | None = None  # None: the architecture's default (see DEFAULT_ACTIVATION)
     hidden: tuple[int, ...] = field(default=(100,), metadata=_range(1, 100_000))  # mlp only
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.99))  # after every activation (nn.Dropout)
+    residual: bool = False  # mlp only: an identity skip around every hidden block of equal width
+    skip_init: bool = False  # with residual: the block's branch scaled by a learnable scalar starting at 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class DataConfig:
     dataset: Dataset = "fashion_mnist"
     normalize: bool = False  # True: pixels mapped to [-1, 1]; False: [0, 1]
     train_subset: int | None = field(default=None, metadata=_range(1))
+    # > 0: this fraction of the training examples (the last ones) held out as a validation set, never trained on
+    val_split: float = field(default=0.0, metadata=_range(0.0, 0.9))
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     norm_weight_decay: float | None = field(default=None, metadata=_range(0.0))  # the norms' γ/β; None: weight_decay
     init: Literal["default", "xavier", "kaiming"] = "xavier"
+    init_gain: float = field(default=1.0, metadata=_range(0.0, 1000.0, open_low=True))  # x the hidden layers' init
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy seeds no more
     log_every: int | None = field(default=None, metadata=_range(1))  # None: about 20 points per epoch
     eval_bn: Literal["running", "batch"] = "running"
@@ -540,6 +546,19 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
             "train.weight_decay",
             "train.trainable random freezes values by masking their gradients; weight decay would still move them",
         )
+    mc = cfg.model
+    if (mc.residual or mc.skip_init) and mc.name != "mlp":
+        key = "model.residual" if mc.residual else "model.skip_init"
+        raise ConfigError(source_of(key), key, f"residual blocks are built for the mlp only, not {mc.name}")
+    if mc.skip_init and not mc.residual:
+        raise ConfigError(source_of("model.skip_init"), "model.skip_init",
+                          "scales the residual branch, so it needs model.residual: true")  # fmt: skip
+    if mc.residual and len(mc.hidden) < 2:
+        why = "a skip goes around a block of the same width: give model.hidden at least two layers"
+        raise ConfigError(source_of("model.residual"), "model.residual", why)
+    if cfg.data.val_split and cfg.data.train_subset is not None and int(cfg.data.train_subset * cfg.data.val_split) < 1:
+        raise ConfigError(source_of("data.val_split"), "data.val_split",
+                          f"holds out no example of data.train_subset {cfg.data.train_subset}")  # fmt: skip
     if nc.kind == "renorm" and nc.backward == "manual":
         raise ConfigError(source_of("norm.backward"), "norm.backward", "renorm has no manual backward; use autograd")
 

@@ -174,9 +174,13 @@ STEPS = Schema("steps.csv", ("step", "epoch", "examples_seen", "train_loss", "tr
 DIAGNOSTICS = Schema("diagnostics.csv", ("step", "epoch", "layer", "quantity", "value"))
 
 
-def metrics_schema(has_running_stats: bool, eval_bn: str) -> Schema:
-    """A model with BN running statistics also records test accuracy under the other evaluation mode."""
-    if not has_running_stats:
-        return Schema("metrics.csv", METRIC_COLUMNS)
-    other = "test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats"
-    return Schema("metrics.csv", (*METRIC_COLUMNS, other))
+VAL_COLUMNS = ("val_loss", "val_acc")  # data.val_split > 0: the held-out part of the training set
+
+
+def metrics_schema(has_running_stats: bool, eval_bn: str, val: bool = False) -> Schema:
+    """A model with BN running statistics also records test accuracy under the other evaluation mode; a run
+    with a validation split (data.val_split) records its loss and accuracy, last."""
+    columns = METRIC_COLUMNS
+    if has_running_stats:
+        columns += ("test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats",)
+    return Schema("metrics.csv", columns + (VAL_COLUMNS if val else ()))

@@ -71,6 +71,10 @@ def measure(run: Any, metric: Metric, against: bool = False) -> float:
     column where the metric names another one."""
     if against and metric.against_column is not None:
         metric = replace(metric, column=metric.against_column, against_column=None)
+    if metric.minus is not None:  # a gap: both columns read alike (a diverged run: the gap is not measured)
+        first, second = measure(run, replace(metric, minus=None)), measure(run, replace(metric, column=metric.minus,
+                                                                                          minus=None))  # fmt: skip
+        return math.nan if getattr(run, "status", "") == "diverged" else first - second
     diverged = getattr(run, "status", "") == "diverged"
     if metric.layer is not None:
         return math.nan if diverged else _diagnostic(run, metric)
@@ -227,6 +231,46 @@ def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[st
     return values, dropped, sum(r.status == "diverged" for r in kept.values())
 
 
+def tuned(claim: Claim, runs: list) -> tuple[Claim, str]:
+    """The claim with each arm at its own best value of `claim.tune.key` (Bjorck et al. 2018: each method at its
+    own best learning rate): the value whose finished runs (one per seed; a diverged run at its worst) have the
+    best mean of the tuning metric, a validation column. The arms then name that value, so the report shows
+    the choice; also one line saying what was chosen from what. A side with nothing measured names a value
+    no run has (its arm is then empty). Unchanged without `tune`."""
+    if claim.tune is None:
+        return claim, ""
+    key, by = claim.tune.key, claim.tune.by
+    chosen, parts = {}, []
+    for side in ("compare", "against"):
+        wanted = getattr(claim, side)
+        groups: dict[Any, list] = {}
+        for run in runs:
+            config = flat(run.config)
+            if matches(config, wanted) and key in config and run.status in ("completed", "diverged"):
+                groups.setdefault(config[key], []).append(run)
+        scores = {}
+        for value in sorted(groups, key=repr):
+            measured_values = [measure(r, by) for r in one_per_seed(groups[value])[0].values()]
+            finite = [v for v in measured_values if v == v]
+            if finite:
+                scores[value] = statistics.fmean(finite)
+        if not scores:
+            chosen[side] = wanted + ((key, math.nan),)
+            parts.append(f"{side}: no run measured {by.describe()}, so no {key} chosen")
+            continue
+        pick = (max if claim.tune.best == "max" else min)(scores, key=scores.__getitem__)
+        chosen[side] = wanted + ((key, pick),)
+        tried = ", ".join(f"{v} {s:.4g}" for v, s in scores.items())
+        parts.append(f"{side} at {key} {pick} (mean {by.describe()}: {tried})")
+    return replace(claim, compare=chosen["compare"], against=chosen["against"]), "chosen on validation: " + "; ".join(
+        parts)  # fmt: skip
+
+
+def with_note(item: Judged, note: str) -> Judged:
+    item.note = "; ".join(filter(None, [note, item.note]))
+    return item
+
+
 def arms(claim: Claim, runs: list) -> tuple[dict[Any, float], dict[Any, float], list[str], int]:
     """The two arms of a claim, each seed -> measured value (one run per seed); what was left out and why;
     how many of the kept runs diverged."""
@@ -278,7 +322,10 @@ def judge(claims: tuple[Claim, ...], runs: list) -> list[Judged]:
     unpaired only when they share fewer than two. A diverged run counts at its worst value, with a rank test.
     Holm-adjusted over the study's difference claims as one family."""
     family = sum(c.expect in DIFFERENCE_CLAIMS for c in claims)
-    judged = [measured(claim, *arms(claim, runs), family) for claim in claims]
+    judged = []
+    for claim in claims:
+        claim, choice = tuned(claim, runs)
+        judged.append(with_note(measured(claim, *arms(claim, runs), family), choice))
     if claim_family := [j for j in judged if j.effect is not None and j.claim.expect in DIFFERENCE_CLAIMS]:
         for j, adjusted in zip(claim_family, holm([j.effect.p for j in claim_family]), strict=True):
             j.p_adjusted = adjusted

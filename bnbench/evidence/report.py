@@ -501,6 +501,7 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]],
         ),  # fmt: skip
         "",
     ]
+    lines += replicate_lines(loaded, verdicts)
     lines += sections
     if warnings:
         lines += ["", "## Skipped", ""] + [f"- {w}" for w in warnings]
@@ -509,6 +510,32 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]],
     atomic_write(out / REPORT_MARKER, "".join(f"{_content_hash(out / name)}  {name}\n" for name in written))
     rows = [[j.claim.id, j.verdict, effect_text(j), s.name, j.claim.says] for s, j in verdicts]
     return path, rows, warnings
+
+
+def replicate_lines(loaded: list[StudyRuns], verdicts: list[tuple[StudyRuns, Judged]]) -> list[str]:
+    """A table per study that replicates another one in the report (`replicates:`): each claim both declare
+    (by id), its verdict and effect there and here, and whether the change (e.g. momentum) changed it."""
+    by_study = {(s.name, j.claim.id): j for s, j in verdicts}
+    names = {s.name for s in loaded}
+    lines: list[str] = []
+    for s in loaded:
+        rep = s.study.replicates
+        if rep is None or rep.study not in names:
+            continue
+        rows = []
+        for claim in s.study.claims:
+            original, here = by_study.get((rep.study, claim.id)), by_study.get((s.name, claim.id))
+            if original is None or here is None:
+                continue
+            same = "same" if original.verdict == here.verdict else "**changed**"
+            rows.append([claim.id, f"{VERDICT_MARKS[original.verdict]} {effect_text(original)}",
+                         f"{VERDICT_MARKS[here.verdict]} {effect_text(here)}", same])  # fmt: skip
+        if rows:
+            changed = sum(r[-1] != "same" for r in rows)
+            lines += [f"## {s.name}: {rep.study} with {rep.change}", "",
+                      f"{changed} of {len(rows)} verdicts change with {rep.change}.", "",
+                      table(["claim", rep.study, s.name, "verdict"], rows), ""]  # fmt: skip
+    return lines
 
 
 def _shipped(s: StudyRuns) -> bool:

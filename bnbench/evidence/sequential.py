@@ -32,7 +32,7 @@ import math
 from typing import Any
 
 from bnbench.config import flat
-from bnbench.evidence.claims import ALPHA, DIFFERENCE_CLAIMS, Judged, arms, judge, measured, verdict
+from bnbench.evidence.claims import ALPHA, DIFFERENCE_CLAIMS, Judged, arms, judge, measured, tuned, verdict, with_note
 from bnbench.runs.specs import Claim, Sequential, matches
 
 GROWTH = 1.5  # each look has this many times the seeds of the one before (rounded up)
@@ -174,8 +174,9 @@ def _replay(study: Any, runs: list, cells: list[tuple[str, dict]]) -> list[tuple
             if any(status.get(f"{cell}-s{seed}") not in FINAL for cell in mine for seed in seeds):
                 break
             complete += 1
-        seeds_a, seeds_b, dropped, diverged = arms(claim, runs)
-        judged = decide(claim, seeds_a, seeds_b, looks[:complete], rule, family, dropped, diverged)
+        chosen, choice = tuned(claim, runs)
+        seeds_a, seeds_b, dropped, diverged = arms(chosen, runs)
+        judged = with_note(decide(chosen, seeds_a, seeds_b, looks[:complete], rule, family, dropped, diverged), choice)
         judged.at_budget = judged.verdict == "inconclusive" and complete == len(looks)
         out.append((judged, complete))
     return out

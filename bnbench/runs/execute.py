@@ -30,8 +30,8 @@ import yaml
 import bnbench
 from bnbench.config import DataConfig, RunConfig, config_from_dict, load_config, shorten
 from bnbench.errors import UsageError
-from bnbench.nn.models import MODELS, build_model
-from bnbench.nn.norms import NORMS, make_norm_factory
+from bnbench.nn.models import MODELS, build_run_model
+from bnbench.nn.norms import NORMS
 from bnbench.plugins import PluginError
 from bnbench.records import DamagedFile, atomic_write, check_run_files, read_run_file
 from bnbench.runs.rundir import (
@@ -135,8 +135,7 @@ def read_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
     """checkpoint.pt, loaded with `weights_only=True` (tensors and plain types only: a file someone sent
     can never run code here) and checked to be a whole bnbench checkpoint of this config's model; None:
     there is none yet. Anything else raises DamagedCheckpoint."""
-    from bnbench.nn.models import build_model
-    from bnbench.nn.norms import make_norm_factory
+    from bnbench.nn.models import build_run_model
 
     path = run_dir / "checkpoint.pt"
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -152,7 +151,7 @@ def read_checkpoint(run_dir: Path, cfg: RunConfig) -> dict | None:
     rng = state["rng"]
     if not isinstance(rng, dict) or not isinstance(rng.get("numpy"), dict) or not isinstance(rng.get("python"), dict):
         raise DamagedCheckpoint(f"{path}: not a bnbench checkpoint (its random-number state is not bnbench's)")
-    model = build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+    model = build_run_model(cfg)
     want = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}  # noise: a dict
     have = state["model"] if isinstance(state["model"], dict) else {}
     got = {k: tuple(getattr(v, "shape", ())) for k, v in have.items()}
@@ -547,7 +546,7 @@ def check_jobs(jobs: list[Job], root: Path) -> None:
         if key not in built and (cfg.norm.kind not in NORMS or cfg.model.name not in MODELS):
             built.add(key)
             try:
-                build_model(cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise)
+                build_run_model(cfg)
             except PluginError as exc:
                 raise UsageError(f"{job.source}: {exc}") from None
         n_train = train_size(job.cfg.data, root)

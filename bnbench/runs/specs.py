@@ -14,7 +14,7 @@ from bnbench.config import check_keys, parse_override
 from bnbench.errors import UsageError
 
 EXPECTS = ("greater", "less", "equivalent", "not_worse", "different")
-CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin", "kind")
+CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin", "kind", "tune")
 KINDS = ("finding", "check")  # check: true by construction (hand-written = torch); counted apart
 
 
@@ -28,6 +28,7 @@ class Metric:
     auc: bool = False
     against_column: str | None = None  # the against arm's column, where it is another one
     layer: str | None = None  # set for a diagnostics.csv quantity: a norm position, or "last"
+    minus: str | None = None  # another column of the same run, subtracted: train_acc minus test_acc is the gap
 
     @property
     def discrete(self) -> bool:
@@ -35,6 +36,8 @@ class Metric:
 
     def describe(self) -> str:
         name = self.column if self.against_column is None else f"{self.column} vs {self.against_column}"
+        if self.minus is not None:
+            name = f"{self.column} - {self.minus}"
         if self.layer is not None:
             name = f"{self.column} of {self.layer if self.layer != 'last' else 'the last norm'}"
         if self.steps_to is not None:
@@ -44,6 +47,38 @@ class Metric:
         if self.at_kind == "final":
             return f"final {name}" + (f" (mean of last {self.mean_of_last})" if self.mean_of_last > 1 else "")
         return f"{name} at {self.at_kind} {self.at}"
+
+
+@dataclass(frozen=True)
+class Tune:
+    """`tune:` of a claim: each arm at its own best value of `key` (e.g. train.lr), the value whose runs have the
+    best mean of `by` (a validation metric: the test set is never used for a choice); `best`: max or min."""
+
+    key: str
+    by: Metric
+    best: str = "max"
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "by": _metric_dict(self.by), "best": self.best}
+
+
+def _metric_dict(m: Metric) -> dict[str, Any]:
+    metric: dict[str, Any] = {"column": m.column}
+    if m.layer is not None:
+        metric = {"diagnostic": m.column, "layer": m.layer}
+    if m.against_column is not None:
+        metric["against_column"] = m.against_column
+    if m.minus is not None:
+        metric["minus"] = m.minus
+    if m.steps_to is not None:
+        metric["steps_to"] = m.steps_to
+    elif m.auc:
+        metric["auc"] = True
+    elif m.at_kind == "final":
+        metric.update(at="final", mean_of_last=m.mean_of_last)
+    else:
+        metric["at"] = {m.at_kind: m.at}
+    return metric
 
 
 @dataclass(frozen=True)
@@ -57,29 +92,19 @@ class Claim:
     margin: float | None = None
     source: tuple[tuple[str, str], ...] = ()
     kind: str = "finding"
+    tune: Tune | None = None
 
     def to_dict(self) -> dict:
-        metric: dict[str, Any] = {"column": self.metric.column}
-        if self.metric.layer is not None:
-            metric = {"diagnostic": self.metric.column, "layer": self.metric.layer}
-        if self.metric.against_column is not None:
-            metric["against_column"] = self.metric.against_column
-        if self.metric.steps_to is not None:
-            metric["steps_to"] = self.metric.steps_to
-        elif self.metric.auc:
-            metric["auc"] = True
-        elif self.metric.at_kind == "final":
-            metric.update(at="final", mean_of_last=self.metric.mean_of_last)
-        else:
-            metric["at"] = {self.metric.at_kind: self.metric.at}
         out = {"id": self.id, "says": self.says, "compare": dict(self.compare), "against": dict(self.against),
-               "metric": metric, "expect": self.expect}  # fmt: skip
+               "metric": _metric_dict(self.metric), "expect": self.expect}  # fmt: skip
         if self.margin is not None:
             out["margin"] = self.margin
         if self.source:
             out["source"] = dict(self.source)
         if self.kind != "finding":
             out["kind"] = self.kind
+        if self.tune is not None:
+            out["tune"] = self.tune.to_dict()
         return out
 
 
@@ -99,6 +124,27 @@ class Sequential:
 
     def to_dict(self) -> dict:
         return {"max_seeds": self.max_seeds, "min_seeds": self.min_seeds, "spending": self.spending}
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """`replicates:` of a study: the study it repeats (its name) and what it changes, e.g. SGD momentum 0.9;
+    the report sets the verdicts of the claims both declare (by id) side by side."""
+
+    study: str
+    change: str
+
+    def to_dict(self) -> dict:
+        return {"study": self.study, "change": self.change}
+
+
+def parse_replicate(raw: Any, source: str) -> Replicate:
+    where = f"{source}: replicates"
+    check_keys(raw, ("study", "change"), where, "a mapping {study: NAME, change: WHAT DIFFERS}")
+    for key in ("study", "change"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise UsageError(f"{where}: {key}: expected one line of text")
+    return Replicate(raw["study"].strip(), raw["change"].strip())
 
 
 def _count(value: Any, where: str, low: int) -> int:
@@ -180,14 +226,31 @@ def parse_claims(raw: Any, source: str) -> tuple[Claim, ...]:
             why = ("how close counts as the same" if expect in ("equivalent", "not_worse", "different") else
                    "the smallest effect of interest, so that a null can contradict the claim")  # fmt: skip
             raise UsageError(f"{where}: expect {expect} needs a margin > 0 in the metric's units ({why})")
+        tune = _tune(item["tune"], f"{where}: tune") if item.get("tune") is not None else None
         claims.append(Claim(claim_id, str(item["says"]), compare, against, metric, expect,
                             float(margin) if margin is not None else None,
-                            tuple((str(k), str(v)) for k, v in source_raw.items()), kind))  # fmt: skip
+                            tuple((str(k), str(v)) for k, v in source_raw.items()), kind, tune))  # fmt: skip
     return tuple(claims)
 
 
+def _tune(raw: Any, where: str) -> Tune:
+    check_keys(raw, ("key", "by", "best"), where, "a mapping, e.g. {key: train.lr, by: {column: val_acc}}")
+    if "key" not in raw or "by" not in raw:
+        raise UsageError(f"{where}: expected key (a config key, e.g. train.lr) and by (a validation metric)")
+    key = str(raw["key"])
+    parse_override(f"{key}=0", f"{where}: key")  # a config key, or one line naming the typo
+    by = _metric(raw["by"], f"{where}: by")
+    if by.column.startswith("test"):
+        raise UsageError(f"{where}: by: {by.column}: a choice made on the test set is tested on it too; choose on a "
+                         "validation column (val_acc, val_loss: data.val_split)")  # fmt: skip
+    best = raw.get("best", "min" if "loss" in by.column else "max")
+    if best not in ("max", "min"):
+        raise UsageError(f"{where}: best: {best!r} is not one of max, min")
+    return Tune(key, by, best)
+
+
 def _metric(raw: Any, where: str) -> Metric:
-    keys = ("column", "against_column", "diagnostic", "layer", "at", "mean_of_last", "steps_to", "auc")
+    keys = ("column", "against_column", "diagnostic", "layer", "at", "mean_of_last", "steps_to", "auc", "minus")
     check_keys(raw, keys, where, "a mapping, e.g. {column: test_acc, at: final}")
     if "diagnostic" in raw and ("column" in raw or "against_column" in raw or "layer" not in raw):
         raise UsageError(f"{where}: a diagnostic takes a layer (a norm position such as norm2, or last) and no column")
@@ -196,7 +259,11 @@ def _metric(raw: Any, where: str) -> Metric:
     column = str(raw.get("diagnostic", raw.get("column", "test_acc")))
     layer = str(raw["layer"]) if "layer" in raw else None
     against = str(raw["against_column"]) if raw.get("against_column") is not None else None
-    extra = {"against_column": against, "layer": layer}
+    minus = str(raw["minus"]) if raw.get("minus") is not None else None
+    if minus is not None and (layer is not None or against is not None or raw.get("steps_to") is not None):
+        raise UsageError(f"{where}: minus: subtracts one metrics.csv column from another; not with diagnostic, "
+                         "against_column or steps_to")  # fmt: skip
+    extra = {"against_column": against, "layer": layer, "minus": minus}
     if raw.get("steps_to") is not None:
         target = raw["steps_to"]
         if isinstance(target, bool) or not isinstance(target, (int, float)) or layer is not None:

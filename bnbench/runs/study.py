@@ -44,10 +44,19 @@ from bnbench.config import (
 )
 from bnbench.errors import UsageError
 from bnbench.naming import cell_name, format_value, short_keys  # noqa: F401 (re-exported)
-from bnbench.runs.specs import MAX_SEED, matches, parse_claims, parse_figures, parse_published, parse_sequential
+from bnbench.runs.specs import (
+    MAX_SEED,
+    matches,
+    parse_claims,
+    parse_figures,
+    parse_published,
+    parse_replicate,
+    parse_sequential,
+)
 
 STUDY_FILE = "study.yaml"
-STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims", "sequential")
+STUDY_KEYS = ("name", "question", "base", "matrix", "seeds", "set", "published", "figures", "claims", "sequential",
+              "replicates")  # fmt: skip
 MAX_SEEDS = 10_000
 
 
@@ -109,6 +118,7 @@ class Study:
     published: Any = field(default=None, compare=False)  # specs.Published
     figures: tuple = field(default=(), compare=False)  # specs.FigureSpec
     sequential: Any = field(default=None, compare=False)  # specs.Sequential: --until-decided's stopping rule
+    replicates: Any = field(default=None, compare=False)  # specs.Replicate: the study this one repeats, changed
 
     def to_dict(self) -> dict:
         return {
@@ -121,7 +131,8 @@ class Study:
           | ({"published": self.published.to_dict()} if self.published else {}) \
           | ({"figures": [f.to_dict() for f in self.figures]} if self.figures else {}) \
           | ({"claims": [c.to_dict() for c in self.claims]} if self.claims else {}) \
-          | ({"sequential": self.sequential.to_dict()} if self.sequential else {})  # fmt: skip
+          | ({"sequential": self.sequential.to_dict()} if self.sequential else {}) \
+          | ({"replicates": self.replicates.to_dict()} if self.replicates else {})  # fmt: skip
 
     def run_count(self) -> int:
         """Cells x seeds, by arithmetic: nothing is built."""
@@ -307,6 +318,8 @@ def load_study(path: Path, extra: list[str] = ()) -> Study:
                   figures=parse_figures(raw.get("figures"), source))  # fmt: skip
     if raw.get("sequential") is not None:
         study = replace(study, sequential=parse_sequential(raw["sequential"], source, study.seeds))
+    if raw.get("replicates") is not None:
+        study = replace(study, replicates=parse_replicate(raw["replicates"], source))
     check_claim_arms(study, source)
     return study
 
@@ -323,6 +336,13 @@ def check_claim_arms(study: Study, source: str) -> None:
             hits = [name for name, cell in cells if matches(cell, wanted)]
             if not hits:
                 raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches no cell of the study")
+            if claim.tune is not None:  # one cell per value of the tuned key
+                key = claim.tune.key
+                values = [repr(cell.get(key)) for _, cell in cells if matches(cell, wanted)]
+                if len(set(values)) != len(values):
+                    raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches {len(hits)} cells that "
+                                     f"differ in more than {key}; name one cell per value of {key}")  # fmt: skip
+                continue
             if len(hits) > 1:  # two runs per seed in one arm: which one counts would be an accident
                 named = ", ".join(hits[:4]) + (", ..." if len(hits) > 4 else "")
                 raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches {len(hits)} cells "
@@ -453,7 +473,7 @@ def study_differences(saved: Study, wanted: Study) -> list[str]:
     from bnbench.runs.rundir import differences
 
     # What a study asks and tests is not what it runs: editing it never makes a study "another one".
-    about = ("claims", "question", "published", "figures", "sequential")
+    about = ("claims", "question", "published", "figures", "sequential", "replicates")
     return [k for k in differences(saved.to_dict(), wanted.to_dict()) if not k.startswith(about)]
 
 
@@ -466,7 +486,7 @@ def sequential_changes(saved: Study, wanted: Study) -> list[str]:
     changed = ["sequential"] if wanted.sequential is not None and wanted.sequential != saved.sequential else []
 
     def decisive(study: Study) -> dict:
-        return {c.id: (c.compare, c.against, c.metric, c.expect, c.margin) for c in study.claims}
+        return {c.id: (c.compare, c.against, c.metric, c.expect, c.margin, c.tune) for c in study.claims}
 
     before, after = decisive(saved), decisive(wanted)
     return changed + [f"claim {cid}" for cid in sorted(set(before) | set(after)) if before.get(cid) != after.get(cid)]

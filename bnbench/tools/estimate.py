@@ -8,6 +8,7 @@ longest first. Diagnostics and precise statistics are not timed: the estimate is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ def shape_of(cfg: RunConfig) -> str:
 
 def sizes(cfg: RunConfig) -> tuple[int, int]:
     n_train, n_test = FULL_SIZES.get(cfg.data.dataset, (SYNTHETIC_SIZES["train"], SYNTHETIC_SIZES["test"]))
-    return min(n_train, cfg.data.train_subset or n_train), n_test
+    n = min(n_train, cfg.data.train_subset or n_train)
+    held = int(n * cfg.data.val_split)  # evaluated each epoch like the test set
+    return n - held, n_test + held
 
 
 def recorded_epoch_seconds(folder: Path | None) -> dict[str, list[float]]:
@@ -65,7 +68,8 @@ def measured_epoch_seconds(cfg: RunConfig, device: torch.device) -> float:
         Split(to_inputs(images, cfg.data.normalize, device), labels.to(device)),
         Split(to_inputs(test_images, cfg.data.normalize, device), test_labels.to(device)),
     )
-    trainer = Trainer.create(cfg, data, device)
+    timed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, on_nan="continue"))
+    trainer = Trainer.create(timed, data, device)  # a config that diverges still takes the time it takes
     trainer.train_epoch(1, max_steps=WARMUP_STEPS)
     started = time.perf_counter()
     trainer.train_epoch(2, max_steps=TIMED_STEPS)

@@ -38,6 +38,12 @@ class Split:
 class Data:
     train: Split
     test: Split
+    val: Split | None = None  # data.val_split > 0: held out of the training examples, never trained on
+
+
+def val_count(n: int, cfg: DataConfig) -> int:
+    """Examples of `n` training examples held out for validation (data.val_split, rounded down)."""
+    return int(n * cfg.val_split)
 
 
 def data_dir_from(option: Path | None) -> Path:
@@ -161,7 +167,8 @@ def train_size(cfg: DataConfig, root: Path) -> int:
     else:
         _ensure_files(cfg.dataset, root)
         n = _check_idx(raw_files(cfg.dataset, root)["train-labels"], "labels")
-    return min(n, cfg.train_subset or n)
+    n = min(n, cfg.train_subset or n)
+    return n - val_count(n, cfg)
 
 
 def load_images(dataset: str, root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -199,7 +206,10 @@ def load_data(cfg: DataConfig, root: Path, device: torch.device) -> Data:
     images, labels = splits["train"]
     if cfg.train_subset is not None:
         images, labels = images[: cfg.train_subset], labels[: cfg.train_subset]
+    held = val_count(len(labels), cfg)  # the last examples: the same ones for every seed
+    keep = len(labels) - held
     return Data(
-        train=Split(to_inputs(images, cfg.normalize, device), labels.to(device)),
+        train=Split(to_inputs(images[:keep], cfg.normalize, device), labels[:keep].to(device)),
         test=Split(to_inputs(splits["test"][0], cfg.normalize, device), splits["test"][1].to(device)),
+        val=Split(to_inputs(images[keep:], cfg.normalize, device), labels[keep:].to(device)) if held else None,
     )

@@ -25,8 +25,16 @@ w - t * lr * g for each t in `train.landscape_steps` and records the loss there 
 their min and max: the variation band), gradient predictiveness `grad_change_max` = max_t |g_t - g|,
 and effective beta-smoothness `beta_smoothness` = max_t |g_t - g| / |w_t - w|.
 
-Everything a probe changes (weights, gradients, BN buffers, noise draws) is put back bit for bit, and the
-optimizer is never touched, so a run's metrics are the same with and without diagnostics.
+The landscape probe is noise-free: the injected noise of `norm.noise` and `model.dropout` are off for its
+passes (BN still normalizes with the probe batch's statistics), its gradient g is taken afresh without them,
+so every point is the same function of the weights and the loss differences measure the landscape, not fresh
+noise draws (the per-position values above keep the noise: it is what moves the distributions). It also
+records `landscape_loss_range` (max - min of the losses along the step, Santurkar et al.'s Fig. 4a band) and
+`grad_curvature` = g^T H g / |g|^2, the curvature along the gradient, by a Hessian-vector product (double
+backward; NaN for a norm without a second derivative).
+
+Everything a probe changes (weights, gradients, BN buffers, noise draws, torch's random state) is put back bit for bit,
+and the optimizer is never touched, so a run's metrics are the same with and without diagnostics.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from torch import nn
 
 from bnbench.config import RunConfig
 from bnbench.nn.models import NormAct
-from bnbench.nn.norms import is_batch_norm, keep_noise_draws
+from bnbench.nn.norms import ShiftNoise, is_batch_norm, keep_noise_draws
 from bnbench.records import DIAGNOSTICS
 from bnbench.training.data import Split
 
@@ -138,6 +146,8 @@ class Diagnostics:
         model.zero_grad(set_to_none=True)
         draws = keep_noise_draws(model)
         draws.__enter__()  # noise counters (norm.noise) are put back with everything else, below
+        rng = torch.get_rng_state()  # dropout's masks come from torch's generator: training's next ones unchanged
+        cuda_rng = torch.cuda.get_rng_state(self.x.device) if self.x.device.type == "cuda" else None
         try:
             loss = self._forward_backward()
         finally:
@@ -154,6 +164,9 @@ class Diagnostics:
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
         draws.__exit__()
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.x.device)
         model.train(was_training)
         numbers = torch.stack([v.detach().float().reshape(()) for _, _, v in values]).tolist()  # one read
         return [
@@ -211,8 +224,38 @@ class Diagnostics:
         return out
 
     def _landscape(self, params: list[nn.Parameter], lr: float, buffers: dict) -> list[tuple[str, str, torch.Tensor]]:
+        noisy = [m for m in self.model.modules() if isinstance(m, (ShiftNoise, nn.Dropout)) and m.training]
+        for module in noisy:
+            module.eval()
+        try:
+            return self._noise_free_landscape(params, lr, buffers)
+        finally:
+            for module in noisy:
+                module.train()
+
+    def _curvature_pass(self, params: list[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The probe gradient g at the current weights and g^T H g / |g|^2 (NaN without a second derivative)."""
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        gradient = [g.detach() for g in grads]
+        squared = sum(g.square().sum() for g in gradient)
+        try:  # H g from the gradient of g . g_detached (one double backward)
+            directional = sum((g * v).sum() for g, v in zip(grads, gradient, strict=True) if g.requires_grad)
+            hvp = torch.autograd.grad(directional, params, allow_unused=True)
+            along = sum((h * v).sum() for h, v in zip(hvp, gradient, strict=True) if h is not None)
+            curvature = torch.as_tensor(along, dtype=squared.dtype) / squared.clamp_min(1e-30)
+        except (RuntimeError, TypeError):  # a norm (a user's) with no double backward
+            curvature = torch.full((), math.nan)
+        return gradient, curvature.detach()
+
+    def _noise_free_landscape(self, params: list[nn.Parameter], lr: float,
+                              buffers: dict) -> list[tuple[str, str, torch.Tensor]]:  # fmt: skip
         weights = [p.detach().clone() for p in params]
-        gradient = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        with torch.no_grad():
+            for name, b in self.model.named_buffers():  # the BN state the probe started from
+                b.copy_(buffers[name])
+        gradient, curvature = self._curvature_pass(params)
         grad_norm = torch.sqrt(sum(g.square().sum() for g in gradient))
         losses, changes, ratios = [], [], []
         for t in self.cfg.train.landscape_steps:
@@ -236,6 +279,10 @@ class Diagnostics:
         out += [("model", f"loss_at_{t:g}", value) for t, value in zip(steps, losses, strict=True)]
         stacked = torch.stack(losses)
         out += [("model", "landscape_loss_min", stacked.min()), ("model", "landscape_loss_max", stacked.max())]
+        out += [
+            ("model", "landscape_loss_range", stacked.max() - stacked.min()),
+            ("model", "grad_curvature", curvature),
+        ]
         out += [("model", "grad_change_max", torch.stack(changes).max())]
         out += [("model", "beta_smoothness", torch.stack(ratios).max())]
         return out

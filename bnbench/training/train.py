@@ -23,8 +23,8 @@ from torch import nn
 
 from bnbench.config import RunConfig, TrainConfig
 from bnbench.errors import UsageError
-from bnbench.nn.models import NormAct, build_model
-from bnbench.nn.norms import batch_stats_eval, is_batch_norm, make_norm_factory, precise_statistics
+from bnbench.nn.models import NormAct, build_run_model
+from bnbench.nn.norms import batch_stats_eval, is_batch_norm, precise_statistics
 from bnbench.records import DIAGNOSTICS, STEPS, Schema, metrics_schema
 from bnbench.training.data import Data, Split
 from bnbench.training.diagnostics import Diagnostics
@@ -256,9 +256,7 @@ class Trainer:
     @classmethod
     def create(cls, cfg: RunConfig, data: Data, device: torch.device, **kwargs) -> Trainer:
         seed_everything(cfg.train.seed)
-        model = build_model(
-            cfg.model, make_norm_factory(cfg.norm), cfg.train.init, cfg.norm.position, cfg.norm.noise
-        ).to(device)
+        model = build_run_model(cfg).to(device)
         step_fn = model
         if cfg.train.compile:
             # CUDA graphs (reduce-overhead) replay the step with no launch overhead; every epoch has
@@ -278,7 +276,7 @@ class Trainer:
     @property
     def metrics(self) -> Schema:
         """metrics.csv's schema for this model and evaluation mode."""
-        return metrics_schema(has_running_stats(self.model), self.cfg.train.eval_bn)
+        return metrics_schema(has_running_stats(self.model), self.cfg.train.eval_bn, self.data.val is not None)
 
     @property
     def records(self) -> tuple[Schema, ...]:
@@ -413,6 +411,8 @@ class Trainer:
             other = "test_acc_running_stats" if batch_mode else "test_acc_batch_stats"
             single = not batch_mode and self.cfg.train.eval_batch_size < 2  # one image: no batch statistics
             values[other] = math.nan if single else self.evaluate(self.data.test, batch_stats=not batch_mode)[1]
+        if self.data.val is not None:  # the held-out training examples, evaluated as the test set is
+            values["val_loss"], values["val_acc"] = self.evaluate(self.data.val, batch_stats=batch_mode)
         row = self.metrics.row(
             **values,
             epoch_seconds=time.perf_counter() - started,

@@ -22,8 +22,10 @@ from conftest import write_config
 
 STUDIES = sorted(p.stem for p in (SHIPPED_CONFIGS / "studies").glob("*.yaml"))
 REPO = Path(__file__).resolve().parents[2]
-REPORTED = re.search(r"^STUDIES := ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), flags=re.M).group(1).split()
+MAKEFILE = (REPO / "Makefile").read_text()
+REPORTED = re.search(r"^STUDIES := ((?:.*\\\n)*.*)$", MAKEFILE, flags=re.M).group(1).split()
 REPORTED = [name for name in REPORTED if name != "\\"]  # the studies `make results` runs
+REPORTED += re.search(r"^STUDIES_FULL := \$\(STUDIES\) (.*)$", MAKEFILE, flags=re.M).group(1).split()  # results-full
 BN_GAIN = 0.05  # the fabricated runs: BN adds this to the test accuracy
 
 
@@ -50,7 +52,7 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
         }
         (path / "meta.json").write_text(json.dumps(meta))
         bn = cfg.norm.kind in BATCH_STATISTICS_KINDS
-        schema = metrics_schema(bn, "running")
+        schema = metrics_schema(bn, "running", cfg.data.val_split > 0)
         acc = 0.8 + (BN_GAIN + 0.0003 * cfg.train.seed**2 if bn else 0.0) + 0.001 * cfg.train.seed  # gains vary
         rows = [
             {
@@ -63,6 +65,8 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
                 "epoch_seconds": 1.0,
                 "examples_per_second": 100.0,
                 "test_acc_batch_stats": acc + 0.01,
+                "val_loss": 0.5,
+                "val_acc": acc - 0.1 / e + 0.01 * (cfg.train.lr == 0.1),  # the tutorial's rate validates best
             }
             for e in range(1, epochs + 1)
         ]
@@ -86,7 +90,13 @@ def fake_study(root: Path, name: str, seeds: tuple[int, ...] = (0, 1, 2), epochs
                     ("units_path", 0.3),
                 )
             ]
-            pd.DataFrame(diag).to_csv(path / "diagnostics.csv", index=False)
+            smooth = 0.5 if bn else 1.0  # the landscape probe: BN smoother, 10 probes
+            diag += [
+                {"step": 10 * e, "epoch": e, "layer": "model", "quantity": q, "value": smooth * (1 + 0.01 * e)}
+                for e in range(10)
+                for q in ("landscape_loss_range", "grad_change_max", "beta_smoothness", "grad_curvature")
+            ]
+            pd.DataFrame(diag).sort_values("step", kind="stable").to_csv(path / "diagnostics.csv", index=False)
     return folder
 
 
@@ -353,3 +363,17 @@ def test_a_run_from_another_config_and_a_linked_file_are_left_out_and_said(tmp_p
     saved.symlink_to(tmp_path / "elsewhere.yaml")  # another study's file, linked in
     linked_study = cli("report", folder, "--out", tmp_path / "report")
     assert linked_study.exit_code == 2 and "study.yaml: a link" in linked_study.stderr
+
+
+def test_each_arm_is_judged_at_the_rate_it_chose_on_validation(full_report):
+    text = section_of(full_report[1], "best_lr")
+    row = next(line for line in text.splitlines() if "**bn_better_at_own_best_lr**" in line)
+    assert "lr 0.1 vs no norm, lr 0.1" in row  # the planted validation bonus at 0.1, for both arms
+    assert "chosen on validation: compare at train.lr 0.1 (mean final val_acc: 0.01 " in row
+
+
+def test_a_replicate_sets_its_verdicts_beside_the_studys_it_repeats(full_report):
+    text = full_report[1].split("\n## mlp_norms_momentum: mlp_norms with SGD momentum 0.9")[1].split("\n## ")[0]
+    ids = [c.id for c in load_study(SHIPPED_CONFIGS / "studies" / "mlp_norms.yaml").claims]
+    assert all(f"| {cid} |" in text for cid in ids)
+    assert re.search(r"\d+ of \d+ verdicts change with SGD momentum 0.9", text)
