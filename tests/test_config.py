@@ -101,6 +101,25 @@ def test_each_model_has_a_config_per_norm_differing_only_in_norm_kind():
         ({"model": {"hidden": []}}, "model.hidden: expected a non-empty list, got [] (list)"),
         ({"model": {"hidden": [10, 0]}}, "model.hidden[1]: must be >= 1, got 0"),
         ({"train": "fast"}, "train: expected a mapping, got 'fast' (str)"),
+        ({"model": {"dropout": 1.0}}, "model.dropout: must be <= 0.99, got 1.0"),
+        (
+            {"model": {"name": "lenet", "residual": True}},
+            "model.residual: residual blocks are built for the mlp only, not lenet",
+        ),
+        (
+            {"model": {"skip_init": True}},
+            "model.skip_init: scales the residual branch, so it needs model.residual: true",
+        ),
+        (
+            {"model": {"residual": True, "hidden": [16]}},
+            "model.residual: a skip goes around a block of the same width: give model.hidden at least two layers",
+        ),
+        ({"train": {"init_gain": 0}}, "train.init_gain: must be > 0, got 0.0"),
+        ({"data": {"val_split": 0.95}}, "data.val_split: must be <= 0.9, got 0.95"),
+        (
+            {"data": {"train_subset": 4, "val_split": 0.1}},
+            "data.val_split: holds out no example of data.train_subset 4",
+        ),
     ],
 )
 def test_bad_values_name_file_key_and_problem(tmp_path, cli, sections, message):

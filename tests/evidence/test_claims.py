@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,64 @@ def test_a_target_no_run_reached_is_nothing_to_compare_and_one_arm_never_reachin
     (one,) = judge((_claim("less", 1.0, metric),), _runs({"torch": [0.9] * 6, "none": [0.9] * 6}, reach))
     assert one.effect is not None and one.effect.rank_based
     assert "6 of 12 values never reached" in one.note and one.arms["against"] == [float("inf")] * 6
+
+
+def _lr_runs(val: dict[tuple[str, float], float], test: dict[tuple[str, float], float], seeds: int = 4) -> list[Run]:
+    """Completed runs per (kind, lr) with planted final val_acc and test_acc (+0.001 * seed)."""
+    runs = []
+    for (kind, lr), v in val.items():
+        for seed in range(seeds):
+            config = {"norm": {"kind": kind}, "train": {"seed": seed, "lr": lr}, "model": {}, "data": {}}
+            spread = 0.001 * seed + 0.0005 * seed**2 * (kind == "torch")
+            table = {"epoch": [1.0], "val_acc": [v + 0.001 * seed], "test_acc": [test[kind, lr] + spread],
+                     "train_acc": [0.99]}  # fmt: skip
+            runs.append(Run(Path(f"/x/{kind}-{lr}-s{seed}"), config, {"status": "completed"}, table, {}))
+    return runs
+
+
+def test_tune_judges_each_arm_at_its_own_best_validation_value_and_never_looks_at_the_test_set():
+    tune = {"key": "train.lr", "by": {"column": "val_acc"}}
+    arms = {"compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"}}
+    (claim,) = parse_claims([{"id": "c", "says": "s", **arms, "tune": tune, "metric": {"column": "test_acc"},
+                              "expect": "greater", "margin": 0.01}], "study.yaml")  # fmt: skip
+    val = {("torch", 0.1): 0.90, ("torch", 1.0): 0.95, ("none", 0.1): 0.93, ("none", 1.0): 0.80}
+    # the test set favours the other rates: a choice made on it would flip both arms
+    test = {("torch", 0.1): 0.99, ("torch", 1.0): 0.94, ("none", 0.1): 0.90, ("none", 1.0): 0.97}
+    (judged,) = judge((claim,), _lr_runs(val, test))
+    assert dict(judged.claim.compare)["train.lr"] == 1.0 and dict(judged.claim.against)["train.lr"] == 0.1
+    assert judged.effect.estimate == pytest.approx(0.04, abs=0.005) and judged.verdict == "supported"
+    assert "chosen on validation: compare at train.lr 1.0" in judged.note and "against at train.lr 0.1" in judged.note
+    (nothing,) = judge((claim,), [r for r in _lr_runs(val, test) if r.config["norm"]["kind"] == "torch"])
+    assert nothing.verdict == "inconclusive" and "against: no run measured final val_acc" in nothing.note
+
+
+def test_minus_measures_a_gap_within_each_run():
+    metric = parse_claims([{"id": "c", "says": "s", "compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"},
+                            "metric": {"column": "train_acc", "minus": "test_acc"}, "expect": "less", "margin": 0.01}],
+                          "study.yaml")[0].metric  # fmt: skip
+    assert metric.describe() == "final train_acc - test_acc"
+    runs = _runs({"torch": [0.9, 0.91, 0.92], "none": [0.8, 0.81, 0.82]})
+    for run in runs:
+        run.table["train_acc"] = [1.0, 1.0]
+    (judged,) = judge((replace(_claim("less", 0.01), metric=metric),), runs)
+    assert judged.effect.estimate == pytest.approx(-0.1) and judged.verdict == "supported"
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        ({"tune": {"key": "train.lr", "by": {"column": "test_acc"}}}, "by: test_acc: a choice made on the test set"),
+        ({"tune": {"key": "train.rate", "by": {"column": "val_acc"}}}, "tune: key: 'train.rate'"),
+        (
+            {"tune": {"key": "train.lr", "by": {"column": "val_acc"}, "best": "top"}},
+            "best: 'top' is not one of max, min",
+        ),
+        ({"tune": {"key": "train.lr"}}, "tune: expected key (a config key, e.g. train.lr) and by"),
+        ({"metric": {"diagnostic": "lag_mean", "layer": "norm1", "minus": "test_acc"}}, "minus: subtracts one"),
+    ],
+)
+def test_bad_tune_and_minus_are_one_line(claim, message):
+    raw = {"id": "c", "says": "s", "compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"},
+           "expect": "greater", "margin": 0.01, **claim}  # fmt: skip
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_claims([raw], "study.yaml")
