@@ -15,8 +15,10 @@ A study file declares the claims it tests beside its grid:
 or `metric: {column: train_acc, steps_to: 0.97}` (the first logged step reaching it; rank-based),
 `metric: {column: test_acc, auc: true}` (the mean over epochs), `metric: {diagnostic: lag_mean, layer: last,
 at: final, mean_of_last: 10}` (a diagnostics.csv quantity of one norm position, `last` = the deepest), and
-`against_column: test_acc` to set two columns of the same runs against each other. `expect: different`
-(with a margin) claims two arms differ by more than the margin, either way.
+`against_column: test_acc` to set two columns of the same runs against each other, `minus: test_acc` for a
+gap within each run. `expect: different` (with a margin) claims two arms differ by more than the margin, either
+way. `tune: {key: train.lr, by: {column: val_acc}}` judges each arm at its own best value of a key, chosen on
+a validation metric (`tuned`).
 
 A study may also say what its claims were published with (`published:`, parse_published): the source,
 the published setup as config keys (every value the runs differ in is printed beside the verdicts),
