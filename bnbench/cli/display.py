@@ -115,6 +115,7 @@ def epoch_parts(name: str, epochs: int, row: dict[str, float]) -> list[str]:
         f"{name}  epoch {int(row['epoch'])}/{epochs}",
         f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}",
         f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}",
+        *([f"val acc {row['val_acc']:.4f}"] if "val_acc" in row else []),  # data.val_split
         f"{row['epoch_seconds']:.1f}s",
         f"{row['examples_per_second']:,.0f} ex/s",
     ]
@@ -126,7 +127,7 @@ def epoch_line(name: str, epochs: int, row: dict[str, float], width: int | None 
     parts = epoch_parts(name, epochs, row)
     if width is None or len("  ".join(parts)) <= width:
         return "  ".join(parts)
-    short = [parts[0], f"test acc {row['test_acc']:.4f}", f"train loss {row['train_loss']:.4f}", parts[3]]
+    short = [parts[0], f"test acc {row['test_acc']:.4f}", f"train loss {row['train_loss']:.4f}", parts[-2]]
     return fit(short, width)
 
 
