@@ -20,7 +20,7 @@ lint: install
 # (28 min in one process, about half in two, on the 2-core CI machine).
 TEST_WORKERS ?= 2
 test: install lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 run: install
 	$(BIN)/bnbench run configs/lenet_bn.yaml

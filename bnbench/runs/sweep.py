@@ -266,8 +266,10 @@ def _worker_main(conn, threads: int, progress: bool) -> None:
             message = conn.recv()
         except (EOFError, OSError):  # the sweep is gone
             return
-        if message is None:
-            return
+        if message is None:  # done: every run's files are written and synced; skip the interpreter's
+            sys.stdout.flush()  # teardown of torch (a second or more per worker on a busy machine)
+            sys.stderr.flush()
+            os._exit(0)
         job, device_option, root, out_dir = message
         result = run_in_worker(job, device_option, root, out_dir, conn.send if progress else None)
         try:
@@ -291,11 +293,14 @@ class _Worker:
         self.job = job
         self.conn.send((job, *args))
 
-    def close(self, grace: float) -> None:
+    def ask_to_stop(self) -> None:
         try:
             self.conn.send(None)
         except (OSError, ValueError):
             pass
+
+    def close(self, grace: float) -> None:
+        self.ask_to_stop()
         self.process.join(grace)
         if self.process.is_alive():
             self.process.terminate()
@@ -385,6 +390,8 @@ def run_local(
                         if worker.process.is_alive():  # worker that got the same SIGHUP does not take it as a second
                             os.kill(worker.process.pid, FORWARDED_STOP)
         finally:
+            for worker in idle:  # all at once: the idle ones exit while the others are joined
+                worker.ask_to_stop()
             for worker in idle + busy:
                 worker.close(grace=30 if worker in busy else 5)
     return results, stop()
