@@ -73,11 +73,10 @@ def measure(run: Any, metric: Metric, against: bool = False) -> float:
     column where the metric names another one."""
     if against and metric.against_column is not None:
         metric = replace(metric, column=metric.against_column, against_column=None)
-    if metric.minus is not None:  # a gap: both columns read alike (a diverged run: the gap is not measured)
-        first, second = measure(run, replace(metric, minus=None)), measure(run, replace(metric, column=metric.minus,
-                                                                                          minus=None))  # fmt: skip
-        return math.nan if getattr(run, "status", "") == "diverged" else first - second
     diverged = getattr(run, "status", "") == "diverged"
+    if metric.minus is not None:  # a gap: both columns read alike; a diverged run has no gap (not measured)
+        other = replace(metric, column=metric.minus, minus=None)
+        return math.nan if diverged else measure(run, replace(metric, minus=None)) - measure(run, other)
     if metric.layer is not None:
         return math.nan if diverged else _diagnostic(run, metric)
     epochs = int(run.config.get("train", {}).get("epochs", 0) or 0)
