@@ -227,7 +227,7 @@ def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[st
         else:
             dropped.append(
                 f"{side} {run.name}: {claim.metric.describe()} not reached"
-                + (" (diverged; a diagnostic has no worst value)" if run.status == "diverged" else "")
+                + (" (diverged; a diagnostic or a gap has no worst value)" if run.status == "diverged" else "")
             )
     return values, dropped, sum(r.status == "diverged" for r in kept.values())
 
