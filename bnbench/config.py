@@ -553,8 +553,9 @@ def _check_combinations(cfg: RunConfig, source_of: typing.Callable[[str], str]) 
     if mc.skip_init and not mc.residual:
         raise ConfigError(source_of("model.skip_init"), "model.skip_init",
                           "scales the residual branch, so it needs model.residual: true")  # fmt: skip
-    if mc.residual and len(mc.hidden) < 2:
-        why = "a skip goes around a block of the same width: give model.hidden at least two layers"
+    if mc.residual and not any(a == b for a, b in zip(mc.hidden, mc.hidden[1:], strict=False)):
+        why = ("a skip goes around a block of the same width: give model.hidden two neighbouring layers of one width"
+               f" (got {list(mc.hidden)})")  # fmt: skip
         raise ConfigError(source_of("model.residual"), "model.residual", why)
     if cfg.data.val_split and cfg.data.train_subset is not None and int(cfg.data.train_subset * cfg.data.val_split) < 1:
         raise ConfigError(source_of("data.val_split"), "data.val_split",

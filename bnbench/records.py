@@ -175,6 +175,9 @@ DIAGNOSTICS = Schema("diagnostics.csv", ("step", "epoch", "layer", "quantity", "
 
 
 VAL_COLUMNS = ("val_loss", "val_acc")  # data.val_split > 0: the held-out part of the training set
+OTHER_EVAL_COLUMNS = ("test_acc_batch_stats", "test_acc_running_stats")
+# Every column a claim may read from metrics.csv or steps.csv (specs.py checks names against it).
+RECORDED_COLUMNS = tuple(dict.fromkeys(METRIC_COLUMNS + OTHER_EVAL_COLUMNS + VAL_COLUMNS + STEPS.columns))
 
 
 def metrics_schema(has_running_stats: bool, eval_bn: str, val: bool = False) -> Schema:
@@ -182,5 +185,5 @@ def metrics_schema(has_running_stats: bool, eval_bn: str, val: bool = False) -> 
     with a validation split (data.val_split) records its loss and accuracy, last."""
     columns = METRIC_COLUMNS
     if has_running_stats:
-        columns += ("test_acc_batch_stats" if eval_bn == "running" else "test_acc_running_stats",)
+        columns += (OTHER_EVAL_COLUMNS[0] if eval_bn == "running" else OTHER_EVAL_COLUMNS[1],)
     return Schema("metrics.csv", columns + (VAL_COLUMNS if val else ()))

@@ -111,8 +111,9 @@ def test_each_model_has_a_config_per_norm_differing_only_in_norm_kind():
             "model.skip_init: scales the residual branch, so it needs model.residual: true",
         ),
         (
-            {"model": {"residual": True, "hidden": [16]}},
-            "model.residual: a skip goes around a block of the same width: give model.hidden at least two layers",
+            {"model": {"residual": True, "hidden": [32, 16]}},
+            "model.residual: a skip goes around a block of the same width: give model.hidden two neighbouring layers "
+            "of one width (got [32, 16])",
         ),
         ({"train": {"init_gain": 0}}, "train.init_gain: must be > 0, got 0.0"),
         ({"data": {"val_split": 0.95}}, "data.val_split: must be <= 0.9, got 0.95"),

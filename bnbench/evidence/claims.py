@@ -234,8 +234,9 @@ def _arm(claim: Claim, runs: list, side: str) -> tuple[dict[Any, float], list[st
 
 def tuned(claim: Claim, runs: list) -> tuple[Claim, str]:
     """The claim with each arm at its own best value of `claim.tune.key` (Bjorck et al. 2018: each method at its
-    own best learning rate): the value whose finished runs (one per seed; a diverged run at its worst) have the
-    best mean of the tuning metric, a validation column. The arms then name that value, so the report shows
+    own best learning rate): the value whose finished runs (one per seed) have the best mean of the tuning metric,
+    a validation column; a value at which any run diverged ranks below every other; a tie goes to the smaller
+    value. The arms then name that value, so the report shows
     the choice; also one line saying what was chosen from what. A side with nothing measured names a value
     no run has (its arm is then empty). Unchanged without `tune`."""
     if claim.tune is None:
@@ -249,22 +250,33 @@ def tuned(claim: Claim, runs: list) -> tuple[Claim, str]:
             config = flat(run.config)
             if matches(config, wanted) and key in config and run.status in ("completed", "diverged"):
                 groups.setdefault(config[key], []).append(run)
-        scores = {}
-        for value in sorted(groups, key=repr):
-            measured_values = [measure(r, by) for r in one_per_seed(groups[value])[0].values()]
-            finite = [v for v in measured_values if v == v]
-            if finite:
+        scores, diverged = {}, {}
+        worst_score = -math.inf if claim.tune.best == "max" else math.inf  # a rate that diverged is never chosen
+        for value in sorted(groups, key=_value_order):
+            kept = one_per_seed(groups[value])[0].values()
+            diverged[value] = sum(r.status == "diverged" for r in kept)
+            finite = [v for v in (measure(r, by) for r in kept if r.status != "diverged") if v == v]
+            if diverged[value]:
+                scores[value] = worst_score
+            elif finite:
                 scores[value] = statistics.fmean(finite)
         if not scores:
             chosen[side] = wanted + ((key, math.nan),)
             parts.append(f"{side}: no run measured {by.describe()}, so no {key} chosen")
             continue
-        pick = (max if claim.tune.best == "max" else min)(scores, key=scores.__getitem__)
+        pick = (max if claim.tune.best == "max" else min)(scores, key=scores.__getitem__)  # a tie: the smaller value
         chosen[side] = wanted + ((key, pick),)
-        tried = ", ".join(f"{v} {s:.4g}" for v, s in scores.items())
+        tried = ", ".join(f"{v} {f'{s:.4g}' if not diverged[v] else f'({diverged[v]} diverged)'}"
+                          for v, s in scores.items())  # fmt: skip
         parts.append(f"{side} at {key} {pick} (mean {by.describe()}: {tried})")
     return replace(claim, compare=chosen["compare"], against=chosen["against"]), "chosen on validation: " + "; ".join(
         parts)  # fmt: skip
+
+
+def _value_order(value: Any) -> tuple:
+    """Numbers in numeric order, before anything else (in text order)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, float(value), "") if number else (1, 0.0, repr(value))
 
 
 def with_note(item: Judged, note: str) -> Judged:

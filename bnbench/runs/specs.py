@@ -12,6 +12,7 @@ from typing import Any
 
 from bnbench.config import check_keys, parse_override
 from bnbench.errors import UsageError
+from bnbench.records import RECORDED_COLUMNS
 
 EXPECTS = ("greater", "less", "equivalent", "not_worse", "different")
 CLAIM_KEYS = ("id", "says", "source", "compare", "against", "metric", "expect", "margin", "kind", "tune")
@@ -243,6 +244,9 @@ def _tune(raw: Any, where: str) -> Tune:
     if by.column.startswith("test"):
         raise UsageError(f"{where}: by: {by.column}: a choice made on the test set is tested on it too; choose on a "
                          "validation column (val_acc, val_loss: data.val_split)")  # fmt: skip
+    if by.layer is not None or by.steps_to is not None or by.against_column or by.minus:
+        raise UsageError(f"{where}: by: one validation column at final, {{epoch: N}} or auc (no diagnostic, steps_to, "
+                         "against_column or minus)")  # fmt: skip
     best = raw.get("best", "min" if "loss" in by.column else "max")
     if best not in ("max", "min"):
         raise UsageError(f"{where}: best: {best!r} is not one of max, min")
@@ -260,6 +264,11 @@ def _metric(raw: Any, where: str) -> Metric:
     layer = str(raw["layer"]) if "layer" in raw else None
     against = str(raw["against_column"]) if raw.get("against_column") is not None else None
     minus = str(raw["minus"]) if raw.get("minus") is not None else None
+    for key, name in (("column", None if layer else column), ("against_column", against), ("minus", minus)):
+        if name is not None and name not in RECORDED_COLUMNS:
+            raise UsageError(
+                f"{where}: {key}: {name!r} is not a column bnbench records ({', '.join(RECORDED_COLUMNS)})"
+            )
     if minus is not None and (layer is not None or against is not None or raw.get("steps_to") is not None):
         raise UsageError(f"{where}: minus: subtracts one metrics.csv column from another; not with diagnostic, "
                          "against_column or steps_to")  # fmt: skip

@@ -336,9 +336,16 @@ def check_claim_arms(study: Study, source: str) -> None:
             hits = [name for name, cell in cells if matches(cell, wanted)]
             if not hits:
                 raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches no cell of the study")
-            if claim.tune is not None:  # one cell per value of the tuned key
+            if claim.tune is not None:  # one cell per value of the tuned key, and more than one value
                 key = claim.tune.key
                 values = [repr(cell.get(key)) for _, cell in cells if matches(cell, wanted)]
+                if key in dict(wanted):
+                    raise UsageError(
+                        f"{source}: claim {claim.id}: {side} fixes {key}, which tune chooses; leave it out"
+                    )
+                if len(set(values)) < 2:
+                    raise UsageError(f"{source}: claim {claim.id}: tune: {key} does not vary among the cells of {side} "
+                                     f"{{{shown}}}: nothing to choose from")  # fmt: skip
                 if len(set(values)) != len(values):
                     raise UsageError(f"{source}: claim {claim.id}: {side} {{{shown}}} matches {len(hits)} cells that "
                                      f"differ in more than {key}; name one cell per value of {key}")  # fmt: skip

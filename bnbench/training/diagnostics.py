@@ -29,7 +29,8 @@ The landscape probe is noise-free: the injected noise of `norm.noise` and `model
 passes (BN still normalizes with the probe batch's statistics), its gradient g is taken afresh without them,
 so every point is the same function of the weights and the loss differences measure the landscape, not fresh
 noise draws (the per-position values above keep the noise: it is what moves the distributions). It also
-records `landscape_loss_range` (max - min of the losses along the step, Santurkar et al.'s Fig. 4a band) and
+records `landscape_loss` (L(w) without the noise: `loss` is the training-mode loss, noise and all),
+`landscape_loss_range` (max - min of the losses along the step, Santurkar et al.'s Fig. 4a band) and
 `grad_curvature` = g^T H g / |g|^2, the curvature along the gradient, by a Hessian-vector product (double
 backward; NaN for a norm without a second derivative).
 
@@ -233,8 +234,9 @@ class Diagnostics:
             for module in noisy:
                 module.train()
 
-    def _curvature_pass(self, params: list[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The probe gradient g at the current weights and g^T H g / |g|^2 (NaN without a second derivative)."""
+    def _curvature_pass(self, params: list[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The probe gradient g at the current weights, g^T H g / |g|^2 (NaN without a second derivative) and
+        the loss there."""
         loss = F.cross_entropy(self.model(self.x), self.y)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
@@ -247,7 +249,7 @@ class Diagnostics:
             curvature = torch.as_tensor(along, dtype=squared.dtype) / squared.clamp_min(1e-30)
         except (RuntimeError, TypeError):  # a norm (a user's) with no double backward
             curvature = torch.full((), math.nan)
-        return gradient, curvature.detach()
+        return gradient, curvature.detach(), loss.detach()
 
     def _noise_free_landscape(self, params: list[nn.Parameter], lr: float,
                               buffers: dict) -> list[tuple[str, str, torch.Tensor]]:  # fmt: skip
@@ -255,7 +257,7 @@ class Diagnostics:
         with torch.no_grad():
             for name, b in self.model.named_buffers():  # the BN state the probe started from
                 b.copy_(buffers[name])
-        gradient, curvature = self._curvature_pass(params)
+        gradient, curvature, base_loss = self._curvature_pass(params)
         grad_norm = torch.sqrt(sum(g.square().sum() for g in gradient))
         losses, changes, ratios = [], [], []
         for t in self.cfg.train.landscape_steps:
@@ -274,7 +276,7 @@ class Diagnostics:
         with torch.no_grad():
             for p, w in zip(params, weights, strict=True):
                 p.copy_(w)
-        out = [("model", "grad_norm", grad_norm)]
+        out = [("model", "grad_norm", grad_norm), ("model", "landscape_loss", base_loss)]
         steps = self.cfg.train.landscape_steps
         out += [("model", f"loss_at_{t:g}", value) for t, value in zip(steps, losses, strict=True)]
         stacked = torch.stack(losses)

@@ -225,6 +225,12 @@ def test_tune_judges_each_arm_at_its_own_best_validation_value_and_never_looks_a
     assert dict(judged.claim.compare)["train.lr"] == 1.0 and dict(judged.claim.against)["train.lr"] == 0.1
     assert judged.effect.estimate == pytest.approx(0.04, abs=0.005) and judged.verdict == "supported"
     assert "chosen on validation: compare at train.lr 1.0" in judged.note and "against at train.lr 0.1" in judged.note
+    runs = _lr_runs(val, test)
+    for run in runs:  # one seed of no norm diverged at 0.1: that rate is never chosen, however high its mean
+        if run.config["norm"]["kind"] == "none" and run.config["train"] == {"seed": 3, "lr": 0.1}:
+            run.meta["status"] = "diverged"
+    (diverging,) = judge((claim,), runs)
+    assert dict(diverging.claim.against)["train.lr"] == 1.0 and "0.1 (1 diverged)" in diverging.note
     (nothing,) = judge((claim,), [r for r in _lr_runs(val, test) if r.config["norm"]["kind"] == "torch"])
     assert nothing.verdict == "inconclusive" and "against: no run measured final val_acc" in nothing.note
 
@@ -252,6 +258,14 @@ def test_minus_measures_a_gap_within_each_run():
         ),
         ({"tune": {"key": "train.lr"}}, "tune: expected key (a config key, e.g. train.lr) and by"),
         ({"metric": {"diagnostic": "lag_mean", "layer": "norm1", "minus": "test_acc"}}, "minus: subtracts one"),
+        ({"tune": {"key": "train.lr", "by": {"column": "val_acc", "minus": "test_acc"}}}, "by: one validation column"),
+        (
+            {"tune": {"key": "train.lr", "by": {"column": "val_acc", "against_column": "test_acc"}}},
+            "by: one validation column",
+        ),
+        ({"tune": {"key": "train.lr", "by": {"column": "val_acc", "steps_to": 0.5}}}, "by: one validation column"),
+        ({"metric": {"column": "test_accc"}}, "metric: column: 'test_accc' is not a column bnbench records"),
+        ({"metric": {"column": "train_acc", "minus": "3"}}, "metric: minus: '3' is not a column bnbench records"),
     ],
 )
 def test_bad_tune_and_minus_are_one_line(claim, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,26 @@ def test_grid_keys_that_vary_together(tmp_path, cli):
     assert "did you mean" not in flat_form.stderr
     typo = cli("sweep", base, "--grid", "norm.kind,norm.virtul=[[ghost, 8]]", "--dry-run")
     assert typo.exit_code == 2 and "'norm.virtul': unknown key" in typo.stderr
+
+
+@pytest.mark.parametrize(
+    ("tune_key", "arms", "message"),
+    [
+        (
+            "train.lr",
+            {"compare": {"norm.kind": "torch", "train.lr": 0.1}},
+            "compare fixes train.lr, which tune chooses",
+        ),
+        ("train.momentum", {}, "tune: train.momentum does not vary among the cells of compare"),
+    ],
+)
+def test_a_tuned_claim_needs_its_key_to_vary_and_left_to_the_choice(tmp_path, tune_key, arms, message):
+    write_config(tmp_path / "base.yaml")
+    tune = {"key": tune_key, "by": {"column": "val_acc"}}
+    claim = {"id": "c", "says": "s", "compare": {"norm.kind": "torch"}, "against": {"norm.kind": "none"},
+             "tune": tune, "expect": "greater", "margin": 0.01, **arms}  # fmt: skip
+    study = {"name": "st", "base": "base.yaml", "matrix": {"norm.kind": ["none", "torch"], "train.lr": [0.1, 1.0]},
+             "seeds": "0-1", "set": {"data.val_split": 0.25}, "claims": [claim]}  # fmt: skip
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_study(tmp_path / "st.yaml")

@@ -126,7 +126,7 @@ def test_grad_curvature_is_the_quadratic_form_of_the_hessian_along_the_gradient(
     trainer = Trainer.create(cfg, load_data(cfg.data, None, torch.device("cpu")), torch.device("cpu"))
     diagnostics: Diagnostics = trainer.diagnostics
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    gradient, curvature = diagnostics._curvature_pass(params)
+    gradient, curvature, _ = diagnostics._curvature_pass(params)
     flat = torch.cat([p.detach().flatten() for p in params])
     g = torch.cat([x.flatten() for x in gradient]).double()
 
