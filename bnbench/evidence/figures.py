@@ -36,9 +36,11 @@ NORM_NAMES = {
 KEY_NAMES = {"train.lr": "lr", "train.batch_size": "batch", "train.accumulate": "micro-batches",
              "norm.momentum": "momentum", "norm.noise": "noise", "train.precise_bn": "precise statistics",
              "train.eval_batch_size": "eval batch", "train.eval_order": "eval order", "train.trainable": "trains",
-             "model.name": "", "norm.kind": ""}  # fmt: skip
+             "model.name": "", "norm.kind": "", "train.init_gain": "init gain", "model.dropout": "dropout",
+             "model.residual": "residual", "model.skip_init": "SkipInit", "train.momentum": "SGD momentum"}  # fmt: skip
 COLUMN_NAMES = {"train_loss": "train loss", "train_acc": "train accuracy", "test_acc": "test accuracy",
-                "test_acc_batch_stats": "test accuracy, batch statistics"}  # fmt: skip
+                "test_acc_batch_stats": "test accuracy, batch statistics", "val_acc": "validation accuracy",
+                "val_loss": "validation loss"}  # fmt: skip
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic": "synthetic data"}
 MODELS = {"mlp": "MLP", "convnet": "conv net", "lenet": "LeNet"}
 
@@ -64,6 +66,8 @@ def value_label(key: str, value: Any) -> str:
     if key == "train.precise_bn":
         return "running statistics" if value is None else f"precise statistics ({value} batches)"
     name = KEY_NAMES.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):  # model.residual true -> residual; false -> no residual
+        return name if value else f"no {name}"
     return f"{name} {format_value(value)}".strip()
 
 
