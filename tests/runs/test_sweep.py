@@ -295,3 +295,10 @@ def test_run_and_sweep_with_any_jobs_give_the_same_numbers_with_the_same_threads
     threads |= {json.loads(p.read_text())["threads"] for p in (tmp_path / "run").glob("*/meta.json")}
     assert threads == {1}
     assert json.loads((tmp_path / "two/c/meta.json").read_text())["threads"] == 2  # honoured for a single run
+
+
+def test_a_dry_run_estimates_a_config_that_diverges_instead_of_failing(tmp_path, cli):
+    study = _study(tmp_path, epochs=1, **{"norm.kind": ["none"], "train.lr": [1e6]})
+    result = cli("sweep", study, "--dry-run", "--out-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert "estimated wall time" in result.stdout and not (tmp_path / "runs").exists()
