@@ -298,7 +298,7 @@ def test_run_and_sweep_with_any_jobs_give_the_same_numbers_with_the_same_threads
 
 
 def test_a_dry_run_estimates_a_config_that_diverges_instead_of_failing(tmp_path, cli):
-    study = _study(tmp_path, epochs=1, **{"norm.kind": ["none"], "train.lr": [1e6]})
+    study = _study(tmp_path, epochs=1, **{"norm.kind": ["none"], "train.lr": [1e30]})
     result = cli("sweep", study, "--dry-run", "--out-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     assert "estimated wall time" in result.stdout and not (tmp_path / "runs").exists()
