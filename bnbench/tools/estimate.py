@@ -18,7 +18,7 @@ import torch
 from bnbench.config import RunConfig, config_from_dict
 from bnbench.errors import UsageError
 from bnbench.runs.sweep import Engine, default_jobs
-from bnbench.training.data import SYNTHETIC_SIZES, Data, Split, synthetic, to_inputs
+from bnbench.training.data import SYNTHETIC_SIZES, Data, Split, synthetic, to_inputs, val_count
 
 FULL_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}
 TIMED_STEPS, WARMUP_STEPS, TIMED_EVAL = 8, 2, 2048
@@ -34,7 +34,7 @@ def shape_of(cfg: RunConfig) -> str:
 def sizes(cfg: RunConfig) -> tuple[int, int]:
     n_train, n_test = FULL_SIZES.get(cfg.data.dataset, (SYNTHETIC_SIZES["train"], SYNTHETIC_SIZES["test"]))
     n = min(n_train, cfg.data.train_subset or n_train)
-    held = int(n * cfg.data.val_split)  # evaluated each epoch like the test set
+    held = val_count(n, cfg.data)  # evaluated each epoch like the test set
     return n - held, n_test + held
 
 
