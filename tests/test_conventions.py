@@ -243,3 +243,10 @@ def test_momentum_from_another_frameworks_convention_is_one_warning_and_the_run_
     assert read_run(out / "zero")[1]["test_loss"].iloc[-1] != read_run(out / "default")[1]["test_loss"].iloc[-1]
     grid = cli("sweep", config, "--grid", "norm.momentum=0.9,0.99,0.1", "--out-dir", out, "--dry-run")
     assert grid.exit_code == 0 and grid.stderr.count("warning:") == 1 and "norm.momentum 0.9, 0.99:" in grid.stderr
+
+
+def test_every_config_key_is_documented_in_docs_config_md():
+    from bnbench.config import dotted_keys
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert not [key for key in dotted_keys() if key != "name" and f"`{key}`" not in text]
