@@ -90,7 +90,9 @@ def test_run_shows_live_bars_epoch_lines_and_the_table(tmp_path, slow_config, co
     assert statuses(tmp_path / "runs") == ["completed", "completed"]
     assert_fits(session, columns)
     bars = "\n".join(session.bar_lines)
-    assert "live-s0 epoch 1/3" in bars and "live-s1 epoch 3/3" in bars
+    # each run's bar was seen (which epoch a frame caught depends on how fast the machine is: the screen is read
+    # once per chunk of output, and a fast run draws several frames into one chunk); every epoch's line is below
+    assert re.search(r"live-s0 epoch [1-3]/3", bars) and re.search(r"live-s1 epoch [1-3]/3", bars)
     assert "all runs" in bars and " left" in bars  # time left for the whole set of runs
     assert not any(BAR in line and not TABLE.search(line) for line in session.screen)  # bars gone at the end
     for seed in (0, 1):
