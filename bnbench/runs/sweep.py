@@ -300,7 +300,7 @@ class _Worker:
             pass
 
     def close(self, grace: float) -> None:
-        self.ask_to_stop()
+        """Wait for the worker asked to stop (`ask_to_stop`) to end; after `grace` seconds end it."""
         self.process.join(grace)
         if self.process.is_alive():
             self.process.terminate()
@@ -390,7 +390,7 @@ def run_local(
                         if worker.process.is_alive():  # worker that got the same SIGHUP does not take it as a second
                             os.kill(worker.process.pid, FORWARDED_STOP)
         finally:
-            for worker in idle:  # all at once: the idle ones exit while the others are joined
+            for worker in idle + busy:  # all at once: the idle ones exit while the others are joined
                 worker.ask_to_stop()
             for worker in idle + busy:
                 worker.close(grace=30 if worker in busy else 5)
