@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from bnbench.runs.rundir import config_sha256
+
 
 def make_runs(folder: Path, count: int) -> Path:
     config = folder / "c.yaml"
@@ -31,9 +33,11 @@ def make_runs(folder: Path, count: int) -> Path:
         shutil.copytree(template, target, ignore=shutil.ignore_patterns("*.pt"))
         cfg = yaml.safe_load((target / "config.yaml").read_text())
         cfg["train"]["lr"], cfg["train"]["seed"], cfg["name"] = 0.001 * (i // 2 + 1), i % 2, target.name
-        (target / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        (target / "config.yaml").write_text(text)
         meta = json.loads((target / "meta.json").read_text())
-        (target / "meta.json").write_text(json.dumps({**meta, "config": cfg, "name": target.name}))
+        meta |= {"config": cfg, "name": target.name, "config_sha256": config_sha256(text)}  # as bnbench writes
+        (target / "meta.json").write_text(json.dumps(meta))
     return runs
 
 

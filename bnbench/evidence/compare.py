@@ -25,7 +25,7 @@ from bnbench.errors import UsageError
 from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
 from bnbench.naming import cell_name, format_value, short_keys
 from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
-from bnbench.runs.rundir import is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
+from bnbench.runs.rundir import config_sha256, is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
 from bnbench.runs.study import STUDY_FILE
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
@@ -47,6 +47,16 @@ class Run:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.path.name
+
+    @cached_property
+    def real_path(self) -> Path:
+        """The run's directory with links and `..` resolved: its identity (the same run named twice is one)."""
+        return self.path.resolve()
+
+    @cached_property
+    def flat_config(self) -> dict:
+        """The config as dotted keys (`train.lr`): read many times over, flattened once."""
+        return flat(self.config)
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
@@ -76,7 +86,7 @@ class Run:
 
 def differing_keys(runs: list[Run]) -> list[str]:
     """Config keys (dotted) whose values differ between the runs; the name never counts."""
-    flats = [flat(r.config) for r in runs]
+    flats = [r.flat_config for r in runs]
     keys = dict.fromkeys(k for f in flats for k in f)
     return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
 
@@ -86,11 +96,37 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader: mo
 
 
 def _columns(path: Path) -> dict[str, list]:
-    """A run CSV as columns of numbers (text columns stay text), read once and checked first."""
-    reader = csv.DictReader(io.StringIO(read_run_file(path), newline=""))
-    rows = list(reader)
-    check_rows(path, rows)  # every number parses
-    return {c: [r[c] if c in TEXT_COLUMNS else float(r[c]) for r in rows] for c in reader.fieldnames or ()}
+    """A run CSV as columns of numbers (text columns stay text), read once and checked (check_rows' rules).
+    The fast path parses plain rows column by column; anything odd (a number that does not parse, a row of
+    another length, an epoch that goes back) is read again row by row, for check_rows to name file and line."""
+    text = read_run_file(path)
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]  # blank lines skipped, as DictReader does
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    ordered = {"metrics.csv": "epoch", "steps.csv": "step"}.get(path.name)
+    if all(len(r) == len(header) for r in body):
+        try:
+            cells = list(zip(*body, strict=True)) if body else [()] * len(header)
+            pairs = zip(header, cells, strict=True)
+            columns = {c: list(v) if c in TEXT_COLUMNS else list(map(float, v)) for c, v in pairs}
+        except ValueError:
+            pass
+        else:
+            if all(_forward(columns.get(k, []), k == ordered) for k in ("epoch", "step")):
+                return columns
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    records = list(reader)
+    check_rows(path, records)  # raises, naming the file, line and value
+    return {c: [r[c] if c in TEXT_COLUMNS else float(r[c]) for r in records] for c in reader.fieldnames or ()}
+
+
+def _forward(values: list[float], strictly: bool) -> bool:
+    """check_rows' rule for an epoch or step column, on numbers already parsed."""
+    last = float("-inf")
+    for value in values:
+        if value < last or (strictly and value == last):
+            return False
+        last = value
+    return True
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -105,11 +141,16 @@ def load_run(path: Path) -> Run:
         meta = read_meta(path)
     except ValueError as exc:
         raise DamagedFile(path / "meta.json", None, str(exc).removeprefix("meta.json: ")) from None
-    try:  # read even when meta.json holds the config: a damaged config.yaml is a damaged run
-        saved = yaml.load(read_run_file(path / "config.yaml", MAX_SMALL_FILE), Loader=_YAML_LOADER)
-    except yaml.YAMLError:
-        raise DamagedFile(path / "config.yaml", None, "not YAML") from None
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else saved
+    text = read_run_file(path / "config.yaml", MAX_SMALL_FILE)  # read even when meta.json holds the config:
+    started = meta.get("config") if isinstance(meta.get("config"), dict) else None  # a damaged one is a damaged run
+    if started is not None and meta.get("config_sha256") == config_sha256(text):
+        saved = started  # the very file bnbench wrote from this config: no need to parse it (most of the time)
+    else:
+        try:
+            saved = yaml.load(text, Loader=_YAML_LOADER)
+        except yaml.YAMLError:
+            raise DamagedFile(path / "config.yaml", None, "not YAML") from None
+    config = started if started is not None else saved
     for read in (saved, config):
         if not isinstance(read, dict) or not all(isinstance(read.get(k, {}), dict) for k in SECTIONS):
             raise DamagedFile(path / "config.yaml", None, "not a config (a mapping of model, norm, data, train)")
@@ -138,34 +179,38 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             warnings.append(f"{path}: started but never recorded anything; nothing to compare")
         elif path.is_dir():
             inside = run_dirs_under(path)
-            candidates += [p for p in inside if is_run_dir(p)]
-            warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in inside if not is_run_dir(p)]
-            children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            warnings += [f"{p}: started but never recorded anything; nothing to compare"
-                         for p in children if never_recorded(p)]  # fmt: skip
-            if not inside and not any(never_recorded(p) for p in children):
+            runs_inside = {p: is_run_dir(p) for p in inside}
+            candidates += [p for p, ok in runs_inside.items() if ok]
+            damaged = [p for p, ok in runs_inside.items() if not ok]
+            warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in damaged]
+            children = [p for p in path.iterdir() if p not in runs_inside and not p.name.startswith(".")]
+            children = sorted(p for p in children if p.is_dir())
+            unrecorded = [p for p in children if never_recorded(p)]
+            warnings += [f"{p}: started but never recorded anything; nothing to compare" for p in unrecorded]
+            if not inside and not unrecorded:
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
         else:
             warnings.append(f"{path}: not a directory; skipped")
     runs = []
-    for path in {p.resolve(): p for p in reversed(candidates)}.values():  # one run, however it was named
+    for real, path in {p.resolve(): p for p in reversed(candidates)}.items():  # one run, however it was named
         try:
             runs.append(load_run(path))
+            runs[-1].real_path = real
         except DamagedFile as exc:
             warnings.append(f"{exc}; skipped")
         except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
     order = {path: i for i, path in reversed(list(enumerate(candidates)))}  # first place each was named
     runs.sort(key=lambda r: order[r.path])
-    for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
+    for run, name in zip(runs, distinct_names([r.real_path for r in runs]), strict=True):
         run.name = name
     return runs, warnings
 
 
 def distinct_names(paths: list[Path]) -> list[str]:
-    """Each run's directory name, lengthened by parent folders only as far as needed to tell it apart
-    from the others (a/runs/x and b/runs/x become a/runs/x and b/runs/x, not runs/x twice)."""
-    parts = [p.resolve().parts for p in paths]
+    """Each run's directory name (`paths` resolved), lengthened by parent folders only as far as needed to tell
+    it apart from the others (a/runs/x and b/runs/x become a/runs/x and b/runs/x, not runs/x twice)."""
+    parts = [p.parts for p in paths]
     depth = [1] * len(paths)
     while True:
         names = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
@@ -197,7 +242,7 @@ def summarize(run: Run, metric: str, target: float | None) -> dict:
     best, at = _best(acc)
     row = {
         "name": run.name,
-        "path": str(run.path.resolve()),
+        "path": str(run.real_path),
         "model": run.config.get("model", {}).get("name"),
         "norm": run.config.get("norm", {}).get("kind"),
         "dataset": run.config.get("data", {}).get("dataset"),
@@ -245,7 +290,7 @@ def mixed(runs: list[Run]) -> list[str]:
     """What differs in kind between the runs (datasets, models): comparing those is rarely meant."""
     out = []
     for what, key in (("datasets", "data.dataset"), ("models", "model.name")):
-        values = sorted({str(flat(r.config).get(key)) for r in runs})
+        values = sorted({str(r.flat_config.get(key)) for r in runs})
         if len(values) > 1:
             out.append(f"{what} {', '.join(values)}")
     return out
@@ -262,7 +307,7 @@ def _shared_name(members: list[Run]) -> str | None:
 
 
 def _keys_name(members: list[Run], keys: list[str]) -> str:
-    values = flat(members[0].config)  # one group: these keys have one value across its runs
+    values = members[0].flat_config  # one group: these keys have one value across its runs
     return cell_name({k: values.get(k) for k in keys})
 
 
@@ -298,10 +343,13 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         names.append(shared)
         member_names.append(everyone)
     groups = {}
+    holders: dict[str, set[int]] = {}  # a name -> the groups named so or holding a run of that name
+    for j, (name, everyone) in enumerate(zip(names, member_names, strict=True)):
+        for held in {name, *everyone}:
+            holders.setdefault(held, set()).add(j)
     for i, (name, members) in enumerate(zip(names, members_of, strict=True)):
         # another group with this name, or holding a run of this name: the name alone would mislead
-        rivals = [r for j, ms in enumerate(members_of) if j != i and (names[j] == name or name in member_names[j])
-                  for r in ms]  # fmt: skip
+        rivals = [r for j in sorted(holders[name] - {i}) for r in members_of[j]]
         if rivals:
             name = f"{name}[{_keys_name(members, [k for k in differing_keys(rivals + members) if k != 'train.seed'])}]"
         groups[name] = members
@@ -319,6 +367,13 @@ GROUP_FIGURES = (
 )
 
 
+def _stdev(values: list[float]) -> float:
+    """The sample standard deviation (n - 1), in floats: statistics.stdev's exact fractions were a quarter of
+    compare's time over 1,000 runs, for digits no table shows."""
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
     rows = []
     for name, members in groups.items():
@@ -332,7 +387,7 @@ def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], m
         for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
             values = [float(v) for f in figures if (v := f[figure]) is not None and v == v]
             row[f"{figure}_mean"] = statistics.fmean(values) if values else math.nan
-            row[f"{figure}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row[f"{figure}_std"] = _stdev(values) if len(values) > 1 else math.nan
         rows.append(row)
     columns = ["group", "n", "runs", "reached_target"] + [
         f"{f}_{s}" for f in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")) for s in ("mean", "std")
@@ -452,7 +507,7 @@ def compare(
     keys = differing_keys(runs)
     summaries = {r.name: summarize(r, metric, targets[dataset_of(r)]) for r in runs}
     for run in runs:
-        values = flat(run.config)
+        values = run.flat_config
         summaries[run.name].update({f"config.{k}": _plain(values.get(k)) for k in keys})
     pivot_frame = None
     group_baseline = baseline
@@ -499,7 +554,7 @@ def pivot_table(
     the --by key), each cell's difference from the baseline column in its row and its p-value (`versus`:
     paired by seed where the cells share seeds). A seed counts once per cell (the most recent run)."""
 
-    flats = {r.name: flat(r.config) for r in runs}
+    flats = {r.name: r.flat_config for r in runs}
     for option, key in (("--pivot", pivot), ("--by", by)):
         if not any(key in f for f in flats.values()):
             raise UsageError(f"{option} {key}: not a config key of these runs (e.g. train.lr, norm.kind)")

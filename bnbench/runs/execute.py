@@ -41,6 +41,7 @@ from bnbench.runs.rundir import (
     check_writable,
     claim_run_dir,
     config_changes,
+    config_sha256,
     differences,
     is_alive,
     is_run_dir,
@@ -81,7 +82,8 @@ def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.devic
                invocation: dict | None = None) -> RunDir:  # fmt: skip
     """Write a new run's config, empty CSVs and meta.json into `path` (created and locked by the caller);
     `invocation` ({key, id}) ties it to the `bnbench run` command that started it (see `plan_continuation`)."""
-    atomic_write(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write(path / "config.yaml", config_text)
     for schema in trainer.records:
         schema.create(path)
     run = RunDir(path, {})
@@ -105,6 +107,7 @@ def create_run(cfg: RunConfig, path: Path, trainer: Trainer, device: torch.devic
         epochs=cfg.train.epochs,
         epochs_completed=0,
         config=cfg.to_dict(),  # what config.yaml said at the start: resume refuses an edited one
+        config_sha256=config_sha256(config_text),  # lets a reader trust config.yaml without parsing it
         error=None,
         hostname=socket.gethostname(),
         pid=os.getpid(),

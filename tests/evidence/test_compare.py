@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -318,3 +319,57 @@ def test_many_runs_show_their_seed_groups_and_say_where_each_run_is(tmp_path, cl
     assert "x0-s1" not in result.stdout  # no row per run
     every = cli("compare", tmp_path, "--table", "runs")
     assert every.exit_code == 0 and "x0-s1" in every.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "epoch,test_acc,train_loss\n1,0.5,1.0\n2,0.6,0.9\n",
+        "epoch,test_acc,train_loss\n\n1,0.5,1.0\n\n2,nan,inf\n",  # blank lines; NaN and inf are numbers
+        "epoch,test_acc,train_loss\n",  # a run before its first epoch
+        "epoch,test_acc,train_loss\n1,0.5\n",  # a short row
+        "epoch,test_acc,train_loss\n1,0.5,1.0,7\n",  # a long row
+        "epoch,test_acc,train_loss\n1,0.5,x\n",  # not a number
+        "epoch,test_acc,train_loss\n2,0.5,1.0\n1,0.6,0.9\n",  # an epoch goes back
+        "epoch,test_acc,train_loss\n1,0.5,1.0\n1,0.6,0.9\n",  # a duplicated epoch
+        "epoch,test_acc,test_acc\n1,0.5,0.7\n",  # a repeated header: the last wins, as csv.DictReader does
+    ],
+)
+def test_the_fast_csv_reader_agrees_with_check_rows_on_every_shape(tmp_path, text):
+    """compare reads plain CSVs column by column; whatever it returns or refuses must be what the row-by-row
+    reader with check_rows (the rules every other reader uses) returns or refuses."""
+    from bnbench.evidence.compare import _columns
+    from bnbench.records import TEXT_COLUMNS, DamagedFile, check_rows
+
+    path = tmp_path / "metrics.csv"
+    path.write_text(text)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        check_rows(path, rows)
+        expected = {c: [r[c] if c in TEXT_COLUMNS else float(r[c]) for r in rows] for c in reader.fieldnames or ()}
+    except DamagedFile as exc:
+        with pytest.raises(DamagedFile) as got:
+            _columns(path)
+        assert str(got.value) == str(exc)
+    else:
+        assert repr(_columns(path)) == repr(expected)  # repr: NaN equals NaN
+
+
+def test_an_untouched_config_yaml_is_not_parsed_and_a_touched_one_is(tmp_path, cli, monkeypatch):
+    """meta.json keeps config.yaml's digest: compare parses config.yaml only when it changed since the run
+    wrote it (parsing was half of reading 1,000 runs), and an edit that damages it still skips the run."""
+    import bnbench.evidence.compare as cmp
+
+    cli("run", str(write_config(tmp_path / "r.yaml", train={"epochs": 1})), "--out-dir", str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "r"
+    assert len(json.loads((run / "meta.json").read_text())["config_sha256"]) == 64
+    parsed = []
+    real_load = cmp.yaml.load
+    monkeypatch.setattr(cmp.yaml, "load", lambda *a, **k: parsed.append(1) or real_load(*a, **k))
+    assert [r.name for r in find_runs([run])[0]] == ["r"] and parsed == []
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "# a note\n")  # still a config
+    assert [r.name for r in find_runs([run])[0]] == ["r"] and parsed == [1]
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    runs, warnings = find_runs([run])
+    assert runs == [] and warnings == [f"{run / 'config.yaml'}: not YAML; skipped"]
