@@ -73,7 +73,9 @@ def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
             raise DamagedFile(path, None, "not a regular file (a FIFO, device or socket)")
         if info.st_size > limit:
             raise DamagedFile(path, None, f"{info.st_size:,} bytes, larger than any file bnbench writes")
-        data = f.read(limit + 1)
+        data = f.read(info.st_size + 1)  # read(limit) would allocate the limit (a GiB) for every small file
+        if len(data) > info.st_size:  # it grew since: a run still appending rows
+            data += f.read(limit + 1 - len(data))
     try:
         return data.decode()
     except UnicodeDecodeError:

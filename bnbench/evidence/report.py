@@ -353,10 +353,26 @@ def _time(text: object) -> datetime | None:
 
 
 def wall_minutes(runs: list[Run]) -> float:
-    """From the first run's start to the last run's end (a sweep's wall time when it ran in one go)."""
-    starts = [t for r in runs if (t := _time(r.meta.get("started_at")))]
-    ends = [t for r in runs if (t := _time(r.meta.get("ended_at") or r.meta.get("updated_at")))]
-    return (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else math.nan
+    """The minutes during which at least one of the runs was running: the union of their spans, each from
+    its last start (resumed_at, else started_at) to its end. A sweep run in one go: first start to last end;
+    a study stopped and resumed in a later session: the time between the sessions does not count (nor the
+    part a resumed run trained before its stop: at most the runs in flight when it stopped)."""
+    spans = []
+    for run in runs:
+        resumed = run.meta.get("resumed_at") or []
+        start = _time(resumed[-1] if resumed and isinstance(resumed[-1], str) else run.meta.get("started_at"))
+        end = _time(run.meta.get("ended_at") or run.meta.get("updated_at"))
+        if start is not None and end is not None and end >= start:
+            spans.append((start, end))
+    if not spans:
+        return math.nan
+    total, (current_start, current_end) = 0.0, sorted(spans)[0]
+    for start, end in sorted(spans)[1:]:
+        if start > current_end:
+            total += (current_end - current_start).total_seconds()
+            current_start = start
+        current_end = max(current_end, end)
+    return (total + (current_end - current_start).total_seconds()) / 60
 
 
 def shown(path: Path) -> str:
@@ -465,7 +481,7 @@ def write_report(folders: list[Path], out: Path) -> tuple[Path, list[list[str]],
         "repeated intervals instead, Bonferroni within the study; its section says so.",
         "",
         f"Machine: {', '.join(machines)}; {', '.join(versions)}; bnbench commit {', '.join(commits)}. "
-        f"Studies' wall time (first start to last end, summed): {total:.0f} min.",
+        f"Studies' wall time (minutes in which a run of the study was running, summed): {total:.0f} min.",
         "",
         table(
             ["study", "question", "runs", "status", "wall time"],

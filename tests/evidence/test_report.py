@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import statistics
@@ -380,3 +381,22 @@ def test_a_replicate_sets_its_verdicts_beside_the_studys_it_repeats(full_report)
     ids = [c.id for c in load_study(SHIPPED_CONFIGS / "studies" / "mlp_norms.yaml").claims]
     assert all(f"| {cid} |" in text for cid in ids)
     assert re.search(r"\d+ of \d+ verdicts change with SGD momentum 0.9", text)
+
+
+def test_wall_time_counts_the_minutes_a_run_was_running_not_the_gap_between_sessions():
+    """Two runs side by side 10:00-10:10, one more 10:05-10:20, then a run resumed the next day (its first
+    start is a day earlier) 09:00-09:05: 20 + 5 minutes, not the 24 hours from first start to last end."""
+    from bnbench.evidence.compare import Run
+    from bnbench.evidence.report import wall_minutes
+
+    def run(start: str, end: str, resumed: list[str] | None = None) -> Run:
+        meta = {"started_at": start, "ended_at": end} | ({"resumed_at": resumed} if resumed else {})
+        return Run(Path("r"), {}, meta, {})
+
+    day = "2026-12-01T"
+    runs = [run(f"{day}10:00:00+00:00", f"{day}10:10:00+00:00"), run(f"{day}10:00:00+00:00", f"{day}10:10:00+00:00"),
+            run(f"{day}10:05:00+00:00", f"{day}10:20:00+00:00"),
+            run(f"{day}10:15:00+00:00", "2026-12-02T09:05:00+00:00", ["2026-12-02T09:00:00+00:00"])]  # fmt: skip
+    assert wall_minutes(runs) == pytest.approx(25.0)
+    assert wall_minutes(runs[:1]) == pytest.approx(10.0)
+    assert math.isnan(wall_minutes([run("never", f"{day}10:00:00+00:00")]))
