@@ -41,34 +41,41 @@ def make_runs(folder: Path, count: int) -> Path:
     return runs
 
 
+def _seconds(command: list[str], repeats: int) -> float:
+    """The median wall time of a command, run `repeats` times (the first also warms the file cache)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from bnbench.evidence import compare as cmp
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = make_runs(Path(tmp), args.runs)
+        bnbench = [sys.executable, "-m", "bnbench"]
+        whole = _seconds([*bnbench, "compare", str(runs), "--format", "csv", "--table", "groups"], args.repeats)
+        table = _seconds([*bnbench, "compare", str(runs)], args.repeats)  # the table, to a pipe
+        ls_seconds = _seconds([*bnbench, "ls", str(runs), "--format", "json"], args.repeats)
+        startup = _seconds([*bnbench, "--version"], args.repeats)
+        pandas = _seconds([sys.executable, "-c", "import pandas"], args.repeats)
         start = time.perf_counter()
         found, _ = cmp.find_runs([runs])
         loaded = time.perf_counter()
         cmp.compare(found)
         done = time.perf_counter()
-        start_cmd = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bnbench", "compare", str(runs), "--format", "csv", "--table", "groups"],
-                       check=True, capture_output=True)  # fmt: skip
-        whole = time.perf_counter() - start_cmd
-        start_ls = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bnbench", "ls", str(runs), "--format", "json"], check=True,
-                       capture_output=True)  # fmt: skip
-        ls_seconds = time.perf_counter() - start_ls
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bnbench", "--version"], check=True, capture_output=True)
-        startup = time.perf_counter() - t0
     print(json.dumps({"runs": len(found), "read_seconds": round(loaded - start, 3),
-                      "compare_seconds": round(done - loaded, 3), "command_seconds": round(whole, 3),
-                      "ls_seconds": round(ls_seconds, 3),
-                      "python_startup_seconds": round(startup, 3)}))  # fmt: skip
+                      "compare_seconds": round(done - loaded, 3), "command_csv_seconds": round(whole, 3),
+                      "command_table_seconds": round(table, 3), "ls_seconds": round(ls_seconds, 3),
+                      "python_startup_seconds": round(startup, 3),
+                      "import_pandas_seconds": round(pandas, 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":
