@@ -310,7 +310,13 @@ def test_the_readme_block_is_generated_from_the_report(full_report, tmp_path):
     module.main(out / "README.md", readme)
     written = readme.read_text()
     assert "hand-written" not in written and written.endswith("## Commands\n")
-    assert "findings (" in written and "bn_higher_final" in written
+    table = (out / "README.md").read_text().split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| [")]
+    assert [line for line in table.splitlines() if line.strip()][0] in written  # the headline counts
+    not_supported = [row[1].split(":")[0] for row in rows if row[2].strip("*") != "supported"]
+    assert not_supported and all(f" {claim} (" in written for claim in not_supported)
+    supported = [row[1].split(":")[0] for row in rows if row[2].strip("*") == "supported"]
+    assert supported and not any(f" {claim} (" in written for claim in supported)  # the report has them
     for name in REPORTED:
         assert f"[{name}](docs/results/README.md#{name})" in written
 
