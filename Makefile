@@ -58,6 +58,9 @@ studies: install
 		if [ $$code -ge 2 ]; then exit $$code; fi; \
 	done
 
+# The report covers every study of STUDIES_FULL that has been run (a `make results-full` study once run stays in it).
+REPORTED = $(foreach s,$(STUDIES_FULL),$(if $(wildcard $(RESULTS_RUNS)/$(s)/study.yaml),$(s)))
+
 report: install
-	$(BIN)/bnbench report $(addprefix $(RESULTS_RUNS)/,$(STUDIES)) --out docs/results
+	$(BIN)/bnbench report $(addprefix $(RESULTS_RUNS)/,$(REPORTED)) --out docs/results
 	$(BIN)/python scripts/readme_results.py docs/results/README.md README.md
