@@ -35,12 +35,14 @@ clean:
 # then the report generated from the runs.
 # Each study runs until its claims are decided or at its seed budget (`sequential:` in the study, docs/sweep.md).
 # Resumable: a second `make results` skips every run already done. Needs the real datasets.
-STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity batch_size \
+STUDIES := mlp_norms mlp_lr convnet_norms lenet_norms ioffe_mnist accumulation eval_statistics lr_sensitivity \
 	ghost_large_batch scale_invariance depth_gradients noisy_bn eval_batches affine_only \
 	bn_regularization landscape skip_connections init_scale best_lr mlp_norms_momentum
-# `make results-full` adds these: the momentum replicates of the two expensive studies (LeNet, 34 s a run; the
-# learning-rate grid, 140 runs) would take `make results` past 2 hours on 2 cores.
-STUDIES_FULL := $(STUDIES) lenet_norms_momentum lr_sensitivity_momentum
+# `make results-full` adds these, which would take `make results` past 2 hours on 2 cores (about 136 min on the
+# 2-core machine of the first report, 113 without them): batch_size (23 min there: its batch-2 and batch-4 runs
+# take 30,000 and 15,000 steps an epoch; its claims are about BN's alternatives at small batches) and the momentum
+# replicates of the two expensive studies (LeNet, 34 s a run; the learning-rate grid, 140 runs).
+STUDIES_FULL := $(STUDIES) batch_size lenet_norms_momentum lr_sensitivity_momentum
 RESULTS_RUNS ?= runs
 # The real datasets for the evidence, passed explicitly; every other target (`make run`) uses the CLI's
 # default: $BNBENCH_DATA_DIR if set, else ./data (git-ignored; downloaded on first use).
