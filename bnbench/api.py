@@ -179,9 +179,10 @@ def compare(
         for what in cmp.mixed(found):
             _warn(f"comparing runs on different {what}")
         comparison = cmp.compare(found, metric, target, baseline, pivot, by)
-        for note in comparison.groups.attrs.get("repeated", []):
+        for note in comparison.repeated:
             _warn(note)
-        frame = cmp.with_integers(cmp.raw_table(comparison, table or ("pivot" if pivot is not None else "groups")))
+        rows = cmp.raw_table(comparison, table or ("pivot" if pivot is not None else "groups"))
+        frame = cmp.with_integers(rows.frame())
     frame.attrs = {"test": cmp.TEST_NAME, "metric": comparison.metric, "target": comparison.target,
                    "baseline": comparison.baseline}  # fmt: skip
     return frame

@@ -67,15 +67,20 @@ def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
         if path.is_symlink():
             raise DamagedFile(path, None, "a link; links in run folders are not followed") from None
         raise DamagedFile(path, None, f"cannot be read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise DamagedFile(path, None, "not a regular file (a FIFO, device or socket)")
         if info.st_size > limit:
             raise DamagedFile(path, None, f"{info.st_size:,} bytes, larger than any file bnbench writes")
-        data = f.read(info.st_size + 1)  # read(limit) would allocate the limit (a GiB) for every small file
+        data = os.read(fd, info.st_size + 1)  # the file's size: reading `limit` would allocate a GiB
         if len(data) > info.st_size:  # it grew since: a run still appending rows
-            data += f.read(limit + 1 - len(data))
+            chunks = [data]
+            while (chunk := os.read(fd, 1 << 20)) and sum(map(len, chunks)) <= limit:
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
     try:
         return data.decode()
     except UnicodeDecodeError:

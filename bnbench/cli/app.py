@@ -491,14 +491,13 @@ def _until_decided(wanted, until_decided: bool, max_seeds: int | None, part, out
 
 
 def _claims_summary(judged: list) -> None:
-    import pandas as pd
-
     from bnbench.evidence.report import effect_text
+    from bnbench.evidence.tables import Rows
 
     rows = [{"claim": j.claim.id, "verdict": j.verdict + (" at the budget" if j.at_budget else ""),
              "effect [interval]": effect_text(j), "seeds": j.effect.n if j.effect is not None else 0,
              "look": j.look or "–"} for j in judged]  # fmt: skip
-    display.show_frame("claims", pd.DataFrame(rows))
+    display.show_rows("claims", Rows(("claim", "verdict", "effect [interval]", "seeds", "look"), rows))
 
 
 def _dry_run(plan, engine: Engine, total: int) -> None:
@@ -530,8 +529,8 @@ def _sweep_summary(plan, results: list) -> None:
     runs, _ = cmp.find_runs([plan.folder])
     if runs:
         comparison = cmp.compare(runs)  # the seed groups; `bnbench compare` shows every run and epoch
-        for title, frame in cmp.display_tables(comparison, "groups"):
-            display.show_frame(title, frame)
+        for title, rows in cmp.display_tables(comparison, "groups"):
+            display.show_rows(title, rows)
         display.say(f"every run and epoch: bnbench compare {plan.folder}", style="dim")
 
 
@@ -666,7 +665,7 @@ def compare(
         if (studies := cmp.mixed_studies(runs)) is not None:
             display.warn(studies)
         comparison = cmp.compare(runs, metric, target, baseline, pivot, by)
-        for note in comparison.groups.attrs.get("repeated", []):  # a seed counts once: say which run did
+        for note in comparison.repeated:  # a seed counts once: say which run did
             display.warn(note)
         which = table.value if table is not None else None
         if format is CompareFormat.markdown:
@@ -677,9 +676,9 @@ def compare(
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
             shown: set[str] = set()
-            for title, frame in cmp.display_tables(comparison, which, brief=True):
-                display.show_frame(title, frame, wide)
-                shown.update(display.shown_headers(frame, wide))
+            for title, rows in cmp.display_tables(comparison, which, brief=True):
+                display.show_rows(title, rows, wide)
+                shown.update(display.shown_headers(rows, wide))
             for note in cmp.footnotes(comparison, shown):  # wrapped at words, not mid-number
                 display.show(Text(note, style="dim"))
         if plot is not None:
@@ -702,9 +701,8 @@ def report(
       bnbench report runs/mlp_lr                 (writes runs/mlp_lr/report/README.md)
       bnbench report runs/lenet_norms runs/mlp_norms --out results
     """
-    import pandas as pd
-
     from bnbench.evidence import report as rep
+    from bnbench.evidence.tables import Rows
 
     with reported_errors(), plugins.no_imports():  # recorded results are data, never code
         target = out or rep.default_output(studies)
@@ -715,9 +713,9 @@ def report(
         if verdicts:  # the answer on the terminal, then where the whole report is
             counts = {v: sum(row[1] == v for row in verdicts) for v in ("supported", "contradicted", "inconclusive")}
             title = f"{len(verdicts)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-            frame = pd.DataFrame(verdicts, columns=rep.VERDICT_HEADER)
-            frame.attrs["drop_first"] = ["says", "study"]
-            display.show_frame(title, frame)
+            header = tuple(rep.VERDICT_HEADER)
+            rows = Rows(header, [dict(zip(header, row, strict=True)) for row in verdicts], ("says", "study"))
+            display.show_rows(title, rows)
         else:
             display.say("no claims judged (the study files declare none)", style="dim")
         display.say(f"report: {path}")

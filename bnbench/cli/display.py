@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from bnbench.evidence.tables import fitted, frame_cells, frame_table, shown_columns
+from bnbench.evidence.tables import Rows, fitted, rows_table, shown_columns
 
 # Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
 console = Console(width=None if sys.stdout.isatty() else 100_000, emoji=False)  # names shown as written
@@ -75,14 +75,14 @@ def show_table(title: str, header: list[str], rows: list[list[str]], wide: bool 
     _print_table(fitted(title, header, rows, terminal_width(), wide), wide)
 
 
-def show_frame(title: str, frame, wide: bool = False) -> None:
-    _print_table(frame_table(title, frame, terminal_width(), wide), wide)
+def show_rows(title: str, rows: Rows, wide: bool = False) -> None:
+    _print_table(rows_table(title, rows, terminal_width(), wide), wide)
 
 
-def shown_headers(frame, wide: bool = False) -> list[str]:
-    """The columns of `frame` that `show_frame` puts on this terminal."""
-    header, rows = frame_cells(frame)
-    return [header[i] for i in shown_columns(header, rows, terminal_width(), wide, frame.attrs.get("drop_first", ()))]
+def shown_headers(rows: Rows, wide: bool = False) -> list[str]:
+    """The columns of `rows` that `show_rows` puts on this terminal."""
+    header, cells = rows.cells()
+    return [header[i] for i in shown_columns(header, cells, terminal_width(), wide, rows.drop_first)]
 
 
 def show(renderable: Table | str) -> None:

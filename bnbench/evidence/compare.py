@@ -16,17 +16,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from bnbench.config import flat
 from bnbench.errors import UsageError
 from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
+from bnbench.evidence.tables import Rows
 from bnbench.naming import cell_name, format_value, short_keys
 from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
 from bnbench.runs.rundir import config_sha256, is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
 from bnbench.runs.study import STUDY_FILE
+
+if TYPE_CHECKING:  # DataFrames for the Python API and plots only: compare's tables are plain rows
+    import pandas as pd
 
 SEED_SUFFIX = re.compile(r"-s\d+(-\d+)?$")
 TEST_NAME = "paired t on the seeds both groups share (Welch's t where they share fewer than 2), two-sided"
@@ -60,10 +64,14 @@ class Run:
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.table)
 
     @cached_property
     def steps(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.step_table)
 
     @property
@@ -74,8 +82,11 @@ class Run:
     @property
     def diagnostics(self) -> pd.DataFrame:
         """diagnostics.csv (step, epoch, layer, quantity, value), empty when the run recorded none."""
+        import pandas as pd
+
         path = self.path / "diagnostics.csv"
-        return _csv(path) if path.exists() else pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
+        empty = pd.DataFrame(columns=["step", "epoch", "layer", "quantity", "value"])
+        return pd.DataFrame(_columns(path)) if path.exists() else empty
 
     def group_key(self) -> str:
         """Runs that differ only in seed and name share this key."""
@@ -87,8 +98,9 @@ class Run:
 def differing_keys(runs: list[Run]) -> list[str]:
     """Config keys (dotted) whose values differ between the runs; the name never counts."""
     flats = [r.flat_config for r in runs]
-    keys = dict.fromkeys(k for f in flats for k in f)
-    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
+    keys = [k for k in dict.fromkeys(k for f in flats for k in f) if k != "name"]
+    written = [tuple(map(repr, map(f.get, keys))) for f in flats]  # each run's values, as written
+    return [k for k, values in zip(keys, zip(*written, strict=True), strict=False) if len(set(values)) > 1]
 
 
 SECTIONS = ("model", "norm", "data", "train")
@@ -127,10 +139,6 @@ def _forward(values: list[float], strictly: bool) -> bool:
             return False
         last = value
     return True
-
-
-def _csv(path: Path) -> pd.DataFrame:
-    return pd.DataFrame(_columns(path))
 
 
 def load_run(path: Path) -> Run:
@@ -191,20 +199,30 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
         else:
             warnings.append(f"{path}: not a directory; skipped")
-    runs = []
-    for real, path in {p.resolve(): p for p in reversed(candidates)}.items():  # one run, however it was named
+    runs, folders = [], {}
+    for real, path in {_resolved(p, folders): p for p in reversed(candidates)}.items():  # one run, however named
         try:
             runs.append(load_run(path))
             runs[-1].real_path = real
         except DamagedFile as exc:
             warnings.append(f"{exc}; skipped")
-        except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             warnings.append(f"{path}: unreadable run files ({type(exc).__name__}); skipped")
     order = {path: i for i, path in reversed(list(enumerate(candidates)))}  # first place each was named
     runs.sort(key=lambda r: order[r.path])
     for run, name in zip(runs, distinct_names([r.real_path for r in runs]), strict=True):
         run.name = name
     return runs, warnings
+
+
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+    """`path` with links and `..` resolved; a run folder that is not a link (as `run_dirs_under` finds them)
+    costs one lstat, not one per path component: its parent is resolved once (`folders` keeps them)."""
+    if path.name in ("", ".", "..") or path.is_symlink():
+        return path.resolve()
+    if path.parent not in folders:
+        folders[path.parent] = path.parent.resolve()
+    return folders[path.parent] / path.name
 
 
 def distinct_names(paths: list[Path]) -> list[str]:
@@ -374,7 +392,8 @@ def _stdev(values: list[float]) -> float:
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> pd.DataFrame:
+def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], metric: str) -> Rows:
+    figures_of = list(dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")))
     rows = []
     for name, members in groups.items():
         figures = [summaries[r.name] for r in members]
@@ -384,22 +403,21 @@ def summarize_groups(groups: dict[str, list[Run]], summaries: dict[str, dict], m
             "runs": " ".join(r.name for r in members),
             "reached_target": sum(f["epochs_to_target"] is not None for f in figures),
         }
-        for figure in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")):
+        for figure in figures_of:
             values = [float(v) for f in figures if (v := f[figure]) is not None and v == v]
             row[f"{figure}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{figure}_std"] = _stdev(values) if len(values) > 1 else math.nan
         rows.append(row)
-    columns = ["group", "n", "runs", "reached_target"] + [
-        f"{f}_{s}" for f in dict.fromkeys((*GROUP_FIGURES, f"final_{metric}")) for s in ("mean", "std")
-    ]
-    return pd.DataFrame(rows, columns=columns)  # the columns even with no group (no run completed)
+    columns = ("group", "n", "runs", "reached_target", *(f"{f}_{s}" for f in figures_of for s in ("mean", "std")))
+    return Rows(columns, rows)  # the columns even with no group (no run completed)
 
 
 def add_baseline(
-    groups_df: pd.DataFrame, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
-) -> pd.DataFrame:
+    groups_rows: Rows, groups: dict[str, list[Run]], summaries: dict[str, dict], baseline: str, metric: str
+) -> tuple[Rows, str]:
     """Each group against the baseline group on the final metric (`versus`): the difference with its 95%
-    interval, the p-value and the test that gave them."""
+    interval, the p-value and the test that gave them; and the baseline group's name (`baseline` may
+    name one of its runs)."""
 
     if not groups:
         raise UsageError(f"--baseline {baseline}: no run has completed, so there is no seed group to compare")
@@ -408,23 +426,16 @@ def add_baseline(
         if not owner:
             raise UsageError(f"--baseline {baseline}: no such run or group; choose one of {', '.join(groups)}")
         baseline = owner[0]
-    deltas, lows, highs, pvalues, tests = [], [], [], [], []
-    for name in groups_df["group"]:
-        if name == baseline:
-            deltas.append(0.0), lows.append(math.nan), highs.append(math.nan), pvalues.append(math.nan)
-            tests.append("")
+    delta = f"delta_final_{metric}"
+    added = (delta, f"{delta}_ci95_low", f"{delta}_ci95_high", "p_value", "test")
+    rows = []
+    for row in groups_rows.rows:
+        if row["group"] == baseline:
+            rows.append({**row, **dict(zip(added, (0.0, math.nan, math.nan, math.nan, ""), strict=True))})
             continue
-        e = versus(groups[name], groups[baseline], summaries, metric)
-        deltas.append(e.estimate), lows.append(e.low), highs.append(e.high), pvalues.append(e.p)
-        tests.append(e.test)
-    out = groups_df.copy()
-    out[f"delta_final_{metric}"] = deltas
-    out[f"delta_final_{metric}_ci95_low"] = lows
-    out[f"delta_final_{metric}_ci95_high"] = highs
-    out["p_value"] = pvalues
-    out["test"] = tests
-    out.attrs["baseline"] = baseline
-    return out
+        e = versus(groups[row["group"]], groups[baseline], summaries, metric)
+        rows.append({**row, **dict(zip(added, (e.estimate, e.low, e.high, e.p, e.test), strict=True))})
+    return Rows((*groups_rows.columns, *added), rows), baseline
 
 
 def _by_seed(runs: list[Run], summaries: dict[str, dict], metric: str) -> dict:
@@ -454,35 +465,57 @@ def welch_p(a: list[float], b: list[float]) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False, nan_policy="omit").pvalue)
 
 
-def per_epoch(runs: list[Run], metric: str) -> pd.DataFrame:
-    """`metric` per epoch (rows) and run (columns)."""
+def per_epoch(runs: list[Run], metric: str) -> Rows:
+    """`metric` per epoch (rows: an `epoch` column) and run (a column each); NaN where a run has no such epoch."""
     epochs = sorted({int(e) for r in runs if metric in r.table for e in r.table["epoch"]})
     columns = {}
     for r in runs:
         if metric in r.table:
             by_epoch = dict(zip((int(e) for e in r.table["epoch"]), r.table[metric], strict=True))
             columns[r.name] = [by_epoch.get(e, math.nan) for e in epochs]
-    return pd.DataFrame(columns, index=pd.Index(epochs, name="epoch"))
+    rows = [{"epoch": e, **{name: values[i] for name, values in columns.items()}} for i, e in enumerate(epochs)]
+    return Rows(("epoch", *columns), rows)
 
 
 @dataclass
 class Comparison:
+    """Runs side by side as plain tables (`Rows`): the runs, their seed groups, the metric per epoch and,
+    with --pivot, the grid. `runs`, `groups`, `per_epoch` and `pivot` give them as DataFrames."""
+
     metric: str
     target: float | None  # None with several datasets: see targets
     target_is_default: bool
-    runs: pd.DataFrame
-    groups: pd.DataFrame
-    per_epoch: pd.DataFrame
+    run_rows: Rows
+    group_rows: Rows
+    epoch_rows: Rows
     baseline: str | None
     keys: list[str] = field(default_factory=list)  # config keys that differ between the runs
     targets: dict[str, float | None] = field(default_factory=dict)  # per dataset
-    pivot: pd.DataFrame | None = None  # long form: one row per (pivot value, by value)
+    pivot_rows: Rows | None = None  # long form: one row per (pivot value, by value)
     pivot_keys: tuple[str, str] | None = None
+    left_out: list[str] = field(default_factory=list)  # runs not in the seed groups: "name (status)"
+    repeated: list[str] = field(default_factory=list)  # a seed run more than once in a group: which run counts
 
     @property
     def has_target(self) -> bool:
         """A target to count epochs to: given, or the default of at least one dataset."""
         return self.target is not None or any(t is not None for t in self.targets.values())
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return self.run_rows.frame()
+
+    @cached_property
+    def groups(self) -> pd.DataFrame:
+        return self.group_rows.frame()
+
+    @cached_property
+    def per_epoch(self) -> pd.DataFrame:
+        return self.epoch_rows.frame().set_index("epoch")
+
+    @cached_property
+    def pivot(self) -> pd.DataFrame | None:
+        return None if self.pivot_rows is None else self.pivot_rows.frame()
 
 
 def compare(
@@ -509,12 +542,12 @@ def compare(
     for run in runs:
         values = run.flat_config
         summaries[run.name].update({f"config.{k}": _plain(values.get(k)) for k in keys})
-    pivot_frame = None
+    pivot_rows = None
     group_baseline = baseline
     if pivot is not None or by is not None:
         if pivot is None or by is None:
             raise UsageError("--pivot and --by go together: --pivot train.lr --by norm.kind")
-        pivot_frame = pivot_table(runs, summaries, pivot, by, metric, baseline)
+        pivot_rows = pivot_table(runs, summaries, pivot, by, metric, baseline)
         group_baseline = None
     # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
     groups = group_runs([r for r in runs if r.status == "completed"])
@@ -523,23 +556,24 @@ def compare(
         kept, notes = one_per_seed(members)
         groups[name] = [r for r in members if r in kept.values()]
         repeated += [f"{name}: {note}" for note in notes]
-    groups_df = summarize_groups(groups, summaries, metric)
-    groups_df.attrs["left_out"] = [f"{r.name} ({r.status})" for r in runs if r.status != "completed"]
-    groups_df.attrs["repeated"] = repeated
+    group_rows = summarize_groups(groups, summaries, metric)
+    shown_baseline = baseline if pivot_rows is not None else None
     if group_baseline is not None:
-        groups_df = add_baseline(groups_df, groups, summaries, group_baseline, metric)
+        group_rows, shown_baseline = add_baseline(group_rows, groups, summaries, group_baseline, metric)
     return Comparison(
         metric,
         targets[datasets[0]] if len(datasets) == 1 else None,
         target_is_default,
-        pd.DataFrame(list(summaries.values())),
-        groups_df,
+        Rows(tuple(dict.fromkeys(k for row in summaries.values() for k in row)), list(summaries.values())),
+        group_rows,
         per_epoch(runs, metric),
-        groups_df.attrs.get("baseline") or (baseline if pivot_frame is not None else None),
+        shown_baseline,
         keys,
         targets,
-        pivot_frame,
-        (pivot, by) if pivot_frame is not None else None,
+        pivot_rows,
+        (pivot, by) if pivot_rows is not None else None,
+        [f"{r.name} ({r.status})" for r in runs if r.status != "completed"],
+        repeated,
     )
 
 
@@ -549,7 +583,7 @@ def _plain(value: object) -> object:
 
 def pivot_table(
     runs: list[Run], summaries: dict[str, dict], pivot: str, by: str, metric: str, baseline: str | None
-) -> pd.DataFrame:
+) -> Rows:
     """Final `metric` per (pivot value, by value): n, mean, std, diverged; with `baseline` ('key=value' of
     the --by key), each cell's difference from the baseline column in its row and its p-value (`versus`:
     paired by seed where the cells share seeds). A seed counts once per cell (the most recent run)."""
@@ -585,8 +619,8 @@ def pivot_table(
             "pivot": _plain(label[pv]),
             "by": _plain(label[bv]),
             "n": len(members),
-            "mean": float(pd.Series(finals).mean()) if finals else math.nan,
-            "std": float(pd.Series(finals).std(ddof=1)) if len(finals) > 1 else math.nan,
+            "mean": statistics.fmean(finals) if finals else math.nan,
+            "std": _stdev(finals) if len(finals) > 1 else math.nan,
             "diverged": sum(status == "diverged" for _, status in members),
             "delta": math.nan,
             "delta_ci95_low": math.nan,
@@ -596,41 +630,39 @@ def pivot_table(
         if base_value is not None and bv != repr(base_value):
             base = [v for v, status in cells.get((pv, repr(base_value)), []) if status != "diverged" and v == v]
             if finals and base:
-                row["delta"] = row["mean"] - float(pd.Series(base).mean())
+                row["delta"] = row["mean"] - statistics.fmean(base)
             if len(finals) >= 2 and len(base) >= 2:
                 ok = lambda members: [r for r in members if r.status != "diverged"]  # noqa: E731
                 e = versus(ok(kept_runs[(pv, bv)]), ok(kept_runs[(pv, repr(base_value))]), summaries, metric)
                 row["delta"], row["p_value"] = e.estimate, e.p
                 row["delta_ci95_low"], row["delta_ci95_high"] = e.low, e.high
         rows.append(row)
-    frame = pd.DataFrame(rows)
     order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
-    frame["_p"], frame["_b"] = frame["pivot"].map(order), frame["by"].map(order)
-    return frame.sort_values(["_p", "_b"]).drop(columns=["_p", "_b"]).reset_index(drop=True)
+    rows.sort(key=lambda row: (order(row["pivot"]), order(row["by"])))
+    columns = ("pivot", "by", "n", "mean", "std", "diverged", "delta", "delta_ci95_low", "delta_ci95_high", "p_value")
+    return Rows(columns, rows)
 
 
-def pivot_display(comp: Comparison) -> pd.DataFrame:
+def pivot_display(comp: Comparison) -> Rows:
     """The grid: rows are pivot values, columns --by values, cells 'mean ± std (n)' and, against a baseline,
     on their own lines 'Δ [95% CI]' and 'p'. The baseline's column is hidden first on a narrow terminal: the
     others hold the answer."""
     pivot, by = comp.pivot_keys
-    frame = comp.pivot
-    columns = list(dict.fromkeys(map(format_value, frame["by"])))
+    rows = comp.pivot_rows.rows
+    columns = list(dict.fromkeys(format_value(row["by"]) for row in rows))
     grid: dict[str, dict[str, str]] = {}
-    for row in frame.itertuples(index=False):
-        text = (
-            f"{_num(row.mean)} ± {_num(row.std)} (n={row.n})" if row.std == row.std else f"{_num(row.mean)} (n={row.n})"
-        )
-        if row.diverged:
-            text += f", {row.diverged} diverged"
-        if row.delta == row.delta:
-            text += f"\nΔ {_delta(row.delta, row.delta_ci95_low, row.delta_ci95_high)}"
-            text += f"\np {row.p_value:.3g}" if row.p_value == row.p_value else ""
-        grid.setdefault(format_value(row.pivot), {})[format_value(row.by)] = text
-    out = pd.DataFrame([{pivot: p, **{c: cells.get(c, "-") for c in columns}} for p, cells in grid.items()])
-    out = out.rename(columns={c: f"{by}={c}" for c in columns})
-    out.attrs["drop_first"] = [comp.baseline] if comp.baseline in out.columns else []
-    return out
+    for row in rows:
+        mean, std, n = row["mean"], row["std"], row["n"]
+        text = f"{_num(mean)} ± {_num(std)} (n={n})" if std == std else f"{_num(mean)} (n={n})"
+        if row["diverged"]:
+            text += f", {row['diverged']} diverged"
+        if row["delta"] == row["delta"]:
+            text += f"\nΔ {_delta(row['delta'], row['delta_ci95_low'], row['delta_ci95_high'])}"
+            text += f"\np {row['p_value']:.3g}" if row["p_value"] == row["p_value"] else ""
+        grid.setdefault(format_value(row["pivot"]), {})[format_value(row["by"])] = text
+    header = (pivot, *(f"{by}={c}" for c in columns))
+    out = [{pivot: p, **{f"{by}={c}": cells.get(c, "-") for c in columns}} for p, cells in grid.items()]
+    return Rows(header, out, (comp.baseline,) if comp.baseline in header else ())
 
 
 def _num(value: object, digits: int = 4) -> str:
@@ -641,7 +673,7 @@ def _num(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _mean_std(row: pd.Series, figure: str, digits: int = 4) -> str:
+def _mean_std(row: dict, figure: str, digits: int = 4) -> str:
     mean, std = row[f"{figure}_mean"], row[f"{figure}_std"]
     if isinstance(std, float) and math.isnan(std):
         return _num(float(mean), digits)
@@ -657,89 +689,85 @@ def _delta(delta: float, low: float, high: float) -> str:
     return f"{delta:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low == low and high == high else "")
 
 
+def _known(value: object) -> bool:
+    return value is not None and value == value  # neither None nor NaN
+
+
 MANY_RUNS = 40  # above this, the terminal shows the seed groups, not a row per run and a column per run
 
 
-def display_tables(comp: Comparison, which: str | None = None, brief: bool = False) -> list[tuple[str, pd.DataFrame]]:
+def display_tables(comp: Comparison, which: str | None = None, brief: bool = False) -> list[tuple[str, Rows]]:
     """The comparison as titled tables of strings, for the Rich and markdown outputs (`which`: only that one).
     The answer comes last, where a terminal keeps it on screen: runs, per epoch, seed groups, the grid. Each
-    frame's attrs["drop_first"] names its incidental columns, hidden first on a narrow terminal; what the
-    user asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last. `brief` (the
+    table's `drop_first` names its incidental columns, hidden first on a narrow terminal; what the user
+    asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last. `brief` (the
     terminal): over MANY_RUNS runs with seed groups, the per-run and per-epoch tables are left to --table."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
     if comp.keys:  # the config keys that differ between the runs
-        described = {names[k]: comp.runs[f"config.{k}"].map(format_value) for k in names}
+        described = {names[k]: lambda r, k=k: format_value(r[f"config.{k}"]) for k in names}
     else:
-        described = {"model": comp.runs["model"], "norm": comp.runs["norm"], "data": comp.runs["dataset"]}
-    runs = pd.DataFrame(
+        described = {"model": lambda r: r["model"], "norm": lambda r: r["norm"], "data": lambda r: r["dataset"]}
+    to_target, steps_to = f"epochs to {target}", f"steps (examples) to {target}"
+    runs = [
         {
-            "run": comp.runs["name"],
-            **described,
-            "status": comp.runs["status"],
-            "epochs": comp.runs["epochs"].map(str),
-            "final test acc": comp.runs["final_test_acc"].map(_num),
-            "best test acc (epoch)": [
-                f"{_num(a)} ({int(e)})" if pd.notna(e) else "-"
-                for a, e in zip(comp.runs["best_test_acc"], comp.runs["best_epoch"], strict=True)
-            ],
-            "final train loss": comp.runs["final_train_loss"].map(_num),
-            f"epochs to {target}": [
-                str(int(e)) if pd.notna(e) else "not reached" if comp.has_target else "-"
-                for e in comp.runs["epochs_to_target"]
-            ],
-            f"steps (examples) to {target}": [
-                f"{s:,} ({x:,})" if s else "-"
-                for s, x in zip(
-                    comp.runs["steps_to_target"].fillna(0).astype(int),
-                    comp.runs["examples_to_target"].fillna(0).astype(int),
-                    strict=True,
-                )
-            ],
-            "ex/s": comp.runs["examples_per_second"].map(lambda v: _num(float(v), 0)),
-            "wall s": comp.runs["wall_seconds"].map(lambda v: _num(float(v), 1)),
+            "run": r["name"],
+            **{column: str(value(r)) for column, value in described.items()},
+            "status": r["status"],
+            "epochs": str(r["epochs"]),
+            "final test acc": _num(r["final_test_acc"]),
+            "best test acc (epoch)": f"{_num(r['best_test_acc'])} ({r['best_epoch']})" if _known(r["best_epoch"])
+            else "-",
+            "final train loss": _num(r["final_train_loss"]),
+            to_target: str(r["epochs_to_target"]) if _known(r["epochs_to_target"])
+            else "not reached" if comp.has_target else "-",
+            steps_to: f"{r['steps_to_target']:,} ({r['examples_to_target'] or 0:,})" if r["steps_to_target"] else "-",
+            "ex/s": _num(float(r["examples_per_second"]), 0),
+            "wall s": _num(float(r["wall_seconds"]), 1),
         }
-    )
-    runs.attrs["drop_first"] = ["ex/s", "wall s", f"steps (examples) to {target}", "best test acc (epoch)",
-                                f"epochs to {target}", "epochs", "final train loss"]  # fmt: skip
-    side = comp.per_epoch.map(_num).reset_index()
-    side["epoch"] = side["epoch"].map(str)
-    tables = [("runs", "runs", runs), ("epochs", f"{comp.metric} per epoch", side.fillna("-"))]
-    if len(comp.groups) and ((comp.groups["n"] > 1).any() or comp.baseline is not None or which == "groups"):
-        rows = [r for _, r in comp.groups.iterrows()]
-        groups = pd.DataFrame({"group": comp.groups["group"], "n": comp.groups["n"].map(str),
-                               "final test acc": [_mean_std(r, "final_test_acc") for r in rows]})  # fmt: skip
+        for r in comp.run_rows.rows
+    ]  # fmt: skip
+    header = ("run", *described, "status", "epochs", "final test acc", "best test acc (epoch)", "final train loss",
+              to_target, steps_to, "ex/s", "wall s")  # fmt: skip
+    incidental = ("ex/s", "wall s", steps_to, "best test acc (epoch)", to_target, "epochs", "final train loss")
+    side = [{c: str(v) if c == "epoch" else _num(v) for c, v in row.items()} for row in comp.epoch_rows.rows]
+    tables = [("runs", "runs", Rows(header, runs, incidental)),
+              ("epochs", f"{comp.metric} per epoch", Rows(comp.epoch_rows.columns, side))]  # fmt: skip
+    rows = comp.group_rows.rows
+    if rows and (any(r["n"] > 1 for r in rows) or comp.baseline is not None or which == "groups"):
         title = "seed groups (mean ± std over seeds)"
         delta = f"delta_final_{comp.metric}"
-        if delta in comp.groups:
-            groups[f"Δ vs {comp.baseline} [95% CI]"] = [
-                "baseline"
-                if r["group"] == comp.baseline
-                else _delta(r[delta], r[f"{delta}_ci95_low"], r[f"{delta}_ci95_high"])  # fmt: skip
-                for r in rows
-            ]
-            groups["p"] = comp.groups["p_value"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}")
+        against = f"Δ vs {comp.baseline} [95% CI]"
+        has_delta = delta in comp.group_rows.columns
+        if has_delta:
             title = f"seed groups: mean ± std over seeds; Δ final {label(comp.metric)} vs {comp.baseline}, p"
-        groups["best test acc"] = [_mean_std(r, "best_test_acc") for r in rows]
-        groups["final train loss"] = [_mean_std(r, "final_train_loss") for r in rows]
-        groups[f"epochs to {target}"] = [
-            f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)" for r in rows
-        ]
-        groups["ex/s"] = [_mean_std(r, "examples_per_second", 0) for r in rows]
-        groups.attrs["drop_first"] = ["ex/s", f"epochs to {target}", "best test acc", "final train loss",
-                                      "final test acc", "n"]  # fmt: skip
-        tables.append(("groups", title, groups))
-    if comp.pivot is not None:
+        groups = []
+        for r in rows:
+            row = {"group": r["group"], "n": str(r["n"]), "final test acc": _mean_std(r, "final_test_acc")}
+            if has_delta:
+                row[against] = ("baseline" if r["group"] == comp.baseline
+                                else _delta(r[delta], r[f"{delta}_ci95_low"], r[f"{delta}_ci95_high"]))  # fmt: skip
+                row["p"] = "-" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}"
+            row["best test acc"] = _mean_std(r, "best_test_acc")
+            row["final train loss"] = _mean_std(r, "final_train_loss")
+            row[to_target] = f"{_mean_std(r, 'epochs_to_target', 2)} ({r['reached_target']}/{r['n']} reached)"
+            row["ex/s"] = _mean_std(r, "examples_per_second", 0)
+            groups.append(row)
+        header = ("group", "n", "final test acc", *((against, "p") if has_delta else ()), "best test acc",
+                  "final train loss", to_target, "ex/s")  # fmt: skip
+        incidental = ("ex/s", to_target, "best test acc", "final train loss", "final test acc", "n")
+        tables.append(("groups", title, Rows(header, groups, incidental)))
+    if comp.pivot_rows is not None:
         pivot, by = comp.pivot_keys
         title = f"final {comp.metric} by {pivot} and {by}: mean ± std over seeds (n)"
         if comp.baseline is not None:
             title += f"; Δ and p against {comp.baseline} in the same row (paired by seed where they share seeds)"
         tables.append(("pivot", title, pivot_display(comp)))
-    if which == "pivot" and comp.pivot is None:
+    if which == "pivot" and comp.pivot_rows is None:
         raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
-    if brief and which is None and len(comp.runs) > MANY_RUNS and any(kind == "groups" for kind, _, _ in tables):
+    if brief and which is None and len(comp.run_rows) > MANY_RUNS and any(kind == "groups" for kind, _, _ in tables):
         tables = [t for t in tables if t[0] not in ("runs", "epochs")]
-    return [(title, frame) for kind, title, frame in tables if which in (None, kind)]
+    return [(title, table) for kind, title, table in tables if which in (None, kind)]
 
 
 def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
@@ -757,21 +785,20 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
     elif about_target and comp.target is None and comp.has_target:
         per = ", ".join(f"{d} {'-' if t is None else f'{t:g}'}" for d, t in comp.targets.items())
         notes.append(f"targets per dataset: {per}" + (f" ({lowest} there)" if comp.target_is_default else ""))
-    if comp.baseline is not None and comp.pivot is None and (on_screen("p") or on_screen("Δ vs ")):
-        used = sorted({str(x) for x in comp.groups.get("test", []) if x})
+    if comp.baseline is not None and comp.pivot_rows is None and (on_screen("p") or on_screen("Δ vs ")):
+        used = sorted({str(x) for x in comp.group_rows.column("test") if x})
         notes.append(f"Δ: final {label(comp.metric)} minus {comp.baseline}'s with its 95% interval, paired by seed on "
                      f"the seeds both groups share, Welch's where they share fewer than 2; p two-sided; "
                      f"test{'s' if len(used) > 1 else ''}: {', '.join(used) or '-'}")  # fmt: skip
-        base = comp.groups[comp.groups["group"] == comp.baseline] if len(comp.groups) else comp.groups
-        if len(base) and base["final_test_acc_mean"].iloc[0] <= CHANCE:
+        base = [r for r in comp.group_rows.rows if r["group"] == comp.baseline]
+        if base and base[0]["final_test_acc_mean"] <= CHANCE:
             notes.append(f"warning: the baseline {comp.baseline} never left chance (final test acc "
-                         f"{base['final_test_acc_mean'].iloc[0]:.4f}); a difference from it says little")  # fmt: skip
-    if shown is not None and len(comp.runs) > MANY_RUNS and not on_screen("run"):
-        notes.append(f"{len(comp.runs):,} runs: their seed groups above; a row per run with --table runs, "
+                         f"{base[0]['final_test_acc_mean']:.4f}); a difference from it says little")  # fmt: skip
+    if shown is not None and len(comp.run_rows) > MANY_RUNS and not on_screen("run"):
+        notes.append(f"{len(comp.run_rows):,} runs: their seed groups above; a row per run with --table runs, "
                      "every epoch with --table epochs (or --format csv)")  # fmt: skip
-    left_out = comp.groups.attrs.get("left_out", [])
-    if left_out:
-        notes.append(f"not in the seed groups (not completed): {', '.join(left_out)}")
+    if comp.left_out:
+        notes.append(f"not in the seed groups (not completed): {', '.join(comp.left_out)}")
     if about_target and comp.target_is_default and comp.targets and all(t is None for t in comp.targets.values()):
         notes.append("no epochs-to-target: no completed run left chance (set one with --target)")
     return notes
@@ -782,22 +809,24 @@ def to_markdown(comp: Comparison, which: str | None = None) -> str:
         return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
     parts = []
-    for title, frame in display_tables(comp, which):
-        header = "| " + " | ".join(map(cell, frame.columns)) + " |"
-        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-        body = ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
-        parts.append("\n".join([f"### {title}", "", header, rule, *body]))
+    for title, table in display_tables(comp, which):
+        header, cells = table.cells()
+        rule = "|" + "|".join("---" for _ in header) + "|"
+        body = ["| " + " | ".join(map(cell, row)) + " |" for row in cells]
+        parts.append("\n".join([f"### {title}", "", "| " + " | ".join(map(cell, header)) + " |", rule, *body]))
     parts += [f"_{note}_" for note in footnotes(comp)]
     return "\n\n".join(parts) + "\n"
 
 
 TABLES = ("runs", "groups", "pivot", "epochs")
-# Counts that pandas turns into floats as soon as one is missing; CSV and JSON write them as integers.
+# Counts that pandas turns into floats as soon as one is missing; the API's DataFrames keep them integers.
 INTEGER_COLUMNS = {"epochs", "best_epoch", "epochs_to_target", "steps_to_target", "examples_to_target", "n",
                    "reached_target", "epoch"}  # fmt: skip
 
 
 def with_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     out = frame.copy()
     for column in out.columns:
         whole = pd.to_numeric(out[column], errors="coerce")
@@ -808,36 +837,51 @@ def with_integers(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def raw_table(comp: Comparison, which: str) -> pd.DataFrame:
+def raw_table(comp: Comparison, which: str) -> Rows:
     """One table with its numbers as numbers: runs, groups (seed groups), pivot (with --pivot) or epochs."""
     if which == "runs":
-        return comp.runs
+        return comp.run_rows
     if which == "groups":
-        return comp.groups
+        return comp.group_rows
     if which == "epochs":
-        return comp.per_epoch.reset_index()
-    if comp.pivot is None:
+        return comp.epoch_rows
+    if comp.pivot_rows is None:
         raise UsageError("--table pivot: give --pivot KEY --by KEY as well")
     pivot, by = comp.pivot_keys
-    return comp.pivot.rename(columns={"pivot": pivot, "by": by})
+    renamed = {"pivot": pivot, "by": by}
+    return Rows(tuple(renamed.get(c, c) for c in comp.pivot_rows.columns),
+                [{renamed.get(c, c): v for c, v in row.items()} for row in comp.pivot_rows.rows])  # fmt: skip
+
+
+def _missing_as_none(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def to_csv(comp: Comparison, which: str | None = None) -> str:
-    """One table (CSV has one header): the runs by default, the grid with --pivot, or --table's choice."""
-    which = which or ("pivot" if comp.pivot is not None else "runs")
-    return with_integers(raw_table(comp, which)).to_csv(index=False)
+    """One table (CSV has one header): the runs by default, the grid with --pivot, or --table's choice. A
+    missing number (None, NaN) is an empty cell; a float is written as Python's repr (every digit)."""
+    table = raw_table(comp, which or ("pivot" if comp.pivot_rows is not None else "runs"))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow(["" if (v := _missing_as_none(row.get(c))) is None else v for c in table.columns])
+    return out.getvalue()
 
 
 def to_json(comp: Comparison, configs: dict[str, dict] | None = None) -> str:
-    """Every table; each run with its path and, given `configs` (name -> resolved config), its config."""
+    """Every table; each run with its path and, given `configs` (name -> resolved config), its config. A
+    missing number (NaN) is null."""
 
-    def records(frame: pd.DataFrame) -> list[dict]:
-        return json.loads(with_integers(frame).to_json(orient="records"))
+    def records(table: Rows) -> list[dict]:
+        return [{c: _missing_as_none(row.get(c)) for c in table.columns} for row in table.rows]
 
-    runs = records(comp.runs)
+    runs = records(comp.run_rows)
     for run in runs:
         run["config"] = (configs or {}).get(run["name"])
-
+    epochs = {str(row["epoch"]): {c: _missing_as_none(v) for c, v in row.items() if c != "epoch"}
+              for row in comp.epoch_rows.rows}  # fmt: skip
+    pivot = None if comp.pivot_rows is None else {"keys": list(comp.pivot_keys), "cells": records(comp.pivot_rows)}
     return json.dumps(
         {
             "metric": comp.metric,
@@ -845,11 +889,11 @@ def to_json(comp: Comparison, configs: dict[str, dict] | None = None) -> str:
             "baseline": comp.baseline,
             "test": TEST_NAME,
             "runs": runs,
-            "groups": records(comp.groups),
-            "per_epoch": json.loads(comp.per_epoch.to_json(orient="index")),
+            "groups": records(comp.group_rows),
+            "per_epoch": epochs,
             "differing_keys": comp.keys,
             "targets": comp.targets,
-            "pivot": None if comp.pivot is None else {"keys": list(comp.pivot_keys), "cells": records(comp.pivot)},
+            "pivot": pivot,
         },
         indent=2,
     )

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bnbench.evidence.compare import Run, group_runs
+
+if TYPE_CHECKING:  # pandas only when a figure is drawn: `compare --plot`'s check of the name needs none
+    import pandas as pd
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
@@ -72,6 +73,8 @@ def _datasets(runs: list[Run]) -> str:
 
 def _mean_over_seeds(members: list[Run], layer: str, quantities: list[str]) -> pd.DataFrame:
     """Per step, the mean over the group's runs of each quantity at `layer` (columns: quantities)."""
+    import pandas as pd
+
     frames = [r.diagnostics for r in members]
     frame = pd.concat([f[(f["layer"] == layer) & f["quantity"].isin(quantities)] for f in frames])
     if frame.empty:
@@ -81,6 +84,8 @@ def _mean_over_seeds(members: list[Run], layer: str, quantities: list[str]) -> p
 
 def training_curves(runs: list[Run], path: Path) -> None:
     """Train loss and test accuracy per epoch, train loss per example seen; mean ± std per seed group."""
+    import pandas as pd
+
     plt = _pyplot()
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
