@@ -88,12 +88,13 @@ def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
 
 
 TEXT_COLUMNS = {"layer", "quantity"}
+ONE_ROW_EACH = {"metrics.csv": "epoch", "steps.csv": "step"}  # the column that strictly increases, per file
 
 
 def check_rows(path: Path, rows: list[dict[str, str]]) -> None:
     """Numbers parse, and the file only goes forward: metrics.csv one row per epoch, steps.csv one
     per step, diagnostics.csv many rows per step."""
-    ordered = {"metrics.csv": "epoch", "steps.csv": "step"}.get(path.name)
+    ordered = ONE_ROW_EACH.get(path.name)
     previous: dict[str, float] = {}
     for line, row in enumerate(rows, start=2):
         for key, text in row.items():

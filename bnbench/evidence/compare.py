@@ -25,7 +25,15 @@ from bnbench.errors import UsageError
 from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
 from bnbench.evidence.tables import Rows
 from bnbench.naming import cell_name, format_value, short_keys
-from bnbench.records import MAX_SMALL_FILE, STEPS, TEXT_COLUMNS, DamagedFile, check_rows, read_run_file
+from bnbench.records import (
+    MAX_SMALL_FILE,
+    ONE_ROW_EACH,
+    STEPS,
+    TEXT_COLUMNS,
+    DamagedFile,
+    check_rows,
+    read_run_file,
+)
 from bnbench.runs.rundir import config_sha256, is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
 from bnbench.runs.study import STUDY_FILE
 
@@ -114,7 +122,7 @@ def _columns(path: Path) -> dict[str, list]:
     text = read_run_file(path)
     rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]  # blank lines skipped, as DictReader does
     header, body = (rows[0], rows[1:]) if rows else ([], [])
-    ordered = {"metrics.csv": "epoch", "steps.csv": "step"}.get(path.name)
+    ordered = ONE_ROW_EACH.get(path.name)
     if all(len(r) == len(header) for r in body):
         try:
             cells = list(zip(*body, strict=True)) if body else [()] * len(header)
