@@ -680,7 +680,7 @@ def compare(
                 display.show_rows(title, rows, wide)
                 shown.update(display.shown_headers(rows, wide))
             for note in cmp.footnotes(comparison, shown):  # wrapped at words, not mid-number
-                display.show(Text(note, style="dim"))
+                display.show(Text(display.printable(note), style="dim"))
         if plot is not None:
             _write_figure("--plot", plot, runs, diagnostics)
 

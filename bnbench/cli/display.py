@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from bnbench.evidence.tables import Rows, fitted, rows_table, shown_columns
+from bnbench.cli import streams
+from bnbench.evidence.tables import Rows, fitted, shown_columns, without_controls
 
 # Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
 console = Console(width=None if sys.stdout.isatty() else 100_000, emoji=False)  # names shown as written
@@ -40,20 +41,28 @@ def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
+def printable(text: str) -> str:
+    """`text` as a terminal can safely show it: control characters (an escape sequence in the name of a folder
+    someone sent) written as `\\xNN`, never sent; on an ASCII-only terminal (`LC_ALL=C`) in ASCII, before a
+    table measures it, so its columns stay aligned."""
+    text = without_controls(text)
+    return streams.ascii_text(text) if streams.ascii_only() else text
+
+
 def say(message: str, style: str | None = None) -> None:
-    console.print(escape(message), style=style, highlight=False, soft_wrap=True)
+    console.print(escape(printable(message)), style=style, highlight=False, soft_wrap=True)
 
 
 def error(message: str, label: str = "error") -> None:
-    err_console.print(f"[red]{escape(label)}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]{escape(label)}:[/red] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err_console.print(escape(message), highlight=False, soft_wrap=True)
+    err_console.print(escape(printable(message)), highlight=False, soft_wrap=True)
 
 
 def _print_table(table: Table, wide: bool) -> None:
@@ -71,18 +80,28 @@ def _print_table(table: Table, wide: bool) -> None:
     Console(file=console.file, width=needed, force_terminal=True, color_system=console.color_system).print(table)
 
 
-def show_table(title: str, header: list[str], rows: list[list[str]], wide: bool = False) -> None:
-    _print_table(fitted(title, header, rows, terminal_width(), wide), wide)
+def _printable_table(header: list[str], rows: list[list[str]], drop_first: tuple[str, ...] | list[str]) -> tuple:
+    return ([printable(h) for h in header], [[printable(c) for c in row] for row in rows],
+            [printable(h) for h in drop_first])  # fmt: skip
+
+
+def show_table(title: str, header: list[str], rows: list[list[str]], wide: bool = False,
+               drop_first: tuple[str, ...] | list[str] = ()) -> None:  # fmt: skip
+    """A fitted table (`tables.fitted`) of cells from files and names, shown as `printable` text."""
+    header, rows, drop_first = _printable_table(header, rows, drop_first)
+    _print_table(fitted(printable(title), header, rows, terminal_width(), wide, drop_first), wide)
 
 
 def show_rows(title: str, rows: Rows, wide: bool = False) -> None:
-    _print_table(rows_table(title, rows, terminal_width(), wide), wide)
+    header, cells = rows.cells()
+    show_table(title, header, cells, wide, rows.drop_first)
 
 
 def shown_headers(rows: Rows, wide: bool = False) -> list[str]:
-    """The columns of `rows` that `show_rows` puts on this terminal."""
+    """The columns of `rows` that `show_rows` puts on this terminal (their names as in `rows`)."""
     header, cells = rows.cells()
-    return [header[i] for i in shown_columns(header, cells, terminal_width(), wide, rows.drop_first)]
+    as_shown, shown_cells, drop_first = _printable_table(header, cells, rows.drop_first)
+    return [header[i] for i in shown_columns(as_shown, shown_cells, terminal_width(), wide, drop_first)]
 
 
 def show(renderable: Table | str) -> None:

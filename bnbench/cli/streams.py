@@ -41,6 +41,11 @@ def reopen_closed_descriptors() -> None:
             setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 - lives as long as the process
 
 
+def ascii_text(text: str) -> str:
+    """`text` in ASCII: bnbench's own characters spelled out (`±` as `+/-`), any other as a backslash escape."""
+    return text.translate(ASCII).encode("ascii", "backslashreplace").decode("ascii")
+
+
 def ascii_only() -> bool:
     """The locale or the terminal cannot show anything but ASCII."""
     ctype = os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG") or ""

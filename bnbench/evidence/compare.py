@@ -23,7 +23,7 @@ import yaml
 from bnbench.config import flat
 from bnbench.errors import UsageError
 from bnbench.evidence.stats import Effect, effect, one_per_seed, pair_by_seed
-from bnbench.evidence.tables import Rows
+from bnbench.evidence.tables import Rows, without_controls
 from bnbench.naming import cell_name, format_value, short_keys
 from bnbench.records import (
     MAX_SMALL_FILE,
@@ -555,11 +555,12 @@ def compare(
     if pivot is not None or by is not None:
         if pivot is None or by is None:
             raise UsageError("--pivot and --by go together: --pivot train.lr --by norm.kind")
-        pivot_rows = pivot_table(runs, summaries, pivot, by, metric, baseline)
+        pivot_rows, repeated = pivot_table(runs, summaries, pivot, by, metric, baseline)
         group_baseline = None
+    else:
+        repeated = []
     # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
     groups = group_runs([r for r in runs if r.status == "completed"])
-    repeated = []
     for name, members in groups.items():  # the seed is the unit: one run per seed, the most recent
         kept, notes = one_per_seed(members)
         groups[name] = [r for r in members if r in kept.values()]
@@ -591,15 +592,19 @@ def _plain(value: object) -> object:
 
 def pivot_table(
     runs: list[Run], summaries: dict[str, dict], pivot: str, by: str, metric: str, baseline: str | None
-) -> Rows:
+) -> tuple[Rows, list[str]]:
     """Final `metric` per (pivot value, by value): n, mean, std, diverged; with `baseline` ('key=value' of
     the --by key), each cell's difference from the baseline column in its row and its p-value (`versus`:
-    paired by seed where the cells share seeds). A seed counts once per cell (the most recent run)."""
+    paired by seed where the cells share seeds). A seed counts once per cell (the most recent run); the
+    warnings name the runs left out that way, and the cells whose runs differ in more than the two keys."""
 
     flats = {r.name: r.flat_config for r in runs}
     for option, key in (("--pivot", pivot), ("--by", by)):
         if not any(key in f for f in flats.values()):
             raise UsageError(f"{option} {key}: not a config key of these runs (e.g. train.lr, norm.kind)")
+    if pivot == by:
+        raise UsageError(f"--pivot and --by both name {pivot}: the grid needs two keys, e.g. --pivot train.lr "
+                         "--by norm.kind")  # fmt: skip
     base_value = None
     if baseline is not None:
         key, sep, text = baseline.partition("=")
@@ -615,7 +620,17 @@ def pivot_table(
     for run in runs:
         f = flats[run.name]
         by_cell.setdefault((repr(f.get(pivot)), repr(f.get(by))), []).append(run)
-    kept_runs = {key: list(one_per_seed(members)[0].values()) for key, members in by_cell.items()}  # a seed once
+    kept_runs, notes = {}, []
+    for (pv, bv), members in by_cell.items():  # a seed counts once per cell
+        kept, repeated = one_per_seed(members)
+        kept_runs[(pv, bv)] = list(kept.values())
+        first = flats[members[0].name]
+        name = cell_name({pivot: first.get(pivot), by: first.get(by)})
+        other = [k for k in differing_keys(members) if k not in ("train.seed", pivot, by)]
+        if other:
+            notes.append(f"grid cell {name}: its runs also differ in {', '.join(other)}, and a seed counts once "
+                         f"per cell; compare a folder where only {pivot}, {by} and the seed vary")  # fmt: skip
+        notes += [f"grid cell {name}: {note}" for note in repeated]
     cells: dict[tuple, list[tuple[float, str]]] = {
         key: [(summaries[r.name][f"final_{metric}"], r.status) for r in members] for key, members in kept_runs.items()
     }
@@ -648,7 +663,7 @@ def pivot_table(
     order = lambda v: (isinstance(v, str), v if not isinstance(v, (list, type(None))) else str(v))  # noqa: E731
     rows.sort(key=lambda row: (order(row["pivot"]), order(row["by"])))
     columns = ("pivot", "by", "n", "mean", "std", "diverged", "delta", "delta_ci95_low", "delta_ci95_high", "p_value")
-    return Rows(columns, rows)
+    return Rows(columns, rows), notes
 
 
 def pivot_display(comp: Comparison) -> Rows:
@@ -676,6 +691,8 @@ def pivot_display(comp: Comparison) -> Rows:
 def _num(value: object, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and abs(value) >= 1e9:  # a diverged run's loss: not 40 digits of false precision
+        return f"{value:.3g}"
     if isinstance(value, float) and abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
@@ -711,12 +728,15 @@ def display_tables(comp: Comparison, which: str | None = None, brief: bool = Fal
     asked for (Δ against the baseline with its CI, p, n, mean ± std) is hidden last. `brief` (the
     terminal): over MANY_RUNS runs with seed groups, the per-run and per-epoch tables are left to --table."""
     target = ("-" if not comp.targets else "target") if comp.target is None else f"{comp.target:g}"
+    to_target, steps_to = f"epochs to {target}", f"steps (examples) to {target}"
+    figures = ("status", "epochs", "final test acc", "best test acc (epoch)", "final train loss", to_target, steps_to,
+               "ex/s", "wall s")  # fmt: skip
     names = short_keys([k for k in comp.keys if k != "train.seed"] + ["train.seed"] * ("train.seed" in comp.keys))
+    names = {k: k if name in ("run", *figures) else name for k, name in names.items()}  # train.epochs, not epochs
     if comp.keys:  # the config keys that differ between the runs
         described = {names[k]: lambda r, k=k: format_value(r[f"config.{k}"]) for k in names}
     else:
         described = {"model": lambda r: r["model"], "norm": lambda r: r["norm"], "data": lambda r: r["dataset"]}
-    to_target, steps_to = f"epochs to {target}", f"steps (examples) to {target}"
     runs = [
         {
             "run": r["name"],
@@ -735,8 +755,7 @@ def display_tables(comp: Comparison, which: str | None = None, brief: bool = Fal
         }
         for r in comp.run_rows.rows
     ]  # fmt: skip
-    header = ("run", *described, "status", "epochs", "final test acc", "best test acc (epoch)", "final train loss",
-              to_target, steps_to, "ex/s", "wall s")  # fmt: skip
+    header = ("run", *described, *figures)
     incidental = ("ex/s", "wall s", steps_to, "best test acc (epoch)", to_target, "epochs", "final train loss")
     side = [{c: str(v) if c == "epoch" else _num(v) for c, v in row.items()} for row in comp.epoch_rows.rows]
     tables = [("runs", "runs", Rows(header, runs, incidental)),
@@ -779,8 +798,8 @@ def display_tables(comp: Comparison, which: str | None = None, brief: bool = Fal
 
 
 def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
-    """Notes under the tables, each about a column on screen (`shown`: the column names displayed; None:
-    every column, as in markdown)."""
+    """Notes under the tables, each about a column shown (`shown`: the column names on screen or written;
+    None: every column)."""
 
     def on_screen(prefix: str) -> bool:
         return shown is None or any(column.startswith(prefix) for column in shown)
@@ -814,15 +833,16 @@ def footnotes(comp: Comparison, shown: set[str] | None = None) -> list[str]:
 
 def to_markdown(comp: Comparison, which: str | None = None) -> str:
     def cell(value: object) -> str:  # a name is data: a `|` or a line break must not make a new column or row
-        return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+        return without_controls(str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " "))
 
-    parts = []
+    parts, written = [], set()
     for title, table in display_tables(comp, which):
         header, cells = table.cells()
+        written.update(header)
         rule = "|" + "|".join("---" for _ in header) + "|"
         body = ["| " + " | ".join(map(cell, row)) + " |" for row in cells]
         parts.append("\n".join([f"### {title}", "", "| " + " | ".join(map(cell, header)) + " |", rule, *body]))
-    parts += [f"_{note}_" for note in footnotes(comp)]
+    parts += [f"_{cell(note)}_" for note in footnotes(comp, written)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -865,6 +885,11 @@ def _missing_as_none(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _json_number(value: object) -> object:
+    """JSON has no NaN or infinity: a missing number and a diverged run's inf are both null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def to_csv(comp: Comparison, which: str | None = None) -> str:
     """One table (CSV has one header): the runs by default, the grid with --pivot, or --table's choice. A
     missing number (None, NaN) is an empty cell; a float is written as Python's repr (every digit)."""
@@ -879,15 +904,15 @@ def to_csv(comp: Comparison, which: str | None = None) -> str:
 
 def to_json(comp: Comparison, configs: dict[str, dict] | None = None) -> str:
     """Every table; each run with its path and, given `configs` (name -> resolved config), its config. A
-    missing number (NaN) is null."""
+    missing or infinite number is null."""
 
     def records(table: Rows) -> list[dict]:
-        return [{c: _missing_as_none(row.get(c)) for c in table.columns} for row in table.rows]
+        return [{c: _json_number(row.get(c)) for c in table.columns} for row in table.rows]
 
     runs = records(comp.run_rows)
     for run in runs:
         run["config"] = (configs or {}).get(run["name"])
-    epochs = {str(row["epoch"]): {c: _missing_as_none(v) for c, v in row.items() if c != "epoch"}
+    epochs = {str(row["epoch"]): {c: _json_number(v) for c, v in row.items() if c != "epoch"}
               for row in comp.epoch_rows.rows}  # fmt: skip
     pivot = None if comp.pivot_rows is None else {"keys": list(comp.pivot_keys), "cells": records(comp.pivot_rows)}
     return json.dumps(

@@ -18,6 +18,15 @@ if TYPE_CHECKING:  # only for the hint: `bnbench --help` does not import pandas
 FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?( \[[^\]]*\])?"
 # A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".
 NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]( \([^)]*\))?$")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 control characters but tab and newline
+
+
+def without_controls(text: str) -> str:
+    """`text` with its control characters written as `\\xNN`: a name from a folder someone sent (an escape
+    sequence in it) is shown, never sent to the terminal as a command."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 ESTIMATE = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)? \[")  # an estimate and its interval: `0.0169 [-0.0327, 0.0666]`
 
 
@@ -134,9 +143,3 @@ class Rows:
         import pandas as pd
 
         return pd.DataFrame(self.rows, columns=list(self.columns))
-
-
-def rows_table(title: str, rows: Rows, width: int | None, wide: bool = False) -> Table:
-    """`fitted` of `rows`, hiding its `drop_first` columns first."""
-    header, cells = rows.cells()
-    return fitted(title, header, cells, width, wide, rows.drop_first)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -411,3 +412,66 @@ def test_the_tables_are_written_without_pandas_and_say_what_the_dataframes_say(t
     assert {g["group"]: g["n"] for g in data["groups"]} == {"bn": 2, "plain": 2, "short": 1}
     assert all(isinstance(r["epochs"], int) for r in data["runs"])
     assert next(g for g in data["groups"] if g["group"] == "short")["final_test_acc_std"] is None  # one seed: NaN
+
+
+def test_what_a_review_found_in_the_tables_without_pandas(tmp_path, cli):
+    """A diverged run's inf is null in JSON (strict parsers refuse `Infinity`); a config key named like a
+    column keeps its dotted name; a grid needs two keys and says which runs a cell left out; the markdown
+    notes are about the tables written; a 40-digit loss is not shown digit by digit."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, f"bn-s{seed}", [0.5, 0.9], seed=seed)
+        fake_run(root, f"bnfast-s{seed}", [0.6, 0.8], seed=seed, lr=0.5)
+    metrics = root / "bn-s0/metrics.csv"
+    rows = metrics.read_text().splitlines()
+    cells = rows[-1].split(",")
+    cells[rows[0].split(",").index("test_loss")] = "inf"  # the last epoch's test loss
+    rows[-1] = ",".join(cells)
+    metrics.write_text("\n".join(rows) + "\n")
+    text = cli("compare", root, "--format", "json", "--metric", "test_loss").stdout
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    data = json.loads(text, parse_constant=refuse)  # no NaN, Infinity or -Infinity
+    assert data["per_epoch"]["2"]["bn-s0"] is None and data["per_epoch"]["1"]["bn-s0"] == 0.5
+    long = fake_run(root, "long-s0", [0.5, 0.9, 0.91])
+    (long / "config.yaml").write_text((long / "config.yaml").read_text().replace("lr: 0.1", "lr: 0.1\n  epochs: 9"))
+    header = cli("compare", root, "--format", "markdown", "--table", "runs").stdout.splitlines()[2]
+    assert "| train.epochs |" in header and header.count("epochs |") == 2  # the config's and the epochs run
+    same = cli("compare", root, "--pivot", "train.lr", "--by", "train.lr")
+    assert same.exit_code == 2 and "--pivot and --by both name train.lr" in same.stderr
+    mixed = cli("compare", root, "--pivot", "norm.kind", "--by", "model.name", "--format", "csv")
+    assert mixed.exit_code == 0 and "its runs also differ in train.lr" in mixed.stderr
+    assert "seed 0 ran 3 times" in mixed.stderr  # bn-s0, bnfast-s0, long-s0: one counts
+    epochs = cli("compare", root, "--format", "markdown", "--table", "epochs").stdout
+    assert "target" not in epochs and "### test_acc per epoch" in epochs
+    from bnbench.evidence.compare import _num
+
+    assert _num(2.5e28) == "2.5e+28" and _num(123456.0) == "123,456" and _num(0.5) == "0.5000"
+
+
+def test_a_received_folder_name_never_reaches_the_terminal_as_a_command_and_c_locale_tables_align(tmp_path):
+    """A real `bnbench compare` process: a folder named with an escape sequence is shown as `\\x1b`, in the
+    warning and in the table; under LC_ALL=C every line of a table is as wide as its border (`±` is spelled
+    `+/-` before the columns are measured, a non-ASCII name as its escape)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, f"esc\x1b[31mred-s{seed}", [0.5, 0.9], seed=seed)
+        fake_run(root, f"ünï-s{seed}", [0.4, 0.7 + seed / 10], seed=seed, norm="none")
+    (root / "broken\x1b]0;title\x07").mkdir()
+    (root / "broken\x1b]0;title\x07" / "meta.json").write_text("{}")
+    env = {**os.environ, "LC_ALL": "C", "COLUMNS": "100"}
+    for args in (["--table", "runs"], ["--table", "groups", "--baseline", "ünï"]):
+        result = subprocess.run([sys.executable, "-m", "bnbench", "compare", str(root), *args], capture_output=True,
+                                env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert b"\x1b" not in result.stdout + result.stderr and b"\x07" not in result.stderr
+        out = result.stdout.decode("ascii")  # ASCII only
+        assert "esc\\x1b[31mred" in out and "\\xfcn\\xef" in out
+        table = [line for line in out.splitlines() if line.startswith(("|", "+"))]
+        assert table and len({len(line) for line in table}) == 1, out
+    assert "+/-" in out and "broken\\x1b]0;title\\x07" in result.stderr.decode("ascii")
