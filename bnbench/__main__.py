@@ -6,6 +6,6 @@ import sys
 # in the current folder is still found by run, sweep and check (plugins.py adds the folder for them).
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
 
-from bnbench.cli.app import main  # noqa: E402
+from bnbench.cli import main  # noqa: E402
 
 main()

@@ -174,6 +174,8 @@ def load_run(path: Path) -> Run:
     missing = [c for c in ("epoch", "test_acc", "train_loss") if c not in metrics]
     if missing:
         raise DamagedFile(path / "metrics.csv", 1, f"no {', '.join(missing)} column")
+    if meta.get("status") == "completed" and not metrics["epoch"]:
+        raise DamagedFile(path / "metrics.csv", None, "no epochs, though meta.json says the run completed")
     steps: dict[str, list] = {}
     if (path / "steps.csv").exists():
         steps = _columns(path / "steps.csv")
@@ -203,7 +205,10 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             children = sorted(p for p in children if p.is_dir())
             unrecorded = [p for p in children if never_recorded(p)]
             warnings += [f"{p}: started but never recorded anything; nothing to compare" for p in unrecorded]
-            if not inside and not unrecorded:
+            stray = [p for p in children if p not in unrecorded and not (p / "meta.json").exists()
+                     and any((p / f).exists() for f in ("config.yaml", "metrics.csv"))]  # fmt: skip
+            warnings += [f"{p}: run files but no meta.json (not a run bnbench recorded whole); skipped" for p in stray]
+            if not inside and not unrecorded and not stray:
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
         else:
             warnings.append(f"{path}: not a directory; skipped")
@@ -380,6 +385,17 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
             name = f"{name}[{_keys_name(members, [k for k in differing_keys(rivals + members) if k != 'train.seed'])}]"
         groups[name] = members
     return groups
+
+
+def seed_groups(runs: list[Run]) -> tuple[dict[str, list[Run]], list[str]]:
+    """`group_runs`, each group keeping one run per seed (the seed is the unit: the most recent run,
+    `one_per_seed`), and the warnings naming the runs left out that way."""
+    groups, notes = group_runs(runs), []
+    for name, members in groups.items():
+        kept, repeated = one_per_seed(members)
+        groups[name] = [r for r in members if r in kept.values()]
+        notes += [f"{name}: {note}" for note in repeated]
+    return groups, notes
 
 
 GROUP_FIGURES = (
@@ -560,11 +576,8 @@ def compare(
     else:
         repeated = []
     # Means over seeds take completed runs only: a failed or stopped run's last epoch is not a result.
-    groups = group_runs([r for r in runs if r.status == "completed"])
-    for name, members in groups.items():  # the seed is the unit: one run per seed, the most recent
-        kept, notes = one_per_seed(members)
-        groups[name] = [r for r in members if r in kept.values()]
-        repeated += [f"{name}: {note}" for note in notes]
+    groups, notes = seed_groups([r for r in runs if r.status == "completed"])
+    repeated += notes
     group_rows = summarize_groups(groups, summaries, metric)
     shown_baseline = baseline if pivot_rows is not None else None
     if group_baseline is not None:

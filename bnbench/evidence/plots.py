@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bnbench.evidence.compare import Run, group_runs
+from bnbench.evidence.compare import Run, seed_groups
 
 if TYPE_CHECKING:  # pandas only when a figure is drawn: `compare --plot`'s check of the name needs none
     import pandas as pd
@@ -95,7 +95,7 @@ def training_curves(runs: list[Run], path: Path) -> None:
         ("metrics", "epoch", "test_acc", "test accuracy"),
         ("steps", "examples_seen", "train_loss", "train loss (log window)"),
     ]
-    groups = group_runs(runs)
+    groups, _ = seed_groups(runs)  # a seed once, as in compare's tables
     for i, (name, members) in enumerate(groups.items()):
         style = _style(i, norm_of(members))
         color = style["color"]
@@ -152,7 +152,7 @@ def diagnostics_figure(runs: list[Run], path: Path, layers: list[str] | None = N
     predictiveness and beta-smoothness; the running statistics' lag. `groups`: named seed groups (default:
     compare's groups of the runs)."""
     plt = _pyplot()
-    groups = {name: [r for r in ms if len(r.diagnostics)] for name, ms in (groups or group_runs(runs)).items()}
+    groups = {name: [r for r in ms if len(r.diagnostics)] for name, ms in (groups or seed_groups(runs)[0]).items()}
     groups = {name: ms for name, ms in groups.items() if ms}
     if not groups:
         raise ValueError("no run recorded diagnostics (train.diagnostics: true)")

@@ -34,3 +34,20 @@ def test_no_arguments_shows_the_help_and_no_empty_error_line():
 def test_help_shows_no_bool_metavar_even_beside_help(cli, command):
     result = cli(*command, "--help")
     assert result.exit_code == 0 and "<bool>" not in result.stdout and "--help" in result.stdout
+
+
+def test_ctrl_c_while_the_cli_still_imports_is_exit_130_without_a_traceback():
+    """A Ctrl-C in the first third of a second (the CLI's imports) ends as a later one does. The interrupt is
+    raised by an import hook, in a real process, so the test does not depend on when a signal lands."""
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'bnbench.cli.app':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from bnbench.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "compare", "."], capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr

@@ -475,3 +475,27 @@ def test_a_received_folder_name_never_reaches_the_terminal_as_a_command_and_c_lo
         table = [line for line in out.splitlines() if line.startswith(("|", "+"))]
         assert table and len({len(line) for line in table}) == 1, out
     assert "+/-" in out and "broken\\x1b]0;title\\x07" in result.stderr.decode("ascii")
+
+
+def test_what_a_review_found_in_received_folders_and_plots(tmp_path, cli):
+    """A completed run with no epochs is damaged; a folder of run files without meta.json is named, not
+    silently left out; a repeated seed counts once in a figure's groups, as in the tables."""
+    from bnbench.evidence.compare import seed_groups
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, f"bn-s{seed}", [0.5, 0.9], seed=seed)
+    again = fake_run(root, "bn-s0-2", [0.5, 0.8], seed=0)  # seed 0 again
+    empty = fake_run(root, "hollow-s0", [0.5])
+    (empty / "metrics.csv").write_text((empty / "metrics.csv").read_text().splitlines()[0] + "\n")
+    orphan = fake_run(root, "orphan-s0", [0.5])
+    (orphan / "meta.json").unlink()
+    (orphan / "checkpoint.pt").write_bytes(b"")
+    result = cli("compare", root, "--format", "csv")
+    assert result.exit_code == 0
+    assert f"{empty / 'metrics.csv'}: no epochs, though meta.json says the run completed" in result.stderr
+    assert f"{orphan}: run files but no meta.json" in result.stderr and "hollow" not in result.stdout
+    runs, _ = find_runs([root])
+    groups, notes = seed_groups(runs)
+    assert [len(members) for members in groups.values()] == [2] and "seed 0 ran 2 times" in notes[0]
+    assert again.name in notes[0]
