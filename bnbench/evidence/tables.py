@@ -15,7 +15,7 @@ from rich.table import Table
 if TYPE_CHECKING:  # only for the hint: `bnbench --help` does not import pandas
     import pandas as pd
 
-FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( ± [\d.,e+-]+)?( \([^)]*\))?( \[[^\]]*\])?"
+FIGURE = r"[-+]?[\d,.]+(e[-+]?\d+)?(x|%| s)?( (±|\+/-) [\d.,e+-]+)?( \([^)]*\))?( \[[^\]]*\])?"  # ± or ASCII +/-
 # A figure, figures joined by " / " or a dash (ranges), or a lone dash for "none".
 NUMBER = re.compile(rf"^{FIGURE}(( / |–){FIGURE})*$|^[-–]( \([^)]*\))?$")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 control characters but tab and newline
