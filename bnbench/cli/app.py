@@ -670,8 +670,9 @@ def compare(
         which = table.value if table is not None else None
         if format is CompareFormat.markdown:
             sys.stdout.write(cmp.to_markdown(comparison, which))
-        elif format is CompareFormat.csv:
-            sys.stdout.write(cmp.to_csv(comparison, which))
+        elif format is CompareFormat.csv:  # data for a file; on a terminal, names' control characters written out
+            text = cmp.to_csv(comparison, which)
+            sys.stdout.write(display.printable(text) if display.live() else text)
         elif format is CompareFormat.json:
             sys.stdout.write(cmp.to_json(comparison, {r.name: r.config for r in runs}))
         else:
@@ -992,7 +993,7 @@ def _main(args: list[str] | None) -> None:
         args.insert(0, "--debug")
     try:
         code = app(args, prog_name="bnbench", standalone_mode=False)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # a Ctrl-C while Typer still builds the command, too
         sys.exit(130)
     except typer.TyperException as exc:  # Click's ClickException and its UsageError (exit code 2)
         message = _command_line_error(exc) if exc.exit_code == 2 else exc.format_message()

@@ -8,6 +8,8 @@ Rich markup.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +24,21 @@ from rich.table import Table
 from bnbench.cli import streams
 from bnbench.evidence.tables import Rows, fitted, shown_columns, without_controls
 
-# Off a terminal (CI logs, pipes) Rich would wrap at 80 columns: there, lines are as long as they need to be.
-console = Console(width=None if sys.stdout.isatty() else 100_000, emoji=False)  # names shown as written
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 100_000, emoji=False)
+
+def _size(stream) -> dict[str, int | None]:
+    """Rich's width and height: its own (it asks the terminal) on a terminal, but a dumb one, for which Rich
+    assumes 80 x 25 unless both are given; off a terminal (CI logs, pipes) Rich would wrap at 80 columns:
+    there, lines are as long as they need to be."""
+    if not stream.isatty():
+        return {"width": 100_000, "height": None}
+    if os.environ.get("TERM") in ("dumb", "unknown"):
+        size = shutil.get_terminal_size()
+        return {"width": size.columns, "height": size.lines}
+    return {"width": None, "height": None}
+
+
+console = Console(**_size(sys.stdout), emoji=False)  # names shown as written
+err_console = Console(stderr=True, **_size(sys.stderr), emoji=False)
 
 
 def live() -> bool:

@@ -34,7 +34,15 @@ from bnbench.records import (
     check_rows,
     read_run_file,
 )
-from bnbench.runs.rundir import config_sha256, is_alive, is_run_dir, never_recorded, read_meta, run_dirs_under
+from bnbench.runs.rundir import (
+    config_sha256,
+    has_recorded_rows,
+    is_alive,
+    is_run_dir,
+    never_recorded,
+    read_meta,
+    run_dirs_under,
+)
 from bnbench.runs.study import STUDY_FILE
 
 if TYPE_CHECKING:  # DataFrames for the Python API and plots only: compare's tables are plain rows
@@ -185,6 +193,9 @@ def load_run(path: Path) -> Run:
     return Run(path, config, meta, metrics, steps)
 
 
+NO_META = "run files but no meta.json (not a run bnbench recorded whole); skipped"
+
+
 def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     """Runs named directly or found at any depth below a folder; anything else is a one-line warning and
     the rest are still compared."""
@@ -193,8 +204,10 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for path in paths:
         if is_run_dir(path):
             candidates.append(path)
-        elif never_recorded(path):
+        elif never_recorded(path) and not has_recorded_rows(path):
             warnings.append(f"{path}: started but never recorded anything; nothing to compare")
+        elif has_recorded_rows(path) and not (path / "meta.json").exists():
+            warnings.append(f"{path}: {NO_META}")
         elif path.is_dir():
             inside = run_dirs_under(path)
             runs_inside = {p: is_run_dir(p) for p in inside}
@@ -203,11 +216,11 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in damaged]
             children = [p for p in path.iterdir() if p not in runs_inside and not p.name.startswith(".")]
             children = sorted(p for p in children if p.is_dir())
-            unrecorded = [p for p in children if never_recorded(p)]
+            unrecorded = [p for p in children if never_recorded(p) and not has_recorded_rows(p)]
             warnings += [f"{p}: started but never recorded anything; nothing to compare" for p in unrecorded]
             stray = [p for p in children if p not in unrecorded and not (p / "meta.json").exists()
                      and any((p / f).exists() for f in ("config.yaml", "metrics.csv"))]  # fmt: skip
-            warnings += [f"{p}: run files but no meta.json (not a run bnbench recorded whole); skipped" for p in stray]
+            warnings += [f"{p}: {NO_META}" for p in stray]
             if not inside and not unrecorded and not stray:
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
         else:
@@ -313,7 +326,7 @@ def default_target(runs: list[Run]) -> float | None:
     """The accuracy every completed run that learned reached by its end (floored to 0.01): a fair finish
     line. None when no completed run left chance: "epochs to 0.1" would say nothing."""
     finals = [r.table["test_acc"][-1] for r in runs if r.status == "completed" and r.table["test_acc"]]
-    finals = [f for f in finals if f > CHANCE]
+    finals = [f for f in finals if math.isfinite(f) and f > CHANCE]  # a hand-edited inf is no finish line
     return math.floor(min(finals) * 100) / 100 if finals else None
 
 
@@ -464,7 +477,7 @@ def add_baseline(
 
 def _by_seed(runs: list[Run], summaries: dict[str, dict], metric: str) -> dict:
     values = {r.config.get("train", {}).get("seed"): summaries[r.name][f"final_{metric}"] for r in runs}
-    return {seed: float(v) for seed, v in values.items() if v is not None and v == v}
+    return {seed: float(v) for seed, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def versus(group: list[Run], base: list[Run], summaries: dict[str, dict], metric: str) -> Effect:

@@ -51,3 +51,9 @@ def test_ctrl_c_while_the_cli_still_imports_is_exit_130_without_a_traceback():
     )
     result = subprocess.run([sys.executable, "-c", code, "compare", "."], capture_output=True, text=True)
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    later = ("import sys, typer.main\n"
+             "def interrupted(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+             "typer.main.get_command = interrupted\n"  # Typer building the command, before Click's handlers
+             "from bnbench.cli import main\nmain()\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", later, "compare", "."], capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr

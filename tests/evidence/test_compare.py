@@ -499,3 +499,53 @@ def test_what_a_review_found_in_received_folders_and_plots(tmp_path, cli):
     groups, notes = seed_groups(runs)
     assert [len(members) for members in groups.values()] == [2] and "seed 0 ran 2 times" in notes[0]
     assert again.name in notes[0]
+
+
+def test_a_hand_edited_inf_or_a_folder_without_meta_is_data_never_a_crash(tmp_path, cli):
+    """`inf` where an accuracy belongs (a file someone edited) neither sets the default target nor enters a
+    paired test: strict JSON, exit 0. A folder whose run recorded epochs but has no meta.json is named so."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, f"bn-s{seed}", [0.15, 0.18], seed=seed)
+        fake_run(root, f"plain-s{seed}", [0.12, 0.14], seed=seed, norm="none")
+    metrics = root / "bn-s0/metrics.csv"
+    rows = metrics.read_text().splitlines()
+    cells = rows[-1].split(",")
+    cells[rows[0].split(",").index("test_acc")] = "inf"
+    metrics.write_text("\n".join([*rows[:-1], ",".join(cells)]) + "\n")
+    orphan = fake_run(root, "orphan-s0", [0.5])
+    (orphan / "meta.json").unlink()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    for extra in ([], ["--baseline", "plain", "--target", "0.13"]):
+        result = cli("compare", root, "--format", "json", *extra)
+        assert result.exit_code == 0, result.stderr
+        json.loads(result.stdout, parse_constant=refuse)
+    assert f"{orphan}: run files but no meta.json" in result.stderr and "never recorded" not in result.stderr
+
+
+def test_csv_on_a_terminal_writes_control_characters_out_and_a_dumb_terminal_keeps_its_width(tmp_path):
+    """On a terminal (a pty), CSV names with an escape sequence are written out; to a file they stay as they
+    are (data). Under TERM=dumb, Rich would assume 80 columns: tables fit the terminal's 60."""
+    import subprocess
+    import sys
+
+    import pexpect
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, f"esc\x1b[31mred-s{seed}", [0.5, 0.9], seed=seed)
+        fake_run(root, f"plain-with-a-rather-long-name-s{seed}", [0.4, 0.7], seed=seed, norm="none")
+    command = f"{sys.executable} -m bnbench compare {root}"
+    child = pexpect.spawn(f"{command} --format csv", dimensions=(40, 100), timeout=120)
+    shown = child.read()
+    assert b"esc\\x1b[31mred" in shown and b"\x1b[31m" not in shown
+    to_file = subprocess.run([*command.split(), "--format", "csv"], capture_output=True)
+    assert b"esc\x1b[31mred" in to_file.stdout
+    env = {**os.environ, "TERM": "dumb"}
+    env.pop("COLUMNS", None)
+    child = pexpect.spawn(f"{command} --table runs", dimensions=(40, 60), timeout=120, env=env)
+    lines = child.read().decode().splitlines()
+    assert lines and max(len(line.rstrip()) for line in lines) <= 60, lines
