@@ -75,9 +75,10 @@ def read_run_file(path: Path, limit: int = MAX_CSV_FILE) -> str:
             raise DamagedFile(path, None, f"{info.st_size:,} bytes, larger than any file bnbench writes")
         data = os.read(fd, info.st_size + 1)  # the file's size: reading `limit` would allocate a GiB
         if len(data) > info.st_size:  # it grew since: a run still appending rows
-            chunks = [data]
-            while (chunk := os.read(fd, 1 << 20)) and sum(map(len, chunks)) <= limit:
+            chunks, size = [data], len(data)
+            while size <= limit and (chunk := os.read(fd, 1 << 20)):
                 chunks.append(chunk)
+                size += len(chunk)
             data = b"".join(chunks)
     finally:
         os.close(fd)

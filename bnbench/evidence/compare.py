@@ -193,7 +193,16 @@ def load_run(path: Path) -> Run:
     return Run(path, config, meta, metrics, steps)
 
 
-NO_META = "run files but no meta.json (not a run bnbench recorded whole); skipped"
+def _without_meta(path: Path) -> str | None:
+    """Why a folder without meta.json is worth a warning (a run that never recorded anything, or one with run
+    files but no meta.json), or None (a folder that is no run: plots, notes)."""
+    if (path / "meta.json").exists() or not path.is_dir():
+        return None
+    if never_recorded(path) and not has_recorded_rows(path):
+        return "started but never recorded anything; nothing to compare"
+    if any((path / f).exists() for f in ("config.yaml", "metrics.csv")):
+        return "run files but no meta.json (not a run bnbench recorded whole); skipped"
+    return None
 
 
 def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
@@ -204,10 +213,8 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for path in paths:
         if is_run_dir(path):
             candidates.append(path)
-        elif never_recorded(path) and not has_recorded_rows(path):
-            warnings.append(f"{path}: started but never recorded anything; nothing to compare")
-        elif has_recorded_rows(path) and not (path / "meta.json").exists():
-            warnings.append(f"{path}: {NO_META}")
+        elif (why := _without_meta(path)) is not None:
+            warnings.append(f"{path}: {why}")
         elif path.is_dir():
             inside = run_dirs_under(path)
             runs_inside = {p: is_run_dir(p) for p in inside}
@@ -216,12 +223,9 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             warnings += [f"{p}: no readable config.yaml and meta.json; skipped" for p in damaged]
             children = [p for p in path.iterdir() if p not in runs_inside and not p.name.startswith(".")]
             children = sorted(p for p in children if p.is_dir())
-            unrecorded = [p for p in children if never_recorded(p) and not has_recorded_rows(p)]
-            warnings += [f"{p}: started but never recorded anything; nothing to compare" for p in unrecorded]
-            stray = [p for p in children if p not in unrecorded and not (p / "meta.json").exists()
-                     and any((p / f).exists() for f in ("config.yaml", "metrics.csv"))]  # fmt: skip
-            warnings += [f"{p}: {NO_META}" for p in stray]
-            if not inside and not unrecorded and not stray:
+            named = {p: why for p in children if (why := _without_meta(p)) is not None}
+            warnings += [f"{p}: {why}" for p, why in named.items()]
+            if not inside and not named:
                 warnings.append(f"{path}: not a run directory and contains none; skipped")
         else:
             warnings.append(f"{path}: not a directory; skipped")
@@ -867,7 +871,8 @@ def to_markdown(comp: Comparison, which: str | None = None) -> str:
         written.update(header)
         rule = "|" + "|".join("---" for _ in header) + "|"
         body = ["| " + " | ".join(map(cell, row)) + " |" for row in cells]
-        parts.append("\n".join([f"### {title}", "", "| " + " | ".join(map(cell, header)) + " |", rule, *body]))
+        heading = f"### {without_controls(title)}"  # a baseline's name is in it
+        parts.append("\n".join([heading, "", "| " + " | ".join(map(cell, header)) + " |", rule, *body]))
     parts += [f"_{cell(note)}_" for note in footnotes(comp, written)]
     return "\n\n".join(parts) + "\n"
 
